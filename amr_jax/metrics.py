@@ -1,0 +1,168 @@
+"""Age-estimation metrics that accumulate as sums and counts.
+
+:func:`age_metric_sums` turns one batch of predictions into an
+:class:`AgeMetricSums` (sums of errors and counts, no averages), so batches,
+devices (``jax.lax.psum``), processes and LOPO folds combine exactly by
+addition; :meth:`AgeMetricSums.compute` divides once at the end::
+
+  sums = age_metric_sums(predicted, true, mask=is_real_example)   # per batch, jittable
+  sums = jax.lax.psum(sums, axis_name="batch")                    # inside pmap
+  total = total.merge(jax.device_get(sums))                       # on the host, float64
+  print(total.compute())   # {"mae": ..., "cs": [...], "count": ..., "eps_error": ...}
+
+Metrics:
+
+* MAE = mean |yhat - y|.
+* CS(theta) = fraction of examples with |yhat - y| <= theta, theta = 0..max_theta
+  (the cumulative score curve).
+* epsilon-error (ChaLearn LAP) = mean 1 - exp(-(yhat - mu)^2 / (2 sigma^2)), with
+  mu and sigma the mean and standard deviation of the apparent-age votes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+ArrayLike = jax.typing.ArrayLike
+
+# The reference code adds this to sigma before the epsilon-error.
+REFERENCE_SIGMA_OFFSET = 1e-4
+
+
+@flax.struct.dataclass
+class AgeMetricSums:
+  """Sums that define MAE, CS(theta) and epsilon-error; add them to combine.
+
+  Attributes:
+    count: number of (unmasked) examples.
+    abs_error_sum: sum of |yhat - y|.
+    cs_count: ``[max_theta + 1]``, number of examples with |yhat - y| <= theta.
+    eps_error_sum: sum of the per-example epsilon-errors (examples with a sigma).
+    eps_count: number of examples that contributed to ``eps_error_sum``.
+  """
+
+  count: Any
+  abs_error_sum: Any
+  cs_count: Any
+  eps_error_sum: Any
+  eps_count: Any
+
+  @classmethod
+  def zeros(cls, max_theta: int = 10) -> "AgeMetricSums":
+    """Empty host-side sums (float64 and int64), the start of an accumulation."""
+    return cls(
+        count=np.int64(0),
+        abs_error_sum=np.float64(0),
+        cs_count=np.zeros(max_theta + 1, np.int64),
+        eps_error_sum=np.float64(0),
+        eps_count=np.int64(0),
+    )
+
+  def merge(self, other: "AgeMetricSums") -> "AgeMetricSums":
+    """Elementwise sum. Starting from :meth:`zeros`, the host total is kept in float64."""
+    if np.shape(self.cs_count) != np.shape(other.cs_count):
+      raise ValueError(
+          "cannot merge AgeMetricSums with different max_theta: cs_count shapes "
+          f"{np.shape(self.cs_count)} and {np.shape(other.cs_count)}."
+      )
+    return jax.tree.map(lambda a, b: a + b, self, other)
+
+  def compute(self) -> dict[str, Any]:
+    """Final metrics: ``count``, ``mae``, ``cs`` (list over theta), and ``eps_error`` if any sigma was given.
+
+    With no examples, ``mae`` and ``cs`` are NaN rather than a misleading 0.
+    """
+    sums = jax.tree.map(lambda x: np.asarray(x, np.float64), jax.device_get(self))
+    count = sums.count
+    result = {
+        "count": int(count),
+        "mae": float(sums.abs_error_sum / count) if count else float("nan"),
+        "cs": (sums.cs_count / count).tolist() if count else [float("nan")] * len(sums.cs_count),
+    }
+    if sums.eps_count:
+      result["eps_error"] = float(sums.eps_error_sum / sums.eps_count)
+    return result
+
+
+def _as_batch(value: ArrayLike, name: str, shape: tuple[int, ...]) -> Array:
+  value = jnp.asarray(value)
+  if value.shape != shape:
+    raise ValueError(f"{name} must have shape {shape} (like predicted_ages); got shape {value.shape}.")
+  return value
+
+
+def age_metric_sums(
+    predicted_ages: ArrayLike,
+    true_ages: ArrayLike,
+    *,
+    age_std: ArrayLike | None = None,
+    mask: ArrayLike | None = None,
+    max_theta: int = 10,
+    reference_rounding: bool = False,
+) -> AgeMetricSums:
+  """Metric sums for one batch. Pure and jittable; combine results with ``merge`` or ``psum``.
+
+  Args:
+    predicted_ages: ``[batch]`` predicted ages (e.g. :func:`amr_jax.losses.expected_age`).
+    true_ages: ``[batch]`` ages to compare with (for CLAP2016: the apparent-age mean).
+    age_std: optional ``[batch]`` standard deviation of the apparent-age votes;
+      when given, the epsilon-error is accumulated.
+    mask: optional ``[batch]`` bool or 0/1 array; examples where it is false
+      (padding) count in no sum.
+    max_theta: CS(theta) is accumulated for theta = 0, 1, ..., max_theta.
+    reference_rounding: reproduce the reference code: round the predictions
+      (and, for the epsilon-error, the apparent-age mean) to integers and add
+      1e-4 to sigma. The default uses the real values, as the ChaLearn
+      definition does.
+
+  Returns:
+    :class:`AgeMetricSums` with float32 sums and int32 counts.
+  """
+  predicted = jnp.asarray(predicted_ages)
+  if predicted.ndim != 1:
+    raise ValueError(f"predicted_ages must have shape [batch]; got shape {predicted.shape}.")
+  shape = predicted.shape
+  predicted = predicted.astype(jnp.float32)
+  true = _as_batch(true_ages, "true_ages", shape).astype(jnp.float32)
+  weight = jnp.ones(shape, bool) if mask is None else _as_batch(mask, "mask", shape).astype(bool)
+  if reference_rounding:
+    predicted = jnp.round(predicted)
+  abs_error = jnp.abs(predicted - true)
+  thetas = jnp.arange(max_theta + 1, dtype=jnp.float32)
+  within = (abs_error[:, None] <= thetas) & weight[:, None]
+  if age_std is None:
+    eps_error_sum, eps_count = jnp.float32(0), jnp.int32(0)
+  else:
+    sigma = _as_batch(age_std, "age_std", shape).astype(jnp.float32)
+    mu = true
+    if reference_rounding:
+      mu, sigma = jnp.round(mu), sigma + REFERENCE_SIGMA_OFFSET
+    squared_error = jnp.square(predicted - mu)
+    # sigma == 0 (unanimous votes) is a point mass: error 0 if exact, else 1, never 0/0.
+    exponent = jnp.where(squared_error == 0, 0.0, -squared_error / (2.0 * jnp.square(sigma)))
+    eps_error = 1.0 - jnp.exp(exponent)
+    eps_error_sum = jnp.sum(jnp.where(weight, eps_error, 0.0))
+    eps_count = jnp.sum(weight, dtype=jnp.int32)
+  return AgeMetricSums(
+      count=jnp.sum(weight, dtype=jnp.int32),
+      abs_error_sum=jnp.sum(jnp.where(weight, abs_error, 0.0)),
+      cs_count=jnp.sum(within, axis=0, dtype=jnp.int32),
+      eps_error_sum=eps_error_sum,
+      eps_count=eps_count,
+  )
+
+
+def compute_age_metrics(predicted_ages: ArrayLike, true_ages: ArrayLike, **kwargs) -> dict[str, Any]:
+  """One-shot metrics for arrays that fit in memory: ``age_metric_sums(...).compute()``."""
+  return AgeMetricSums.zeros(kwargs.get("max_theta", 10)).merge(
+      jax.device_get(age_metric_sums(predicted_ages, true_ages, **kwargs))
+  ).compute()
+
+
+__all__ = ["AgeMetricSums", "age_metric_sums", "compute_age_metrics", "REFERENCE_SIGMA_OFFSET"]

@@ -1,0 +1,129 @@
+"""Forward+backward time per call of each jitted loss, and of PyTorch AMR losses in the same run.
+
+  python benchmarks/loss_speed.py [--calls 2000] [--rounds 5]
+
+Each figure is the median over rounds x calls timed calls (after warm-up) of
+``value_and_grad(mean of the loss)`` with respect to the logits, including
+the dispatch of the call and waiting for its result. PyTorch is timed on the
+same logits, as ``loss.backward()`` on a leaf tensor, when torch is importable.
+"""
+
+import argparse
+import functools
+import json
+import pathlib
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from amr_jax import losses
+
+SHAPES = [(64, 70), (256, 101)]
+JAX_LOSSES = {
+    "cross_entropy_loss": losses.cross_entropy_loss,
+    "adaptive_mean_residue_loss": losses.adaptive_mean_residue_loss,
+    "mean_residue_loss (k=3)": losses.mean_residue_loss,
+    "mean_variance_loss": losses.mean_variance_loss,
+    "dldl_loss": losses.dldl_loss,
+    "dldl_v2_loss": losses.dldl_v2_loss,
+}
+REFERENCE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "reference" / "amr_reference_vectors.json"
+
+
+def median_seconds(call, calls, rounds):
+  for _ in range(max(50, calls // 20)):
+    call()
+  times = []
+  for _ in range(rounds):
+    for _ in range(calls):
+      start = time.perf_counter()
+      call()
+      times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def inputs(batch, num_classes, seed=0):
+  rng = np.random.default_rng(seed)
+  return (rng.standard_normal((batch, num_classes)) * 3).astype(np.float32), rng.integers(0, num_classes, batch)
+
+
+def time_jax(loss_fn, logits, labels, calls, rounds):
+  step = jax.jit(jax.value_and_grad(lambda z, y: loss_fn(z, y).mean()))
+  z, y = jnp.asarray(logits), jnp.asarray(labels)
+  return median_seconds(lambda: jax.block_until_ready(step(z, y)), calls, rounds)
+
+
+def time_torch(loss_fn, logits, labels, calls, rounds):
+  import torch
+
+  z = torch.tensor(logits, requires_grad=True)
+  y = torch.tensor(labels)
+
+  def call():
+    z.grad = None
+    loss_fn(z, y).backward()
+
+  return median_seconds(call, calls, rounds)
+
+
+def check_torch_against_reference(torch_losses):
+  """A timing of a wrong implementation means nothing: check both against the reference vectors."""
+  import torch
+
+  if not REFERENCE.exists():
+    return "not checked (../shared/reference absent)"
+  for name, case in json.loads(REFERENCE.read_text()).items():
+    z = torch.tensor(np.array(case["logits"], np.float32), requires_grad=True)
+    y = torch.tensor(case["labels"])
+    for fn in torch_losses.values():
+      z.grad = None
+      loss = fn(z, y)
+      loss.backward()
+      np.testing.assert_allclose(float(loss), case["total"], rtol=1e-5, err_msg=name)
+      grad = np.array(case["grad_total_wrt_logits"])
+      np.testing.assert_allclose(z.grad.numpy(), grad, atol=1e-5 * np.abs(grad).max(), err_msg=name)
+  return "both match the reference vectors"
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--calls", type=int, default=2000, help="timed calls per round")
+  parser.add_argument("--rounds", type=int, default=5, help="rounds of timed calls")
+  args = parser.parse_args()
+
+  try:
+    import torch
+
+    from torch_losses import amr_loss_reference_style, amr_loss_vectorised
+
+    torch_losses = {
+        "PyTorch AMR, reference-style": amr_loss_reference_style,
+        "PyTorch AMR, vectorised": amr_loss_vectorised,
+    }
+    torch_note = f"torch {torch.__version__}, {torch.get_num_threads()} threads; " + check_torch_against_reference(torch_losses)
+  except ImportError:
+    torch_losses, torch_note = {}, "torch not installed: PyTorch rows skipped"
+
+  print(f"# Loss forward+backward, median microseconds per call ({args.rounds} x {args.calls} calls)")
+  print(f"# jax {jax.__version__} on {jax.devices()[0].platform}, {platform.processor() or platform.machine()}, "
+        f"{jax.local_device_count()} device(s); {torch_note}")
+  header = [f"{b} x {c}" for b, c in SHAPES]
+  print(f"| loss | {' | '.join(header)} |")
+  print("|---|" + "---:|" * len(SHAPES))
+  jax_times = {}
+  for name, fn in JAX_LOSSES.items():
+    jax_times[name] = [time_jax(fn, *inputs(b, c), args.calls, args.rounds) for b, c in SHAPES]
+    print(f"| jax `{name}` | " + " | ".join(f"{t * 1e6:.1f}" for t in jax_times[name]) + " |", flush=True)
+  amr = jax_times["adaptive_mean_residue_loss"]
+  for name, fn in torch_losses.items():
+    times = [time_torch(fn, *inputs(b, c), args.calls, args.rounds) for b, c in SHAPES]
+    print(f"| {name} | " + " | ".join(f"{t * 1e6:.1f} ({t / a:.1f}x jax AMR)" for t, a in zip(times, amr)) + " |",
+          flush=True)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,108 @@
+"""Metrics on hand-computed cases, and exact combination across batches, devices and folds."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from amr_jax.metrics import AgeMetricSums, age_metric_sums, compute_age_metrics
+
+
+def test_hand_computed_mae_and_cs():
+  predicted = np.array([20.0, 31.5, 40.0, 7.0])
+  true = np.array([22.0, 30.0, 40.0, 18.0])  # errors 2, 1.5, 0, 11
+  result = compute_age_metrics(predicted, true)
+  assert result["count"] == 4
+  np.testing.assert_allclose(result["mae"], (2 + 1.5 + 0 + 11) / 4)
+  want_cs = [1 / 4, 1 / 4, 3 / 4, 3 / 4, 3 / 4, 3 / 4, 3 / 4, 3 / 4, 3 / 4, 3 / 4, 3 / 4]
+  np.testing.assert_allclose(result["cs"], want_cs)
+  assert "eps_error" not in result
+
+
+def test_hand_computed_epsilon_error():
+  predicted = np.array([25.0, 30.0, 40.0])
+  mu = np.array([25.0, 28.0, 43.0])
+  sigma = np.array([3.0, 2.0, 0.0])  # unanimous votes on the last one: error 1 unless exact
+  result = compute_age_metrics(predicted, mu, age_std=sigma)
+  want = np.mean([0.0, 1 - np.exp(-4 / 8), 1.0])
+  np.testing.assert_allclose(result["eps_error"], want, rtol=1e-6)
+  exact = compute_age_metrics(np.array([40.0]), np.array([40.0]), age_std=np.array([0.0]))
+  assert exact["eps_error"] == 0.0
+
+
+def test_reference_rounding():
+  predicted = np.array([25.4, 30.6])
+  mu = np.array([25.0, 28.7])
+  sigma = np.array([2.0, 1.0])
+  result = compute_age_metrics(predicted, mu, age_std=sigma, reference_rounding=True)
+  # yhat -> 25, 31; mu -> 25, 29; sigma + 1e-4; MAE uses the rounded yhat and the given mu.
+  want_eps = np.mean([0.0, 1 - np.exp(-4 / (2 * 1.0001**2))])
+  np.testing.assert_allclose(result["eps_error"], want_eps, rtol=1e-6)
+  np.testing.assert_allclose(result["mae"], (0.0 + 2.3) / 2, rtol=1e-6)
+  plain = compute_age_metrics(predicted, mu, age_std=sigma)
+  np.testing.assert_allclose(plain["mae"], (0.4 + 1.9) / 2, rtol=1e-6)
+
+
+def test_mask_excludes_padding():
+  predicted = np.array([10.0, 20.0, 0.0, 0.0])
+  true = np.array([12.0, 20.0, 50.0, 60.0])
+  mask = np.array([True, True, False, False])
+  result = compute_age_metrics(predicted, true, mask=mask, age_std=np.ones(4))
+  assert result["count"] == 2
+  np.testing.assert_allclose(result["mae"], 1.0)
+  np.testing.assert_allclose(result["cs"][0], 0.5)
+  np.testing.assert_allclose(result["eps_error"], (1 - np.exp(-2)) / 2, rtol=1e-6)
+
+
+def test_batches_and_folds_combine_to_the_pooled_result():
+  rng = np.random.default_rng(0)
+  predicted = rng.uniform(0, 70, 1002)
+  true = rng.integers(0, 70, 1002).astype(np.float64)
+  pooled = compute_age_metrics(predicted, true)
+  total = AgeMetricSums.zeros()
+  step = jax.jit(age_metric_sums)
+  for start in range(0, 1002, 64):  # uneven last batch, padded and masked as evaluation does
+    chunk = slice(start, start + 64)
+    n = len(predicted[chunk])
+    pad = 64 - n
+    sums = step(np.pad(predicted[chunk], (0, pad)), np.pad(true[chunk], (0, pad)),
+                mask=np.arange(64) < n)
+    total = total.merge(jax.device_get(sums))
+  result = total.compute()
+  assert result["count"] == 1002
+  np.testing.assert_allclose(result["mae"], pooled["mae"], rtol=1e-6)
+  np.testing.assert_array_equal(result["cs"], pooled["cs"])
+  np.testing.assert_allclose(pooled["mae"], np.mean(np.abs(predicted - true)), rtol=1e-6)
+
+
+def test_psum_across_devices_equals_single_call():
+  n = jax.local_device_count()
+  rng = np.random.default_rng(1)
+  predicted = rng.uniform(0, 100, (n, 16)).astype(np.float32)
+  true = rng.integers(0, 100, (n, 16)).astype(np.float32)
+  sigma = rng.uniform(1, 8, (n, 16)).astype(np.float32)
+  fn = jax.pmap(lambda p, t, s: jax.lax.psum(age_metric_sums(p, t, age_std=s), "batch"), axis_name="batch")
+  per_device = fn(predicted, true, sigma)
+  replicated = jax.tree.map(lambda x: x[0], per_device)
+  combined = AgeMetricSums.zeros().merge(jax.device_get(replicated)).compute()
+  single = compute_age_metrics(predicted.reshape(-1), true.reshape(-1), age_std=sigma.reshape(-1))
+  assert combined["count"] == single["count"] == n * 16
+  np.testing.assert_allclose(combined["mae"], single["mae"], rtol=1e-6)
+  np.testing.assert_allclose(combined["eps_error"], single["eps_error"], rtol=1e-6)
+  np.testing.assert_array_equal(combined["cs"], single["cs"])
+
+
+def test_empty_result_is_nan_not_zero():
+  result = AgeMetricSums.zeros().compute()
+  assert result["count"] == 0 and np.isnan(result["mae"]) and np.all(np.isnan(result["cs"]))
+
+
+def test_bad_shapes_and_mismatched_theta():
+  with pytest.raises(ValueError, match=r"true_ages must have shape \(3,\)"):
+    age_metric_sums(jnp.zeros(3), jnp.zeros(4))
+  with pytest.raises(ValueError, match=r"mask must have shape \(3,\)"):
+    age_metric_sums(jnp.zeros(3), jnp.zeros(3), mask=jnp.ones(2, bool))
+  with pytest.raises(ValueError, match=r"predicted_ages must have shape \[batch\]"):
+    age_metric_sums(jnp.zeros((3, 1)), jnp.zeros((3, 1)))
+  with pytest.raises(ValueError, match="different max_theta"):
+    AgeMetricSums.zeros(10).merge(AgeMetricSums.zeros(5))

@@ -1,0 +1,49 @@
+"""The project's promises to a new user: README commands = CI commands, the README example runs."""
+
+import pathlib
+import re
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def _code_block_after(marker):
+  """The first fenced code block after the line containing ``marker``."""
+  start = README.index(marker)
+  match = re.search(r"```[a-z]*\n(.*?)```", README[start:], re.S)
+  assert match, f"no code block after {marker!r} in README.md"
+  return match.group(1)
+
+
+def test_ci_runs_exactly_the_readme_install_and_test_commands():
+  commands = [line.split("#")[0].strip() for line in _code_block_after("<!-- setup-commands -->").splitlines()]
+  commands = [c for c in commands if c]
+  assert len(commands) == 2, f"README must give exactly two set-up commands, got {commands}"
+  ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+  for command in commands:
+    assert command in ci_lines, f".ci/run does not run the README command {command!r}"
+  assert ci_lines.index(commands[0]) < ci_lines.index(commands[1])
+
+
+def test_readme_example_runs(tmp_path):
+  example = _code_block_after("<!-- example: own-training-step -->")
+  script = tmp_path / "example.py"
+  script.write_text(example)
+  # A fresh interpreter outside the repository: the installed package must be importable from anywhere.
+  result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert "cross_entropy" in result.stdout and "top_k" in result.stdout
+  assert "MAE" in result.stdout
+
+
+def test_public_api_is_importable():
+  from amr_jax.losses import (  # noqa: F401
+      adaptive_mean_residue_loss, cross_entropy_loss, dldl_loss, dldl_v2_loss, expected_age,
+      gaussian_label_distribution, mean_residue_loss, mean_variance_loss)
+  from amr_jax.metrics import AgeMetricSums, age_metric_sums  # noqa: F401
+  import amr_jax.losses
+
+  for name in amr_jax.losses.__all__:
+    assert getattr(amr_jax.losses, name).__doc__, f"{name} has no docstring"
