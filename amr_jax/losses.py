@@ -17,7 +17,7 @@ can log the terms without computing the loss twice::
 Conventions shared by all losses:
 
 * ``labels`` are ages, integer or real. The class of a label is
-  ``round(label) - start_age`` (``round`` halves to even, as NumPy and Python
+  ``round(label - start_age)`` (``round`` halves to even, as NumPy and Python
   do). Terms that use the age itself (mean, variance, L1, Gaussian target)
   use the unrounded label.
 * A label outside ``[start_age, start_age + num_classes - 1]`` is not an
@@ -31,7 +31,7 @@ Conventions shared by all losses:
 
 from __future__ import annotations
 
-import functools
+import math
 from typing import Literal
 
 import jax
@@ -88,22 +88,24 @@ def _check_labels(labels: ArrayLike, logits: Array) -> Array:
         f"labels must have shape {logits.shape[:-1]} (the shape of logits "
         f"{logits.shape} without its last, class axis); got shape {labels.shape}."
     )
-  if not (jnp.issubdtype(labels.dtype, jnp.integer) or jnp.issubdtype(labels.dtype, jnp.floating)):
-    raise ValueError(f"labels must hold integer or real ages; got dtype {labels.dtype}.")
+  _check_real(labels, "labels")
   return labels
 
 
-def _check_per_example(value: ArrayLike, name: str, logits: Array) -> Array:
+def _check_real(value: Array, name: str) -> None:
+  if not (jnp.issubdtype(value.dtype, jnp.integer) or jnp.issubdtype(value.dtype, jnp.floating)):
+    raise ValueError(f"{name} must hold integer or real values (ages, years); got dtype {value.dtype}.")
+
+
+def _check_per_example(value: ArrayLike, name: str, batch_shape: tuple[int, ...]) -> Array:
   """A scalar or an array of the batch shape, e.g. a per-image sigma."""
   value = jnp.asarray(value)
-  batch_shape = logits.shape[:-1]
   if value.ndim != 0 and value.shape != batch_shape:
     raise ValueError(
         f"{name} must be a scalar or have shape {batch_shape} (one value per "
         f"example); got shape {value.shape}."
     )
-  if not (jnp.issubdtype(value.dtype, jnp.integer) or jnp.issubdtype(value.dtype, jnp.floating)):
-    raise ValueError(f"{name} must be real-valued; got dtype {value.dtype}.")
+  _check_real(value, name)
   return value
 
 
@@ -152,7 +154,7 @@ def expected_age(logits: ArrayLike, *, start_age: float = 0) -> Array:
   """
   logits = _check_logits(logits)
   probs = jax.nn.softmax(logits.astype(_compute_dtype(logits)), axis=-1)
-  return _age_moments(probs, start_age)[0]
+  return start_age + _index_moments(probs)[0]
 
 
 def gaussian_label_distribution(
@@ -174,7 +176,10 @@ def gaussian_label_distribution(
   Returns:
     distributions (at least float32), ``[..., num_classes]``.
   """
-  return jnp.exp(_log_gaussian_target(jnp.asarray(labels), num_classes, jnp.asarray(sigma), start_age))
+  labels = jnp.asarray(labels)
+  _check_real(labels, "labels")
+  sigma = _check_per_example(sigma, "sigma", labels.shape)
+  return jnp.exp(_log_gaussian_target(labels, num_classes, sigma, start_age))
 
 
 def _log_gaussian_target(labels: Array, num_classes: int, sigma: Array, start_age: float) -> Array:
@@ -190,8 +195,10 @@ def _log_gaussian_target(labels: Array, num_classes: int, sigma: Array, start_ag
   return jnp.where(is_one_hot[..., None], log_one_hot, log_gaussian)
 
 
-def _age_moments_primal(probs: Array, start_age: float) -> tuple[Array, Array, Array]:
-  """Mean, variance and deviations ``a_j - m`` of the age distribution ``probs``.
+def _index_moments_primal(probs: Array) -> tuple[Array, Array, Array]:
+  """Mean, variance and deviations ``j - m`` of the class index under ``probs``.
+
+  (Ages are ``start_age + j``: the same variance and deviations, the mean shifted.)
 
   The deviations are formed as ``(j - r) - sum_k p_k (k - r)`` around the
   class ``r`` nearest the mean, not as ``a_j - m``: near the mean that
@@ -202,14 +209,14 @@ def _age_moments_primal(probs: Array, start_age: float) -> tuple[Array, Array, A
   pivot = jnp.round(probs @ index)[..., None]
   offset = jnp.sum(probs * (index - pivot), axis=-1, keepdims=True)
   deviation = (index - pivot) - offset
-  mean = start_age + (pivot + offset)[..., 0]
+  mean = (pivot + offset)[..., 0]
   variance = jnp.sum(probs * jnp.square(deviation), axis=-1)
   return mean, variance, deviation
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-def _age_moments(probs: Array, start_age: float) -> tuple[Array, Array]:
-  """Mean and variance of the age distribution ``probs``, with accurate derivatives.
+@jax.custom_jvp
+def _index_moments(probs: Array) -> tuple[Array, Array]:
+  """Mean and variance of the class index under ``probs``, with accurate derivatives.
 
   ``probs`` must be a softmax output, so that its tangent sums to zero; then
   ``dm = sum_j (a_j - m) dp_j`` and ``dv = sum_j ((a_j - m)^2 - v) dp_j``, and
@@ -218,14 +225,14 @@ def _age_moments(probs: Array, start_age: float) -> tuple[Array, Array]:
   ``<p, a>`` in the softmax backward pass, losing about five digits at ages
   near 60.
   """
-  mean, variance, _ = _age_moments_primal(probs, start_age)
+  mean, variance, _ = _index_moments_primal(probs)
   return mean, variance
 
 
-@_age_moments.defjvp
-def _age_moments_jvp(start_age, primals, tangents):
+@_index_moments.defjvp
+def _index_moments_jvp(primals, tangents):
   (probs,), (probs_dot,) = primals, tangents
-  mean, variance, deviation = _age_moments_primal(probs, start_age)
+  mean, variance, deviation = _index_moments_primal(probs)
   mean_dot = jnp.sum(deviation * probs_dot, axis=-1)
   variance_dot = jnp.sum((jnp.square(deviation) - variance[..., None]) * probs_dot, axis=-1)
   return (mean, variance), (mean_dot, variance_dot)
@@ -248,7 +255,8 @@ class _Common:
     self.label_age = labels.astype(dtype)
     self.one_hot = jnp.arange(self.num_classes) == label_class(labels, self.num_classes, start_age=start_age)[..., None]
     self.true_logit = jnp.sum(jnp.where(self.one_hot, self.logits, 0.0), axis=-1)
-    self.mean_age, self.variance = _age_moments(self.probs, start_age)
+    mean_index, self.variance = _index_moments(self.probs)
+    self.mean_age = start_age + mean_index
 
   @property
   def log_probs(self) -> Array:
@@ -330,7 +338,7 @@ def adaptive_mean_residue_terms(
   terms = {
       "cross_entropy": common.cross_entropy(),
       "mean": common.mean_term(),
-      "residue": _residue(common, in_top, eps, residue_form, top_value=eps * np.log(eps)),
+      "residue": _residue(common, in_top, eps, residue_form, top_value=eps * math.log(eps)),
       "top_k": jnp.sum(in_top, axis=-1, dtype=jnp.int32),
   }
   terms["loss"] = terms["cross_entropy"] + lambda_mean * terms["mean"] + lambda_residue * terms["residue"]
@@ -521,7 +529,7 @@ KLReduction = Literal["sum", "mean"]
 
 
 def _kl_to_gaussian(common: _Common, sigma: ArrayLike, start_age: float) -> Array:
-  sigma = _check_per_example(sigma, "sigma", common.log_probs)
+  sigma = _check_per_example(sigma, "sigma", common.logits.shape[:-1])
   log_target = _log_gaussian_target(common.label_age, common.num_classes, sigma, start_age)
   target = jnp.exp(log_target)
   # 0 * log 0 := 0, written so that no inf or nan is formed even in unused branches.

@@ -6,10 +6,10 @@ Each figure is the median over rounds x calls timed calls (after warm-up) of
 ``value_and_grad(mean of the loss)`` with respect to the logits, including
 the dispatch of the call and waiting for its result. PyTorch is timed on the
 same logits, as ``loss.backward()`` on a leaf tensor, when torch is importable.
+All implementations of one shape are timed in alternating blocks of calls.
 """
 
 import argparse
-import functools
 import json
 import pathlib
 import platform
@@ -34,16 +34,27 @@ JAX_LOSSES = {
 REFERENCE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "reference" / "amr_reference_vectors.json"
 
 
-def median_seconds(call, calls, rounds):
-  for _ in range(max(50, calls // 20)):
-    call()
-  times = []
+def interleaved_medians(calls, rounds, calls_per_round):
+  """Median seconds per call of each function, timed in alternating blocks.
+
+  On a shared machine the speed drifts over seconds; alternating blocks of
+  each implementation (one block of ``calls_per_round`` calls per round)
+  exposes all of them to the same drift, so their ratios hold even when the
+  absolute figures move. Before each block a pause and untimed calls let the
+  previous framework's worker threads go idle (PyTorch's OpenMP threads spin
+  for a while after each parallel region and would slow the next block).
+  """
+  times = {name: [] for name in calls}
   for _ in range(rounds):
-    for _ in range(calls):
-      start = time.perf_counter()
-      call()
-      times.append(time.perf_counter() - start)
-  return statistics.median(times)
+    for name, call in calls.items():
+      time.sleep(0.3)
+      for _ in range(50):
+        call()
+      for _ in range(calls_per_round):
+        start = time.perf_counter()
+        call()
+        times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(t) for name, t in times.items()}
 
 
 def inputs(batch, num_classes, seed=0):
@@ -51,13 +62,13 @@ def inputs(batch, num_classes, seed=0):
   return (rng.standard_normal((batch, num_classes)) * 3).astype(np.float32), rng.integers(0, num_classes, batch)
 
 
-def time_jax(loss_fn, logits, labels, calls, rounds):
+def jax_call(loss_fn, logits, labels):
   step = jax.jit(jax.value_and_grad(lambda z, y: loss_fn(z, y).mean()))
   z, y = jnp.asarray(logits), jnp.asarray(labels)
-  return median_seconds(lambda: jax.block_until_ready(step(z, y)), calls, rounds)
+  return lambda: jax.block_until_ready(step(z, y))
 
 
-def time_torch(loss_fn, logits, labels, calls, rounds):
+def torch_call(loss_fn, logits, labels):
   import torch
 
   z = torch.tensor(logits, requires_grad=True)
@@ -67,7 +78,7 @@ def time_torch(loss_fn, logits, labels, calls, rounds):
     z.grad = None
     loss_fn(z, y).backward()
 
-  return median_seconds(call, calls, rounds)
+  return call
 
 
 def check_torch_against_reference(torch_losses):
@@ -83,7 +94,7 @@ def check_torch_against_reference(torch_losses):
       z.grad = None
       loss = fn(z, y)
       loss.backward()
-      np.testing.assert_allclose(float(loss), case["total"], rtol=1e-5, err_msg=name)
+      np.testing.assert_allclose(loss.item(), case["total"], rtol=1e-5, err_msg=name)
       grad = np.array(case["grad_total_wrt_logits"])
       np.testing.assert_allclose(z.grad.numpy(), grad, atol=1e-5 * np.abs(grad).max(), err_msg=name)
   return "both match the reference vectors"
@@ -91,8 +102,8 @@ def check_torch_against_reference(torch_losses):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--calls", type=int, default=2000, help="timed calls per round")
-  parser.add_argument("--rounds", type=int, default=5, help="rounds of timed calls")
+  parser.add_argument("--calls", type=int, default=2000, help="timed calls of each implementation per round")
+  parser.add_argument("--rounds", type=int, default=5, help="rounds (each alternates all implementations)")
   args = parser.parse_args()
 
   try:
@@ -111,18 +122,22 @@ def main():
   print(f"# Loss forward+backward, median microseconds per call ({args.rounds} x {args.calls} calls)")
   print(f"# jax {jax.__version__} on {jax.devices()[0].platform}, {platform.processor() or platform.machine()}, "
         f"{jax.local_device_count()} device(s); {torch_note}")
-  header = [f"{b} x {c}" for b, c in SHAPES]
-  print(f"| loss | {' | '.join(header)} |")
+  results = {}
+  for batch, num_classes in SHAPES:
+    logits, labels = inputs(batch, num_classes)
+    calls = {name: jax_call(fn, logits, labels) for name, fn in JAX_LOSSES.items()}
+    calls.update({name: torch_call(fn, logits, labels) for name, fn in torch_losses.items()})
+    results[batch, num_classes] = interleaved_medians(calls, args.rounds, args.calls)
+
+  print(f"| loss | {' | '.join(f'{b} x {c}' for b, c in SHAPES)} |")
   print("|---|" + "---:|" * len(SHAPES))
-  jax_times = {}
-  for name, fn in JAX_LOSSES.items():
-    jax_times[name] = [time_jax(fn, *inputs(b, c), args.calls, args.rounds) for b, c in SHAPES]
-    print(f"| jax `{name}` | " + " | ".join(f"{t * 1e6:.1f}" for t in jax_times[name]) + " |", flush=True)
-  amr = jax_times["adaptive_mean_residue_loss"]
-  for name, fn in torch_losses.items():
-    times = [time_torch(fn, *inputs(b, c), args.calls, args.rounds) for b, c in SHAPES]
-    print(f"| {name} | " + " | ".join(f"{t * 1e6:.1f} ({t / a:.1f}x jax AMR)" for t, a in zip(times, amr)) + " |",
-          flush=True)
+  amr = "adaptive_mean_residue_loss"
+  for name in JAX_LOSSES:
+    print(f"| jax `{name}` | " + " | ".join(f"{results[shape][name] * 1e6:.1f}" for shape in SHAPES) + " |")
+  for name in torch_losses:
+    cells = [f"{results[shape][name] * 1e6:.1f} ({results[shape][name] / results[shape][amr]:.1f}x jax AMR)"
+             for shape in SHAPES]
+    print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -305,7 +305,7 @@ def test_terms_and_loss_agree_and_terms_are_per_example():
     (lambda: losses.adaptive_mean_residue_loss(np.float32(1.0), np.zeros(())), r"logits must have shape \[..., num_classes\]"),
     (lambda: losses.mean_variance_loss(np.zeros((4, 10)), np.zeros((4, 1))), r"labels must have shape \(4,\)"),
     (lambda: losses.cross_entropy_loss(np.zeros((4, 10)), np.zeros(3)), r"labels must have shape \(4,\)"),
-    (lambda: losses.dldl_loss(np.zeros((4, 10)), np.zeros(4, bool)), "labels must hold integer or real ages"),
+    (lambda: losses.dldl_loss(np.zeros((4, 10)), np.zeros(4, bool)), "labels must hold integer or real values"),
     (lambda: losses.dldl_v2_loss(np.zeros((4, 10)), np.zeros(4), sigma=np.ones(3)), r"sigma must be a scalar or have shape \(4,\)"),
     (lambda: losses.mean_residue_loss(np.zeros((4, 10)), np.zeros(4), k=0), r"k must be an integer in \[1, num_classes=10\]"),
     (lambda: losses.mean_residue_loss(np.zeros((4, 10)), np.zeros(4), k=11), "k must be an integer"),
@@ -320,3 +320,23 @@ def test_bad_arguments_raise_at_trace_time(call, match):
 def test_shape_errors_raise_under_jit():
   with pytest.raises(ValueError, match=r"labels must have shape \(2,\)"):
     jax.jit(losses.adaptive_mean_residue_loss)(jnp.zeros((2, 5)), jnp.zeros((5,)))
+
+
+def test_gaussian_label_distribution_checks_sigma_shape():
+  with pytest.raises(ValueError, match=r"sigma must be a scalar or have shape \(3,\)"):
+    losses.gaussian_label_distribution(np.zeros(3), 10, np.ones(2))
+
+
+def test_traced_start_age_works_under_jit():
+  logits, labels = _random_case(2, 4, 20, start_age=30)
+  fn = jax.jit(lambda z, y, s: losses.adaptive_mean_residue_loss(z, y, start_age=s))
+  np.testing.assert_allclose(fn(logits, labels, 30.0), losses.adaptive_mean_residue_loss(logits, labels, start_age=30),
+                             rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(ALL_LOSSES))
+def test_float32_stays_float32_when_x64_is_enabled(name):
+  logits, labels = _random_case(4, 3, 10)
+  with jax.enable_x64(True):
+    loss, grad = jax.value_and_grad(lambda z: ALL_LOSSES[name](z, labels).mean())(jnp.asarray(logits))
+    assert loss.dtype == jnp.float32 and grad.dtype == jnp.float32
