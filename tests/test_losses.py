@@ -18,8 +18,11 @@ RTOL = 2e-5
 
 
 def _random_case(seed, batch, num_classes, *, scale=3.0, start_age=0, real_labels=False):
+  """Random logits and ages; a negative ``scale`` rounds the logits to integers, so many tie exactly."""
   rng = np.random.default_rng(seed)
-  logits = (rng.standard_normal((batch, num_classes)) * scale).astype(np.float32)
+  logits = (rng.standard_normal((batch, num_classes)) * abs(scale)).astype(np.float32)
+  if scale < 0:
+    logits = np.round(logits)
   labels = rng.integers(start_age, start_age + num_classes, size=batch)
   if real_labels:
     labels = labels + rng.uniform(-0.49, 0.49, size=batch)
@@ -39,6 +42,7 @@ NUMPY_CASES = [
     (12, 101, 0, 30.0, False),    # very confident logits
     (9, 61, 16, 3.0, False),      # start_age 16 (ages 16..76)
     (5, 85, 7, 5.0, True),        # odd start age, real labels
+    (16, 30, 0, -2.0, False),     # logits rounded to integers: many exact ties, with the true class too
 ]
 
 
