@@ -1,0 +1,103 @@
+"""Models: parameter counts, shapes, BatchNorm modes, bfloat16, and the model registry."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from amr_jax import models
+
+
+def _init(name, num_classes, size=64, **kwargs):
+  module = models.create_model(name, num_classes, **kwargs)
+  variables = jax.jit(functools.partial(module.init, train=False))(jax.random.key(0), jnp.zeros((1, size, size, 3)))
+  return module, variables
+
+
+def _jit_apply(module):
+  return jax.jit(module.apply, static_argnames=("train", "mutable"))
+
+
+def _count(tree):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("name,num_classes,want", [
+    ("thin_age_net", 101, 3_708_229),   # DLDL-v2 paper
+    ("tiny_age_net", 101, 934_869),     # DLDL-v2 paper
+    ("resnet18", 1000, 11_689_512),     # torchvision
+    ("resnet34", 1000, 21_797_672),     # torchvision
+    ("resnet50", 1000, 25_557_032),     # torchvision
+])
+def test_trainable_parameter_counts(name, num_classes, want):
+  module = models.create_model(name, num_classes)
+  shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
+  assert _count(shapes["params"]) == want
+
+
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+def test_output_shapes_at_64_112_224(name):
+  module = models.create_model(name, 70)
+  variables = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
+  for size in (64, 112, 224):
+    out = jax.eval_shape(lambda v, x: module.apply(v, x, train=False), variables, jnp.zeros((2, size, size, 3)))
+    assert out.shape == (2, 70), (size, out.shape)
+  # And really run the smallest size.
+  module, variables = _init(name, 70, 64)
+  logits = jax.jit(functools.partial(module.apply, train=False))(variables, jnp.ones((2, 64, 64, 3)))
+  assert logits.shape == (2, 70) and np.all(np.isfinite(logits))
+
+
+@pytest.mark.parametrize("name", ["tiny_age_net", "resnet18"])
+def test_train_mode_uses_batch_statistics_and_updates_running_averages(name):
+  module, variables = _init(name, 10, 64)
+  apply = _jit_apply(module)
+  images = jax.random.normal(jax.random.key(1), (4, 64, 64, 3))
+  train_logits, updates = apply(variables, images, train=True, mutable=("batch_stats",))
+  eval_logits = apply(variables, images, train=False)
+  assert not np.allclose(train_logits, eval_logits, atol=1e-3)
+  changed = jax.tree.map(lambda a, b: not np.allclose(a, b), variables["batch_stats"], updates["batch_stats"])
+  assert all(jax.tree.leaves(changed))
+  # Eval mode: each image's logits do not depend on the rest of the batch.
+  alone = apply(variables, images[:1], train=False)
+  np.testing.assert_allclose(alone, eval_logits[:1], rtol=1e-5, atol=1e-5)
+  # Train mode: they do (batch statistics).
+  alone_train, _ = apply(variables, images[:2], train=True, mutable=("batch_stats",))
+  assert not np.allclose(alone_train[:1], train_logits[:1], atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["thin_age_net", "resnet18"])
+def test_bfloat16_forward_close_to_float32(name):
+  module32, variables = _init(name, 10, 64)
+  module16 = models.create_model(name, 10, dtype=jnp.bfloat16)
+  images = jax.random.uniform(jax.random.key(2), (2, 64, 64, 3))
+  full = _jit_apply(module32)(variables, images, train=False)
+  half = _jit_apply(module16)(variables, images, train=False)
+  assert half.dtype == jnp.bfloat16
+  assert jax.tree.leaves(variables)[0].dtype == jnp.float32
+  scale = np.abs(full).max()
+  np.testing.assert_allclose(np.asarray(half, np.float32), full, atol=0.05 * scale)
+
+
+def test_batch_norm_statistics_are_averaged_across_devices():
+  n = jax.local_device_count()
+  module = models.create_model("tiny_age_net", 5, axis_name="batch")
+  plain = models.create_model("tiny_age_net", 5)
+  variables = jax.jit(plain.init)(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+  images = jax.random.normal(jax.random.key(3), (n * 2, 64, 64, 3))
+  replicated = jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), variables)
+  step = jax.pmap(lambda v, x: module.apply(v, x, train=True, mutable=["batch_stats"]), axis_name="batch")
+  sharded_logits, sharded_stats = step(replicated, images.reshape(n, 2, 64, 64, 3))
+  whole_logits, whole_stats = _jit_apply(plain)(variables, images, train=True, mutable=("batch_stats",))
+  np.testing.assert_allclose(sharded_logits.reshape(n * 2, 5), whole_logits, rtol=1e-4, atol=1e-4)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a[0], b, rtol=1e-4, atol=1e-5),
+               sharded_stats["batch_stats"], whole_stats["batch_stats"])
+
+
+def test_unknown_model_name_lists_the_valid_ones():
+  with pytest.raises(ValueError, match="unknown model 'resnet101'; valid names: resnet18, resnet34, resnet50"):
+    models.create_model("resnet101", 10)
+  with pytest.raises(ValueError, match="num_classes must be a positive integer"):
+    models.create_model("resnet18", 0)

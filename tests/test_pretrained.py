@@ -1,0 +1,121 @@
+"""Weight import: torchvision-layout ResNet .pth files, with and without torch, and init_from_pretrained."""
+
+import functools
+import io
+import pickle
+import sys
+import zipfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from amr_jax import models, pretrained, torch_pickle
+
+torch = pytest.importorskip("torch")  # in requirements.txt, so CI always runs these
+from torch_models import TORCH_RESNETS, randomised  # noqa: E402
+
+
+@pytest.fixture(scope="module", params=["resnet18", "resnet50"])
+def saved_resnet(request, tmp_path_factory):
+  torch.manual_seed(0)
+  model = randomised(TORCH_RESNETS[request.param](), seed=1)
+  path = tmp_path_factory.mktemp("weights") / f"{request.param}.pth"
+  torch.save(model.state_dict(), path)
+  return request.param, model, path
+
+
+def _images(size=64, n=2):
+  return np.random.default_rng(0).uniform(-1, 1, (n, size, size, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize("reader", ["with_torch", "without_torch"])
+def test_imported_resnet_gives_pytorch_logits(saved_resnet, reader, monkeypatch):
+  name, model, path = saved_resnet
+  with monkeypatch.context() as patch:
+    if reader == "without_torch":
+      # The torch-free reader must be what runs: make `import torch` fail inside the loader.
+      patch.setitem(sys.modules, "torch", None)
+    module, variables = pretrained.load_torchvision_resnet(path, name)
+  images = _images(112)
+  flax_logits = jax.jit(functools.partial(module.apply, train=False))(variables, images)
+  with torch.no_grad():
+    torch_logits = model(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+  assert np.abs(torch_logits).max() > 0.1  # the comparison is not between two near-zero outputs
+  np.testing.assert_allclose(flax_logits, torch_logits, atol=1e-4, rtol=1e-4)
+
+
+def test_torch_free_reader_matches_torch_load_in_both_formats(tmp_path):
+  state = {"w": torch.randn(4, 3, 3, 3), "t": torch.randn(5, 6).t(), "slice": torch.arange(10.0)[3:7],
+           "count": torch.tensor(7), "half": torch.randn(3).half(), "bf16": torch.randn(3).to(torch.bfloat16)}
+  for zip_format in (True, False):
+    path = tmp_path / f"state_{zip_format}.pth"
+    torch.save(state, path, _use_new_zipfile_serialization=zip_format)
+    loaded = torch_pickle.load_state_dict(path)
+    assert sorted(loaded) == sorted(state)
+    for key, tensor in state.items():
+      want = tensor.float().numpy() if tensor.dtype == torch.bfloat16 else tensor.numpy()
+      assert loaded[key].dtype == want.dtype and loaded[key].shape == want.shape, key
+      np.testing.assert_array_equal(loaded[key], want)
+
+
+def test_reader_refuses_code_and_names_bad_files(tmp_path):
+  class RunsCode:
+    def __reduce__(self):
+      return (print, ("this must never run",))
+
+  path = tmp_path / "evil.pth"
+  with zipfile.ZipFile(path, "w") as archive:
+    archive.writestr("archive/data.pkl", pickle.dumps({"x": RunsCode()}))
+  with pytest.raises(torch_pickle.TorchFileError, match=r"evil.pth: refusing to unpickle builtins.print"):
+    torch_pickle.load_state_dict(path)
+  garbage = tmp_path / "garbage.pth"
+  garbage.write_bytes(b"not a torch file at all")
+  with pytest.raises(torch_pickle.TorchFileError, match="garbage.pth"):
+    torch_pickle.load_state_dict(garbage)
+  with pytest.raises(FileNotFoundError, match="missing.pth"):
+    torch_pickle.load_state_dict(tmp_path / "missing.pth")
+  truncated = tmp_path / "truncated.pth"
+  buffer = io.BytesIO()
+  torch.save({"w": torch.randn(100)}, buffer, _use_new_zipfile_serialization=False)
+  truncated.write_bytes(buffer.getvalue()[:-40])
+  with pytest.raises(torch_pickle.TorchFileError, match="truncated.pth: file ends inside storage"):
+    torch_pickle.load_state_dict(truncated)
+
+
+def test_wrong_architecture_is_reported_by_path(saved_resnet):
+  name, _, path = saved_resnet
+  other = "resnet18" if name == "resnet50" else "resnet50"
+  pattern = r"\.pth does not match the model \(wrong architecture or depth\?\): .*; [1-9]\d* shape mismatches \((batch_stats|params)/layer"
+  with pytest.raises(ValueError, match=pattern):
+    pretrained.load_torchvision_resnet(path, other)
+
+
+def test_init_from_pretrained_replaces_only_the_head(saved_resnet):
+  name, _, path = saved_resnet
+  _, imagenet = pretrained.load_torchvision_resnet(path, name)
+  age_model = models.create_model(name, 70)
+  fresh = jax.jit(functools.partial(age_model.init, train=False))(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+  variables, report = pretrained.init_from_pretrained(fresh, imagenet)
+  assert sorted(report.new) == ["params/fc/bias", "params/fc/kernel"]
+  assert not report.mismatched
+  assert len(report.loaded) == len(jax.tree.leaves(fresh)) - 2
+  np.testing.assert_array_equal(variables["params"]["conv1"]["kernel"], imagenet["params"]["conv1"]["kernel"])
+  np.testing.assert_array_equal(variables["batch_stats"]["bn1"]["var"], imagenet["batch_stats"]["bn1"]["var"])
+  np.testing.assert_array_equal(variables["params"]["fc"]["kernel"], fresh["params"]["fc"]["kernel"])
+  assert "loaded" in str(report) and "new: params/fc/kernel" in str(report)
+
+
+def test_init_from_pretrained_reports_shape_mismatches():
+  small = models.create_model("tiny_age_net", 10)
+  big = models.create_model("thin_age_net", 10)
+  x = jnp.zeros((1, 64, 64, 3))
+  fresh = jax.eval_shape(lambda: small.init(jax.random.key(0), x))
+  other = jax.eval_shape(lambda: big.init(jax.random.key(0), x))
+  fresh, other = (jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), t) for t in (fresh, other))
+  with pytest.raises(ValueError, match=r"params/conv1_1/kernel: model \(3, 3, 3, 16\), pretrained \(3, 3, 3, 32\)"):
+    pretrained.init_from_pretrained(fresh, other)
+  _, report = pretrained.init_from_pretrained(fresh, other, strict=False)
+  assert any(m.startswith("params/conv1_1/kernel") for m in report.mismatched)
+  assert not report.loaded

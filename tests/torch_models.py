@@ -1,0 +1,110 @@
+"""PyTorch ResNets with torchvision's module names (torchvision itself is not installed).
+
+Used to prove the weight import: a state_dict saved from these loads into
+amr_jax's ResNets and must give the same logits.
+"""
+
+import torch
+from torch import nn
+
+
+class BasicBlock(nn.Module):
+  expansion = 1
+
+  def __init__(self, in_planes, planes, stride):
+    super().__init__()
+    self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+    self.bn1 = nn.BatchNorm2d(planes)
+    self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+    self.bn2 = nn.BatchNorm2d(planes)
+    self.relu = nn.ReLU()
+    self.downsample = _downsample(in_planes, planes * self.expansion, stride)
+
+  def forward(self, x):
+    y = self.relu(self.bn1(self.conv1(x)))
+    y = self.bn2(self.conv2(y))
+    return self.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class Bottleneck(nn.Module):
+  expansion = 4
+
+  def __init__(self, in_planes, planes, stride):
+    super().__init__()
+    self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
+    self.bn1 = nn.BatchNorm2d(planes)
+    self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+    self.bn2 = nn.BatchNorm2d(planes)
+    self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+    self.bn3 = nn.BatchNorm2d(planes * 4)
+    self.relu = nn.ReLU()
+    self.downsample = _downsample(in_planes, planes * self.expansion, stride)
+
+  def forward(self, x):
+    y = self.relu(self.bn1(self.conv1(x)))
+    y = self.relu(self.bn2(self.conv2(y)))
+    y = self.bn3(self.conv3(y))
+    return self.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+def _downsample(in_planes, out_planes, stride):
+  if stride == 1 and in_planes == out_planes:
+    return None
+  return nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, stride, bias=False), nn.BatchNorm2d(out_planes))
+
+
+class TorchResNet(nn.Module):
+  def __init__(self, block, layers, num_classes=1000):
+    super().__init__()
+    self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+    self.bn1 = nn.BatchNorm2d(64)
+    self.relu = nn.ReLU()
+    self.maxpool = nn.MaxPool2d(3, 2, 1)
+    in_planes = 64
+    for i, num_blocks in enumerate(layers):
+      planes, blocks = 64 * 2**i, []
+      for j in range(num_blocks):
+        blocks.append(block(in_planes, planes, (1 if i == 0 else 2) if j == 0 else 1))
+        in_planes = planes * block.expansion
+      setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+    self.avgpool = nn.AdaptiveAvgPool2d(1)
+    self.fc = nn.Linear(in_planes, num_classes)
+
+  def forward(self, x):
+    x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+    x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+    return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+TORCH_RESNETS = {
+    "resnet18": lambda **kw: TorchResNet(BasicBlock, [2, 2, 2, 2], **kw),
+    "resnet34": lambda **kw: TorchResNet(BasicBlock, [3, 4, 6, 3], **kw),
+    "resnet50": lambda **kw: TorchResNet(Bottleneck, [3, 4, 6, 3], **kw),
+}
+
+
+def randomised(model, seed=0):
+  """Random weights and BatchNorm statistics (not the defaults), so that every imported tensor matters.
+
+  Convolutions get std sqrt(1 / fan_in) and BatchNorm scales near 1, so the
+  logits stay of order 1 through 50 layers.
+  """
+  generator = torch.Generator().manual_seed(seed)
+
+  def uniform(shape, low, high):
+    return low + (high - low) * torch.rand(shape, generator=generator)
+
+  with torch.no_grad():
+    for name, tensor in model.state_dict().items():
+      if name.endswith("num_batches_tracked"):
+        continue
+      if tensor.ndim == 4:
+        fan_in = tensor.shape[1] * tensor.shape[2] * tensor.shape[3]
+        tensor.copy_(torch.randn(tensor.shape, generator=generator) / fan_in**0.5)
+      elif tensor.ndim == 2:
+        tensor.copy_(torch.randn(tensor.shape, generator=generator) / tensor.shape[1] ** 0.5)
+      elif name.endswith(("running_var", "weight")):
+        tensor.copy_(uniform(tensor.shape, 0.5, 1.5))
+      else:  # biases and running means
+        tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.1)
+  return model.eval()
