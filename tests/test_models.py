@@ -30,6 +30,7 @@ def _count(tree):
     ("resnet18", 1000, 11_689_512),     # torchvision
     ("resnet34", 1000, 21_797_672),     # torchvision
     ("resnet50", 1000, 25_557_032),     # torchvision
+    ("efficientnet_lite0", 1000, 4_652_008),  # TensorFlow's EfficientNet-Lite0
 ])
 def test_trainable_parameter_counts(name, num_classes, want):
   module = models.create_model(name, num_classes)

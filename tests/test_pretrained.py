@@ -119,3 +119,45 @@ def test_init_from_pretrained_reports_shape_mismatches():
   _, report = pretrained.init_from_pretrained(fresh, other, strict=False)
   assert any(m.startswith("params/conv1_1/kernel") for m in report.mismatched)
   assert not report.loaded
+
+
+# ImageNet class indices.
+TABBY_CAT, ESPRESSO = 281, 967
+
+
+def _photo(image, size=224):
+  """Centre square crop, resized to size x size, RGB in [0, 1]."""
+  height, width = image.shape[:2]
+  side = min(height, width)
+  top, left = (height - side) // 2, (width - side) // 2
+  square = jnp.asarray(image[top:top + side, left:left + side], jnp.float32) / 255.0
+  return jax.image.resize(square, (size, size, 3), "bicubic", antialias=True).clip(0, 1)
+
+
+def test_efficientnet_lite0_imagenet_weights_recognise_real_photographs():
+  skimage_data = pytest.importorskip("skimage.data")
+  module, variables = pretrained.load("efficientnet_lite0")
+  images = jnp.stack([_photo(skimage_data.chelsea()), _photo(skimage_data.coffee())])
+  probs = jax.nn.softmax(jax.jit(functools.partial(module.apply, train=False))(variables, images))
+  top5 = np.argsort(-np.asarray(probs), axis=-1)[:, :5]
+  assert TABBY_CAT in top5[0], top5[0]    # chelsea: a tabby cat
+  assert top5[1][0] == ESPRESSO, top5[1]  # coffee: a cup of espresso
+  assert probs[1, ESPRESSO] > 0.5
+
+
+def test_age_model_from_efficientnet_lite0():
+  _, imagenet = pretrained.load("efficientnet_lite0")
+  from amr_jax.models.efficientnet_lite import LITE_IMAGENET_NORMALIZATION
+
+  age_model = models.create_model("efficientnet_lite0", 70, input_normalization=LITE_IMAGENET_NORMALIZATION)
+  fresh = jax.jit(functools.partial(age_model.init, train=False))(jax.random.key(0), jnp.zeros((1, 112, 112, 3)))
+  variables, report = pretrained.init_from_pretrained(fresh, imagenet)
+  assert sorted(report.new) == ["params/_fc/bias", "params/_fc/kernel"]
+  assert len(report.loaded) == len(jax.tree.leaves(fresh)) - 2
+  logits = jax.jit(functools.partial(age_model.apply, train=False))(variables, jnp.full((1, 112, 112, 3), 0.5))
+  assert logits.shape == (1, 70) and np.all(np.isfinite(logits))
+
+
+def test_load_names_the_available_weights():
+  with pytest.raises(ValueError, match="no pretrained weights for 'resnet50'; available: efficientnet_lite0"):
+    pretrained.load("resnet50")

