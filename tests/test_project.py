@@ -38,6 +38,14 @@ def test_readme_example_runs(tmp_path):
   assert "MAE" in result.stdout
 
 
+def test_readme_pretrained_example_runs(tmp_path):
+  script = tmp_path / "pretrained_example.py"
+  script.write_text(_code_block_after("<!-- example: pretrained -->"))
+  result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert "loaded 245 pretrained tensors; 2 left newly initialised" in result.stdout
+
+
 def test_public_api_is_importable():
   from amr_jax.losses import (  # noqa: F401
       adaptive_mean_residue_loss, cross_entropy_loss, dldl_loss, dldl_v2_loss, expected_age,
