@@ -35,7 +35,7 @@ def amr_loss_vectorised(logits, labels, start_age=0, lambda_mean=0.2, lambda_res
   num_classes = logits.shape[1]
   log_probs = torch.log_softmax(logits, dim=1)
   probs = log_probs.exp()
-  ages = torch.arange(start_age, start_age + num_classes, dtype=logits.dtype)
+  ages = torch.arange(start_age, start_age + num_classes, dtype=logits.dtype, device=logits.device)
   mean = probs @ ages
   classes = (labels.long() - start_age).unsqueeze(1)
   true_logit = logits.gather(1, classes)

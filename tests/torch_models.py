@@ -108,3 +108,27 @@ def randomised(model, seed=0):
       else:  # biases and running means
         tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.1)
   return model.eval()
+
+
+class TorchVGGAgeNet(nn.Module):
+  """ThinAgeNet / TinyAgeNet: VGG-16 layout, conv (no bias) + BatchNorm + ReLU, five max-pools, global average pool."""
+
+  def __init__(self, widths, num_classes):
+    super().__init__()
+    layers, in_channels = [], 3
+    for num_convs, width in zip((2, 2, 3, 3, 3), widths):
+      for _ in range(num_convs):
+        layers += [nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+        in_channels = width
+      layers.append(nn.MaxPool2d(2, 2))
+    self.features = nn.Sequential(*layers)
+    self.fc = nn.Linear(in_channels, num_classes)
+
+  def forward(self, x):
+    return self.fc(self.features(x).mean(dim=(2, 3)))
+
+
+TORCH_AGE_NETS = {
+    "thin_age_net": lambda num_classes=101: TorchVGGAgeNet((32, 64, 128, 256, 256), num_classes),
+    "tiny_age_net": lambda num_classes=101: TorchVGGAgeNet((16, 32, 64, 128, 128), num_classes),
+}
