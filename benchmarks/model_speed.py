@@ -88,8 +88,8 @@ def torch_calls(name, images, ages):
   device = "cuda" if torch.cuda.is_available() else "cpu"
   sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
   model = builders[name](num_classes=NUM_CLASSES).to(device)
-  x = torch.from_numpy(np.asarray(images, np.float32).transpose(0, 3, 1, 2)).contiguous().to(device)
-  y = torch.from_numpy(np.asarray(ages)).to(device)
+  x = torch.from_numpy(np.array(images, np.float32).transpose(0, 3, 1, 2)).contiguous().to(device)
+  y = torch.from_numpy(np.array(ages)).to(device)
   optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
 
   def forward():
