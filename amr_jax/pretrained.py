@@ -48,9 +48,7 @@ def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     state = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as error:  # torch raises many types for a bad file
     raise torch_pickle.TorchFileError(f"{path}: not a readable PyTorch state_dict ({error}).") from error
-  for wrapper in ("state_dict", "model"):
-    if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-      state = state[wrapper]
+  state = torch_pickle.unwrap_checkpoint(state)
   return {k: v.detach().float().numpy() if v.dtype == torch.bfloat16 else v.detach().numpy()
           for k, v in state.items() if isinstance(v, torch.Tensor)}
 

@@ -177,6 +177,14 @@ def _replace_items(obj, arrays):
   return obj
 
 
+def unwrap_checkpoint(obj: Any) -> Any:
+  """The state_dict inside a training checkpoint saved as ``{"state_dict": ...}`` or ``{"model": ...}``."""
+  for wrapper in ("state_dict", "model"):
+    if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+      obj = obj[wrapper]
+  return obj
+
+
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """Reads a ``torch.save``-d state_dict (zip or legacy format) into NumPy arrays.
 
@@ -200,9 +208,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     raise
   except (pickle.UnpicklingError, EOFError, KeyError, zipfile.BadZipFile, struct.error, ValueError) as error:
     raise TorchFileError(f"{path}: not a readable PyTorch state_dict ({type(error).__name__}: {error}).") from error
-  for wrapper in ("state_dict", "model"):
-    if isinstance(result, dict) and wrapper in result and isinstance(result[wrapper], dict):
-      result = result[wrapper]
+  result = unwrap_checkpoint(result)
   if not isinstance(result, dict) or not all(isinstance(v, np.ndarray) for v in result.values()):
     raise TorchFileError(f"{path}: holds a {type(result).__name__}, not a state_dict of tensors.")
   return dict(result)

@@ -58,6 +58,10 @@ def test_torch_free_reader_matches_torch_load_in_both_formats(tmp_path):
       want = tensor.float().numpy() if tensor.dtype == torch.bfloat16 else tensor.numpy()
       assert loaded[key].dtype == want.dtype and loaded[key].shape == want.shape, key
       np.testing.assert_array_equal(loaded[key], want)
+  wrapped = tmp_path / "checkpoint.pth"
+  torch.save({"state_dict": {"w": state["w"]}, "epoch": 3}, wrapped)
+  np.testing.assert_array_equal(torch_pickle.load_state_dict(wrapped)["w"], state["w"].numpy())
+  np.testing.assert_array_equal(pretrained.read_torch_state_dict(wrapped)["w"], state["w"].numpy())
 
 
 def test_reader_refuses_code_and_names_bad_files(tmp_path):
