@@ -94,3 +94,17 @@ def test_real_fgnet(shared_dir, tmp_path):
     if i % 100 == 0:
       assert example["image"].ndim == 3 and example["image"].shape[2] == 3
   assert len(subjects) == 82 and min(ages) == 0 and max(ages) == 69
+
+
+@pytest.mark.parametrize("crop", ["aligned", "whole"])
+def test_load_fgnet_arrays_from_built_dummy_data(tmp_path, crop):
+  from amr_jax import input_pipeline
+
+  _build(DUMMY, tmp_path)
+  arrays = input_pipeline.load_fgnet_arrays(str(tmp_path / "fgnet" / "1.0.0"), crop=crop, image_size=32)
+  assert arrays["image"].shape == (5, 32, 32, 3) and arrays["image"].dtype == np.uint8
+  assert arrays["age"].tolist() == [2, 10, 33, 33, 69]
+  assert arrays["subject_id"].tolist() == [1, 1, 2, 2, 3]
+  assert arrays["file_name"][0] == "001A02.JPG"
+  with pytest.raises(FileNotFoundError, match="not a built FG-NET dataset"):
+    input_pipeline.load_fgnet_arrays(str(tmp_path / "nothing"))
