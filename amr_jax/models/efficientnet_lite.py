@@ -14,7 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from amr_jax.models.layers import batch_norm, global_average_pool, he_normal_fan_out
+from amr_jax.models.layers import batch_norm, conv, global_average_pool
 
 # (repeats, kernel, stride, expand ratio, output channels) per stage: EfficientNet-B0's, depth and width 1.0.
 # The TensorFlow Lite models' input scaling: (255 x - 127) / 128 for x in [0, 1].
@@ -24,10 +24,9 @@ LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 
                 (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
 
 
-def _conv(features, kernel, stride=1, groups=1, *, dtype, name):
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding="SAME", use_bias=False,
-                 feature_group_count=groups, dtype=dtype, param_dtype=jnp.float32,
-                 kernel_init=he_normal_fan_out, name=name)
+# TensorFlow's conventions, which the ImageNet weights were trained with.
+_conv = functools.partial(conv, same_padding=True)
+_tf_batch_norm = functools.partial(batch_norm, epsilon=1e-3, momentum=0.99)
 
 
 class MBConvBlock(nn.Module):
@@ -42,8 +41,7 @@ class MBConvBlock(nn.Module):
 
   @nn.compact
   def __call__(self, inputs, train: bool):
-    norm = functools.partial(batch_norm, train, dtype=self.dtype, axis_name=self.axis_name, epsilon=1e-3,
-                             momentum=0.99)
+    norm = functools.partial(_tf_batch_norm, train, dtype=self.dtype, axis_name=self.axis_name)
     x = inputs
     hidden = inputs.shape[-1] * self.expand_ratio
     if self.expand_ratio != 1:
@@ -94,8 +92,7 @@ class EfficientNetLite0(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    norm = functools.partial(batch_norm, train, dtype=self.dtype, axis_name=self.axis_name, epsilon=1e-3,
-                             momentum=0.99)
+    norm = functools.partial(_tf_batch_norm, train, dtype=self.dtype, axis_name=self.axis_name)
     x = jnp.asarray(x, self.dtype)
     if self.input_normalization is not None:
       mean, std = self.input_normalization

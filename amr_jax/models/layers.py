@@ -11,10 +11,10 @@ he_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def conv(features: int, kernel: int, stride: int = 1, *, dtype: Any = jnp.float32, name: str | None = None,
-         padding: int | None = None, groups: int = 1) -> nn.Conv:
-  """A bias-free convolution with PyTorch's symmetric padding (``kernel // 2`` unless given)."""
-  pad = kernel // 2 if padding is None else padding
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
+         same_padding: bool = False, groups: int = 1) -> nn.Conv:
+  """A bias-free convolution: PyTorch's symmetric ``kernel // 2`` padding, or TensorFlow's "SAME"."""
+  pad = "SAME" if same_padding else ((kernel // 2, kernel // 2),) * 2
+  return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=pad,
                  use_bias=False, feature_group_count=groups, dtype=dtype, param_dtype=jnp.float32,
                  kernel_init=he_normal_fan_out, name=name)
 

@@ -63,8 +63,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
 def _manual_root(manual_dir: pathlib.Path, download_dir: pathlib.Path) -> pathlib.Path:
   """The FG-NET folder in the manual directory, or in FGNET.zip there (extracted under ``download_dir``)."""
-  if not manual_dir.is_dir() or not any(manual_dir.iterdir()):
-    raise FileNotFoundError(f"manual directory {manual_dir} is missing or empty.\n{_MANUAL}")
+  # TFDS itself rejects a missing or empty manual directory, quoting MANUAL_DOWNLOAD_INSTRUCTIONS.
   try:
     return fgnet.find_root(manual_dir)
   except FileNotFoundError:
