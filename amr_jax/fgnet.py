@@ -29,9 +29,10 @@ NUM_LANDMARKS = 68
 _IMAGE_NAME = re.compile(r"^(\d{3})A(\d{2})([ab]?)\.JPG$", re.IGNORECASE)
 
 DOWNLOAD_INSTRUCTIONS = """\
-FG-NET is not downloaded automatically. Get FGNET.zip from the FG-NET page of
-yanweifu.github.io (FG_NET_data), extract it, and put the `FGNET/` folder
-(with `images/` and `points/` inside) in the directory given."""
+Get FGNET.zip from the FG-NET page of yanweifu.github.io
+(https://yanweifu.github.io/FG_NET_data/) and put it, or the extracted
+`FGNET/` folder (with `images/` and `points/` inside), in the directory given
+(for TFDS: the manual directory)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,13 +1,16 @@
 """The FG-NET TFDS builder: dummy_data, a zipped manual directory, bad input, and the real FG-NET.
 
-The builder is loaded from its file, never as `import datasets...`: Hugging Face's
-`datasets` package has the same top-level name.
+The builder is loaded from its file by amr_jax.tfds_builders, never as
+`import datasets...`: Hugging Face's `datasets` package has the same top-level name.
 """
 
-import importlib.util
+import functools
+import http.server
 import pathlib
 import shutil
+import subprocess
 import sys
+import threading
 import zipfile
 
 import numpy as np
@@ -15,33 +18,24 @@ import pytest
 import tensorflow_datasets as tfds
 
 from amr_jax import fgnet
+from amr_jax import tfds_builders
 
 BUILDER_DIR = pathlib.Path(__file__).resolve().parents[1] / "datasets" / "fgnet"
 DUMMY = BUILDER_DIR / "dummy_data"
 
 
-def _load_by_path(name, path, package_dir=None):
-  spec = importlib.util.spec_from_file_location(
-      name, path, submodule_search_locations=[str(package_dir)] if package_dir else None)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[name] = module  # TFDS imports the builder's module (and its package) by name
-  spec.loader.exec_module(module)
-  return module
+def _builder_module():
+  return sys.modules[tfds_builders.builder_class("fgnet").__module__]
 
 
-def _builder_class():
-  # A package name no other installed package can have, then the builder as its submodule.
-  package = "amr_jax_datasets_fgnet"
-  if package not in sys.modules:
-    _load_by_path(package, BUILDER_DIR / "__init__.py", BUILDER_DIR)
-    _load_by_path(f"{package}.fgnet_dataset_builder", BUILDER_DIR / "fgnet_dataset_builder.py")
-  return sys.modules[f"{package}.fgnet_dataset_builder"].Builder
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+  """Tests never reach the internet: the public URL becomes a closed loopback port unless a test serves one."""
+  monkeypatch.setattr(_builder_module(), "DOWNLOAD_URL", "http://127.0.0.1:1/FGNET.zip")
 
 
 def _build(manual_dir, data_dir):
-  builder = _builder_class()(data_dir=str(data_dir), file_format="array_record")
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
-  return builder.as_data_source()["train"]
+  return tfds_builders.build("fgnet", manual_dir=manual_dir, data_dir=data_dir).as_data_source()["train"]
 
 
 def test_builds_dummy_data_without_tensorflow(tmp_path):
@@ -58,12 +52,16 @@ def test_builds_dummy_data_without_tensorflow(tmp_path):
   assert "tensorflow" not in sys.modules
 
 
+def _zip_dummy_data(path):
+  with zipfile.ZipFile(path, "w") as archive:
+    for file in (DUMMY / "FGNET").rglob("*"):
+      archive.write(file, file.relative_to(DUMMY))
+
+
 def test_builds_from_fgnet_zip_in_manual_dir(tmp_path):
   manual = tmp_path / "manual"
   manual.mkdir()
-  with zipfile.ZipFile(manual / "FGNET.zip", "w") as archive:
-    for path in (DUMMY / "FGNET").rglob("*"):
-      archive.write(path, path.relative_to(DUMMY))
+  _zip_dummy_data(manual / "FGNET.zip")
   assert len(_build(manual, tmp_path / "data")) == 5
 
 
@@ -108,3 +106,80 @@ def test_load_fgnet_arrays_from_built_dummy_data(tmp_path, crop):
   assert arrays["file_name"][0] == "001A02.JPG"
   with pytest.raises(FileNotFoundError, match="not a built FG-NET dataset"):
     input_pipeline.load_fgnet_arrays(str(tmp_path / "nothing"))
+
+
+@pytest.fixture
+def dummy_zip_server(tmp_path):
+  """A loopback HTTP server offering the dummy data as FGNET.zip; yields its URL."""
+  served = tmp_path / "served"
+  served.mkdir()
+  _zip_dummy_data(served / "FGNET.zip")
+  handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+  thread = threading.Thread(target=server.serve_forever, daemon=True)
+  thread.start()
+  yield f"http://127.0.0.1:{server.server_address[1]}/FGNET.zip"
+  server.shutdown()
+
+
+def test_downloads_when_manual_dir_is_empty(tmp_path, dummy_zip_server, monkeypatch):
+  monkeypatch.setattr(_builder_module(), "DOWNLOAD_URL", dummy_zip_server)
+  (tmp_path / "empty").mkdir()
+  assert len(_build(tmp_path / "empty", tmp_path / "data")) == 5
+
+
+def test_manual_copy_is_used_before_the_download(tmp_path, dummy_zip_server, monkeypatch):
+  monkeypatch.setattr(_builder_module(), "DOWNLOAD_URL", dummy_zip_server)
+  (tmp_path / "manual").mkdir()
+  (tmp_path / "manual" / "notes.txt").write_text("no FG-NET here")
+  with pytest.raises(FileNotFoundError, match="(?s)manual directory .*manual holds no usable copy.*yanweifu"):
+    _build(tmp_path / "manual", tmp_path / "data")  # an unusable manual copy is an error, not a download
+  assert not (tmp_path / "data" / "downloads" / "fgnet" / "FGNET.zip").exists()
+
+
+def test_a_non_zip_download_is_refused_and_not_kept(tmp_path, dummy_zip_server, monkeypatch):
+  monkeypatch.setattr(_builder_module(), "DOWNLOAD_URL", dummy_zip_server.replace("FGNET.zip", ""))
+  with pytest.raises(FileNotFoundError, match="did not return a zip archive"):
+    _build(tmp_path / "missing", tmp_path / "data")
+  assert not list((tmp_path / "data" / "downloads" / "fgnet").iterdir())
+
+
+def test_failed_download_and_no_manual_copy_explains_both(tmp_path):
+  with pytest.raises(FileNotFoundError, match=(r"(?s)manual directory .*missing or empty.*"
+                                               r"download of http://127.0.0.1:1/FGNET.zip failed.*yanweifu.github.io")):
+    _build(tmp_path / "missing", tmp_path / "data")
+
+
+_READ_WITHOUT_TENSORFLOW = """
+import sys
+import tensorflow_datasets as tfds
+from amr_jax import tfds_builders
+tfds_builders.build("fgnet", manual_dir=sys.argv[1], data_dir=sys.argv[2])
+source = tfds.builder_from_directory(sys.argv[2] + "/fgnet/1.0.0").as_data_source()["train"]
+print(len(source), source[0]["image"].shape, sorted(int(source[i]["age"]) for i in range(len(source))),
+      "tensorflow" in sys.modules)
+"""
+
+
+def test_building_and_reading_never_import_tensorflow(tmp_path):
+  # A fresh process, so no other test's imports count; TensorFlow is installed for the TFDS command line only.
+  result = subprocess.run([sys.executable, "-c", _READ_WITHOUT_TENSORFLOW, str(DUMMY), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.split("\n")[-2] == "5 (48, 40, 3) [2, 10, 33, 33, 69] False"
+
+
+def test_tfds_command_line_builds_it_with_hugging_face_datasets_installed(tmp_path):
+  # `datasets/` shares its name with Hugging Face's package; both must keep working side by side.
+  repo = BUILDER_DIR.parents[1]
+  hugging_face = subprocess.run([sys.executable, "-c", "import datasets; print(datasets.__file__)"],
+                                cwd=repo, capture_output=True, text=True, timeout=120)
+  assert hugging_face.returncode == 0 and "site-packages" in hugging_face.stdout, hugging_face
+  tfds_cli = pathlib.Path(sys.executable).with_name("tfds")
+  result = subprocess.run([str(tfds_cli), "build", "datasets/fgnet", f"--manual_dir={DUMMY}",
+                           f"--data_dir={tmp_path}", "--file_format=array_record"],
+                          cwd=repo, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  source = tfds.builder_from_directory(str(tmp_path / "fgnet" / "1.0.0")).as_data_source()["train"]
+  assert sorted(source[i]["file_name"].decode() for i in range(len(source)))[0] == "001A02.JPG"
+  assert len(source) == 5

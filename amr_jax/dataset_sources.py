@@ -1,0 +1,124 @@
+"""A TFDS builder's raw files: where they come from (manual directory, an archive in it, or a download) and how images are stored.
+
+Order: a copy in the manual directory (extracted folder, then ``*.zip``) is
+used first, with no network access, because research clusters are often
+offline and a user who put the files there meant them to be used. A manual
+directory that holds something unusable is an error (it is not papered over
+by a download). Only a missing or empty manual directory leads to the public
+URL, where one is known: one attempt with a timeout (TFDS's own downloader
+retries for minutes and extracts with TensorFlow, so it is not used). If
+nothing works, the error says what to download, where to put it, and why each
+source failed.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pathlib
+import shutil
+import urllib.request
+import zipfile
+from typing import Callable
+
+from absl import logging
+import PIL.Image
+
+FindRoot = Callable[[pathlib.Path], pathlib.Path]
+DOWNLOAD_TIMEOUT_S = 60
+
+
+def raw_data_root(dl_manager, *, name: str, find_root: FindRoot, instructions: str,
+                  download_url: str | None = None) -> pathlib.Path:
+  """The folder holding dataset ``name``'s raw files.
+
+  Args:
+    dl_manager: the builder's ``tfds.download.DownloadManager``.
+    name: the dataset's name, for messages and the download folder.
+    find_root: maps a folder to the dataset root found inside it, or raises
+      ``FileNotFoundError`` saying what is missing.
+    instructions: what to download and where to put it.
+    download_url: the public zip archive, tried when the manual directory is missing or empty.
+  """
+  work_dir = pathlib.Path(dl_manager.download_dir) / name
+  manual_dir = _manual_dir(dl_manager)
+  if manual_dir is not None:
+    try:
+      return _root_in_folder_or_zip(manual_dir, work_dir / "extracted", find_root)
+    except FileNotFoundError as error:
+      raise FileNotFoundError(f"{name}: manual directory {manual_dir} holds no usable copy: "
+                              f"{_first_line(error)}\n{instructions}") from error
+  failures = [f"manual directory {dl_manager._manual_dir} is missing or empty"]  # pylint: disable=protected-access
+  if download_url:
+    try:
+      archive = _download(download_url, work_dir)
+      return _root_in_folder_or_zip(archive.parent, work_dir / "extracted", find_root)
+    except Exception as error:  # pylint: disable=broad-except  # any failure ends in the message below
+      failures.append(f"download of {download_url} failed: {type(error).__name__}: {_first_line(error)}")
+  reasons = "\n".join(f"  - {failure}" for failure in failures)
+  raise FileNotFoundError(f"{name}: no usable copy of the raw data found:\n{reasons}\n{instructions}")
+
+
+def _download(url: str, folder: pathlib.Path) -> pathlib.Path:
+  """Fetches ``url`` once into ``folder`` (kept for later builds); returns the file."""
+  target = folder / os.path.basename(url.split("?")[0])
+  if target.is_file():
+    return target
+  folder.mkdir(parents=True, exist_ok=True)
+  partial = target.with_name(target.name + ".partial")
+  logging.info("Downloading %s to %s", url, target)
+  with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(partial, "wb") as out:
+    shutil.copyfileobj(response, out)
+  if not zipfile.is_zipfile(partial):
+    size = partial.stat().st_size
+    partial.unlink()
+    raise ValueError(f"{url} did not return a zip archive ({size} bytes).")
+  partial.replace(target)  # a killed or failed download never looks complete
+  return target
+
+
+def _first_line(error: Exception) -> str:
+  return (str(error).strip().splitlines() or [""])[0]
+
+
+def _manual_dir(dl_manager) -> pathlib.Path | None:
+  try:
+    return pathlib.Path(dl_manager.manual_dir)
+  except AssertionError:  # TFDS's way of saying missing or empty
+    return None
+
+
+def _root_in_folder_or_zip(folder: pathlib.Path, extract_to: pathlib.Path, find_root: FindRoot) -> pathlib.Path:
+  """The root in ``folder``, or in the ``*.zip`` files there (extracted into ``extract_to``)."""
+  try:
+    return find_root(folder)
+  except FileNotFoundError:
+    archives = sorted(folder.glob("*.zip"))
+    if not archives:
+      raise
+  for archive in archives:  # extracted elsewhere: the manual directory may be read-only
+    try:
+      with zipfile.ZipFile(archive) as handle:
+        handle.extractall(extract_to)
+    except zipfile.BadZipFile as error:
+      raise ValueError(f"{archive}: not a readable zip archive ({error}).") from error
+  return find_root(extract_to)
+
+
+def rgb_jpeg_bytes(path: pathlib.Path) -> bytes:
+  """The image file's bytes as an RGB JPEG: the file itself when it is one, else re-encoded (quality 95).
+
+  Stored encoded so that TFDS builds and reads it without TensorFlow; the
+  greyscale, CMYK or PNG files some datasets hold become RGB.
+  """
+  data = path.read_bytes()
+  try:
+    with PIL.Image.open(io.BytesIO(data)) as image:
+      image.load()
+      if image.mode == "RGB" and image.format == "JPEG":
+        return data
+      buffer = io.BytesIO()
+      image.convert("RGB").save(buffer, format="JPEG", quality=95)
+      return buffer.getvalue()
+  except (OSError, PIL.UnidentifiedImageError) as error:
+    raise ValueError(f"{path}: cannot decode this image ({error}).") from error

@@ -1,0 +1,73 @@
+"""Load and run the TFDS builders in the repository's ``datasets/`` folder.
+
+The folder shares its top-level name with Hugging Face's ``datasets`` package,
+so ``import datasets.fgnet`` could pick up the wrong thing. The builders are
+loaded by path instead, each under a package name nothing else can have
+(``amr_jax_datasets_<name>``), exactly as ``tfds build datasets/<name>`` does.
+
+  >>> from amr_jax import tfds_builders
+  >>> builder = tfds_builders.build("fgnet", manual_dir="../shared/data/fgnet",
+  ...                               data_dir="~/tensorflow_datasets")
+  >>> train = builder.as_data_source()["train"]   # no TensorFlow needed
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pathlib
+import sys
+from typing import Any
+
+DATASETS_DIR = pathlib.Path(__file__).resolve().parents[1] / "datasets"
+NAMES = ("fgnet", "clap2016")
+
+
+def builder_class(name: str, datasets_dir: str | os.PathLike | None = None) -> type:
+  """The ``Builder`` class of ``datasets/<name>/<name>_dataset_builder.py``."""
+  if name not in NAMES:
+    raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(NAMES)}.")
+  folder = pathlib.Path(datasets_dir) if datasets_dir is not None else DATASETS_DIR
+  module_file = folder / name / f"{name}_dataset_builder.py"
+  if not module_file.is_file():
+    raise FileNotFoundError(f"{module_file}: builder not found; pass datasets_dir= the repository's "
+                            "datasets/ folder (amr_jax must be installed from a checkout, e.g. pip install -e .).")
+  package = f"amr_jax_datasets_{name}"
+  module_name = f"{package}.{name}_dataset_builder"
+  if module_name not in sys.modules:
+    _load(package, folder / name / "__init__.py", package_dir=folder / name)
+    _load(module_name, module_file)
+  return sys.modules[module_name].Builder
+
+
+def _load(name: str, path: pathlib.Path, package_dir: pathlib.Path | None = None) -> None:
+  spec = importlib.util.spec_from_file_location(
+      name, path, submodule_search_locations=[str(package_dir)] if package_dir else None)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[name] = module  # TFDS looks the builder's module (and package) up by name
+  try:
+    spec.loader.exec_module(module)
+  except BaseException:
+    del sys.modules[name]
+    raise
+
+
+def build(name: str, *, manual_dir: str | os.PathLike, data_dir: str | os.PathLike,
+          config: str | None = None, datasets_dir: str | os.PathLike | None = None, **builder_kwargs: Any):
+  """Builds dataset ``name`` (array_record) from ``manual_dir`` into ``data_dir``; returns the builder.
+
+  Args:
+    name: ``"fgnet"`` or ``"clap2016"``.
+    manual_dir: where the downloaded archive or extracted folder lies.
+    data_dir: where TFDS writes ``<name>[/<config>]/<version>/``.
+    config: the builder config (e.g. ``"face"`` or ``"whole"`` for CLAP2016).
+    builder_kwargs: passed to the builder (e.g. ``ignore_list=`` for CLAP2016).
+  """
+  import tensorflow_datasets as tfds
+
+  cls = builder_class(name, datasets_dir)
+  data_dir = os.path.expanduser(os.fspath(data_dir))
+  builder = cls(data_dir=data_dir, file_format="array_record", config=config, **builder_kwargs)
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=os.path.expanduser(os.fspath(manual_dir))))
+  return builder
