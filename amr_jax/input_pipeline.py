@@ -7,7 +7,8 @@ per epoch.
 Training order depends only on ``(seed, step)``: the epoch of global step
 ``s`` is ``s // steps_per_epoch`` and its permutation is drawn from
 ``(seed, epoch)``, so a run resumed at step ``s`` sees exactly the batches an
-uninterrupted run sees. Each process takes its own contiguous slice of every
+uninterrupted run sees. Augmentation runs on the device, in the training step
+(:mod:`amr_jax.augment` says why). Each process takes its own contiguous slice of every
 global batch, and reshapes it to ``[local_devices, per_device_batch, ...]``.
 
 Evaluation visits every example exactly once: the last batch is padded with
@@ -47,6 +48,11 @@ def train_batches(arrays: Mapping[str, np.ndarray], *, global_batch: int, seed: 
                   num_devices: int = 1, process_index: int = 0, process_count: int = 1) -> Iterator[Batch]:
   """Endless training batches, each field shaped ``[num_devices, per_device_batch, ...]``.
 
+  Besides the fields of ``arrays``, each batch has ``position``: every
+  example's place in the global batch (0..global_batch-1), which keys its
+  augmentation (:func:`amr_jax.augment.example_keys`) independently of how
+  the batch is split over devices and processes.
+
   Every epoch is a fresh permutation; the last ``len % global_batch`` examples
   of each permutation are left out of that epoch (they are in other epochs).
 
@@ -70,8 +76,9 @@ def train_batches(arrays: Mapping[str, np.ndarray], *, global_batch: int, seed: 
       order, order_epoch = np.random.default_rng([seed, epoch]).permutation(length), epoch
     start = position * global_batch + process_index * per_process
     indices = order[start:start + per_process]
-    yield {name: value[indices].reshape(num_devices, per_device, *value.shape[1:])
-           for name, value in arrays.items()}
+    batch = {name: value[indices] for name, value in arrays.items()}
+    batch["position"] = np.arange(process_index * per_process, (process_index + 1) * per_process, dtype=np.int32)
+    yield {name: value.reshape(num_devices, per_device, *value.shape[1:]) for name, value in batch.items()}
     step += 1
 
 

@@ -46,6 +46,15 @@ def test_processes_read_disjoint_slices_of_the_same_global_batch():
   np.testing.assert_array_equal(np.concatenate(parts), single)
 
 
+@pytest.mark.parametrize("num_devices,process_count", [(1, 1), (4, 1), (2, 2)])
+def test_position_is_the_place_in_the_global_batch(num_devices, process_count):
+  positions = [next(input_pipeline.train_batches(_arrays(64), global_batch=16, seed=1, num_devices=num_devices,
+                                                 process_index=i, process_count=process_count))["position"]
+               for i in range(process_count)]
+  assert positions[0].shape == (num_devices, 16 // num_devices // process_count)
+  np.testing.assert_array_equal(np.concatenate([p.reshape(-1) for p in positions]), np.arange(16))
+
+
 def test_eval_sees_every_example_exactly_once():
   arrays = _arrays(50)
   seen = []
