@@ -124,8 +124,9 @@ def augment_image(key: jax.Array, image: jax.Array, augmentation: Augmentation) 
     image = image * jax.random.uniform(brightness_key, minval=1 - a.brightness, maxval=1 + a.brightness)
   if a.contrast:
     factor = jax.random.uniform(contrast_key, minval=1 - a.contrast, maxval=1 + a.contrast)
-    mean = jnp.mean(greyscale(jnp.clip(image, 0.0, 1.0)))
-    image = mean + factor * (jnp.clip(image, 0.0, 1.0) - mean)
+    image = jnp.clip(image, 0.0, 1.0)
+    mean = jnp.mean(greyscale(image))
+    image = mean + factor * (image - mean)
   if a.saturation:
     factor = jax.random.uniform(saturation_key, minval=1 - a.saturation, maxval=1 + a.saturation)
     image = jnp.clip(image, 0.0, 1.0)

@@ -41,7 +41,7 @@ def raw_data_root(dl_manager, *, name: str, find_root: FindRoot, instructions: s
     download_url: the public zip archive, tried when the manual directory is missing or empty.
   """
   work_dir = pathlib.Path(dl_manager.download_dir) / name
-  manual_dir = _manual_dir(dl_manager)
+  manual_dir = manual_dir_or_none(dl_manager)
   if manual_dir is not None:
     try:
       return _root_in_folder_or_zip(manual_dir, work_dir / "extracted", find_root)
@@ -81,7 +81,8 @@ def _first_line(error: Exception) -> str:
   return (str(error).strip().splitlines() or [""])[0]
 
 
-def _manual_dir(dl_manager) -> pathlib.Path | None:
+def manual_dir_or_none(dl_manager) -> pathlib.Path | None:
+  """The builder's manual directory, or ``None`` when it is missing or empty."""
   try:
     return pathlib.Path(dl_manager.manual_dir)
   except AssertionError:  # TFDS's way of saying missing or empty

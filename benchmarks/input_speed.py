@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import statistics
 import tempfile
 import time
 
@@ -34,20 +33,12 @@ import PIL.ImageEnhance
 from amr_jax import augment
 from amr_jax import input_pipeline
 from amr_jax import tfds_builders
+from timing import median_time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BATCH = 64
 FULL = augment.Augmentation(flip=True, scale_range=(0.9, 1.2), max_rotation_degrees=15, max_translation=0.05,
                             brightness=0.4, contrast=0.4, saturation=0.4, greyscale_probability=0.2)
-
-
-def _median_seconds(function, repeats):
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    function()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def _pil_augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -85,12 +76,12 @@ def main():
         f"medians of {args.repeats}")
 
   work = pathlib.Path(tempfile.mkdtemp(prefix="input_speed_"))
-  fgnet_seconds = _median_seconds(lambda: tfds_builders.build(
-      "fgnet", manual_dir=args.fgnet_manual_dir, data_dir=work / f"fgnet_{time.perf_counter_ns()}"), 1)
-  tfds_builders.build("fgnet", manual_dir=args.fgnet_manual_dir, data_dir=work / "fgnet")
-  clap_seconds = _median_seconds(lambda: tfds_builders.build(
-      "clap2016", manual_dir=ROOT / "datasets" / "clap2016" / "dummy_data",
-      data_dir=work / f"clap_{time.perf_counter_ns()}"), 1)
+  start = time.perf_counter()
+  fgnet = tfds_builders.build("fgnet", manual_dir=args.fgnet_manual_dir, data_dir=work)
+  fgnet_seconds = time.perf_counter() - start
+  start = time.perf_counter()
+  tfds_builders.build("clap2016", manual_dir=ROOT / "datasets" / "clap2016" / "dummy_data", data_dir=work)
+  clap_seconds = time.perf_counter() - start
   print(f"build FG-NET (1002 images) from {args.fgnet_manual_dir}: {fgnet_seconds:.1f} s")
   print(f"build CLAP2016 dummy_data (10 images; no real copy here): {clap_seconds:.1f} s")
 
@@ -100,7 +91,7 @@ def main():
   print("| --- | --- | --- | --- | --- | --- |")
   for size in (112, 224):
     start = time.perf_counter()
-    arrays = input_pipeline.load_fgnet_arrays(str(work / "fgnet" / "fgnet" / "1.0.0"), crop="aligned",
+    arrays = input_pipeline.load_fgnet_arrays(str(fgnet.data_dir), crop="aligned",
                                               image_size=size)
     decode_seconds = time.perf_counter() - start
     arrays = {"image": arrays["image"], "age": arrays["age"]}
@@ -110,7 +101,7 @@ def main():
       for _ in range(steps):
         next(stream)
 
-    host_rate = args.steps * BATCH / _median_seconds(host, args.repeats)
+    host_rate = args.steps * BATCH / median_time(host, 0, args.repeats)
 
     batch = next(input_pipeline.train_batches(arrays, global_batch=BATCH, seed=0))
     images, positions = jnp.asarray(batch["image"][0]), jnp.asarray(batch["position"][0])
@@ -130,11 +121,11 @@ def main():
         out = to_float(images)
       out.block_until_ready()
 
-    device_rate = args.steps * BATCH / _median_seconds(device, args.repeats)
-    convert_rate = args.steps * BATCH / _median_seconds(convert, args.repeats)
+    device_rate = args.steps * BATCH / median_time(device, 0, args.repeats)
+    convert_rate = args.steps * BATCH / median_time(convert, 0, args.repeats)
     rng = np.random.default_rng(0)
     host_images = np.asarray(images)
-    pil_rate = BATCH / _median_seconds(lambda: [_pil_augment(image, rng) for image in host_images], args.repeats)
+    pil_rate = BATCH / median_time(lambda: [_pil_augment(image, rng) for image in host_images], 0, args.repeats)
     print(f"| {size} | {decode_seconds:.1f} | {host_rate:,.0f} | {device_rate:,.0f}, {device_rate / cores:,.0f} | "
           f"{pil_rate:,.0f} | {convert_rate:,.0f} |")
 

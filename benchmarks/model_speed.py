@@ -16,9 +16,7 @@ import argparse
 import functools
 import pathlib
 import platform
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -26,22 +24,12 @@ import numpy as np
 import optax
 
 from amr_jax import losses, models
+from timing import median_time
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]  # torch_losses.py, torch_models.py
 
 NUM_CLASSES = 70
-
-
-def median_time(call, warmup, steps):
-  for _ in range(warmup):
-    call()
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    call()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def jax_calls(name, images, ages, dtype):

@@ -7,9 +7,7 @@ DOWNLOAD_URL at a closed local port unless a test serves the zip itself.
 """
 
 import csv
-import functools
 import hashlib
-import http.server
 import io
 import json
 import os
@@ -19,7 +17,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import threading
 import zipfile
 
 import numpy as np
@@ -27,6 +24,7 @@ import PIL.Image
 import pytest
 
 from amr_jax import tfds_builders
+import local_http
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BUILDER_DIR = ROOT / "datasets" / "clap2016"
@@ -280,18 +278,11 @@ def download_build(tmp_path_factory):
   (tmp_path / "served").mkdir()
   (tmp_path / "empty").mkdir()
   _zip_release(tmp_path / "served" / "appa-real-release.zip")
-  handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "served"))
-  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-  thread = threading.Thread(target=server.serve_forever, daemon=True)
-  thread.start()
-  try:
-    url = f"http://127.0.0.1:{server.server_address[1]}/appa-real-release.zip"
+  with local_http.serve_folder(tmp_path / "served") as base_url:
     env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
-    result = subprocess.run([sys.executable, "-c", _DOWNLOAD_SCRIPT, url, str(tmp_path / "empty"),
-                             str(tmp_path / "data")], capture_output=True, text=True, timeout=120, env=env)
-  finally:
-    server.shutdown()
-    thread.join()
+    result = subprocess.run([sys.executable, "-c", _DOWNLOAD_SCRIPT, base_url + "appa-real-release.zip",
+                             str(tmp_path / "empty"), str(tmp_path / "data")],
+                            capture_output=True, text=True, timeout=120, env=env)
   assert result.returncode == 0, result.stderr[-3000:]
   return json.loads(result.stdout.strip().splitlines()[-1])
 

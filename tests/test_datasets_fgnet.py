@@ -4,13 +4,10 @@ The builder is loaded from its file by amr_jax.tfds_builders, never as
 `import datasets...`: Hugging Face's `datasets` package has the same top-level name.
 """
 
-import functools
-import http.server
 import pathlib
 import shutil
 import subprocess
 import sys
-import threading
 import zipfile
 
 import numpy as np
@@ -19,6 +16,7 @@ import tensorflow_datasets as tfds
 
 from amr_jax import fgnet
 from amr_jax import tfds_builders
+import local_http
 
 BUILDER_DIR = pathlib.Path(__file__).resolve().parents[1] / "datasets" / "fgnet"
 DUMMY = BUILDER_DIR / "dummy_data"
@@ -114,12 +112,8 @@ def dummy_zip_server(tmp_path):
   served = tmp_path / "served"
   served.mkdir()
   _zip_dummy_data(served / "FGNET.zip")
-  handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
-  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-  thread = threading.Thread(target=server.serve_forever, daemon=True)
-  thread.start()
-  yield f"http://127.0.0.1:{server.server_address[1]}/FGNET.zip"
-  server.shutdown()
+  with local_http.serve_folder(served) as base_url:
+    yield base_url + "FGNET.zip"
 
 
 def test_downloads_when_manual_dir_is_empty(tmp_path, dummy_zip_server, monkeypatch):

@@ -132,10 +132,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _announce_unused_ignore_list(self, dl_manager, root: pathlib.Path) -> None:
     if self._ignore_list is not None:
       return
-    try:
-      folders = [pathlib.Path(dl_manager.manual_dir), root]
-    except AssertionError:  # TFDS's way of saying the manual directory is missing or empty
-      folders = [root]
+    folders = [folder for folder in (dataset_sources.manual_dir_or_none(dl_manager), root) if folder]
     for path in dict.fromkeys((folder / IGNORE_LIST_FILE_NAME).resolve() for folder in folders):
       if path.is_file():
         logging.warning("clap2016: %s is NOT applied: config %r builds without an ignore list. To apply it, "
