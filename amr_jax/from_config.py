@@ -1,0 +1,117 @@
+"""The objects a run is made of, each built from its config: loss, model, optimizer, schedule, state.
+
+Each function checks the fields it reads and names the field in its error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+from amr_jax import augment, losses, models, optim
+
+LOSSES: dict[str, Callable[..., losses.LossTerms]] = {
+    "amr": losses.adaptive_mean_residue_terms,
+    "mean_residue": losses.mean_residue_terms,
+    "mean_variance": losses.mean_variance_terms,
+    "dldl": losses.dldl_terms,
+    "dldl_v2": losses.dldl_v2_terms,
+    "cross_entropy": lambda logits, labels, **kwargs: {"loss": losses.cross_entropy_loss(logits, labels, **kwargs)},
+}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any = None
+
+
+def loss_fn(config) -> Callable[[jax.Array, jax.Array], losses.LossTerms]:
+  """``terms(logits, ages)`` of ``config.loss`` with ``config.loss_kwargs`` and ``config.start_age``."""
+  if config.loss not in LOSSES:
+    raise ValueError(f"config.loss must be one of {', '.join(LOSSES)}; got {config.loss!r}.")
+  kwargs = dict(config.loss_kwargs)
+  try:
+    LOSSES[config.loss](jnp.zeros((1, config.num_classes)), jnp.zeros((1,)), start_age=config.start_age, **kwargs)
+  except TypeError as error:
+    raise ValueError(f"config.loss_kwargs {kwargs} do not fit loss {config.loss!r}: {error}") from None
+  return functools.partial(LOSSES[config.loss], start_age=config.start_age, **kwargs)
+
+
+def augmentation(config) -> augment.Augmentation:
+  fields = dict(config.augmentation)
+  known = {field.name for field in dataclasses.fields(augment.Augmentation)}
+  unknown = sorted(set(fields) - known)
+  if unknown:
+    raise ValueError(f"config.augmentation has unknown fields {unknown}; valid: {sorted(known)}.")
+  if "scale_range" in fields:
+    fields["scale_range"] = tuple(fields["scale_range"])
+  return augment.Augmentation(**fields)
+
+
+def model(config, axis_name: str | None = "batch"):
+  if config.dtype not in DTYPES:
+    raise ValueError(f"config.dtype must be one of {', '.join(DTYPES)}; got {config.dtype!r}.")
+  kwargs = {"dtype": DTYPES[config.dtype], "axis_name": axis_name}
+  if config.model == "efficientnet_lite0":
+    from amr_jax.models.efficientnet_lite import LITE_IMAGENET_NORMALIZATION
+    kwargs["input_normalization"] = LITE_IMAGENET_NORMALIZATION
+  if config.model not in models.MODELS:
+    raise ValueError(f"config.model must be one of {', '.join(sorted(models.MODELS))}; got {config.model!r}.")
+  return models.create_model(config.model, config.num_classes, **kwargs)
+
+
+def optimizer(config) -> optax.GradientTransformation:
+  """The optimizer with its learning rate as an injected hyperparameter, set by each step."""
+  def make(learning_rate):
+    return optim.create_optimizer(config.optimizer, learning_rate, weight_decay=config.weight_decay,
+                                  momentum=config.momentum, gradient_clip_norm=config.gradient_clip_norm or None)
+  make(config.learning_rate)  # raises for an unknown name or a bad value
+  return optax.inject_hyperparams(make)(learning_rate=config.learning_rate)
+
+
+def schedule(config, steps_per_epoch: int) -> optax.Schedule:
+  return optim.learning_rate_schedule(
+      config.schedule, base_learning_rate=config.learning_rate, steps_per_epoch=steps_per_epoch,
+      num_epochs=config.num_epochs, milestone_epochs=tuple(config.milestone_epochs),
+      decay_factor=config.decay_factor, warmup_epochs=config.warmup_epochs)
+
+
+def initial_variables(config, model) -> dict[str, Any]:
+  """Fresh variables, with the pretrained backbone of ``config.pretrained`` copied in."""
+  from amr_jax import pretrained
+
+  images = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
+  variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(config.seed), images)
+  variables = dict(variables)
+  if not config.pretrained:
+    return variables
+  if config.pretrained == "imagenet":
+    if config.model != "efficientnet_lite0":
+      raise ValueError(f"config.pretrained='imagenet' has weights for model efficientnet_lite0 only (got model "
+                       f"{config.model!r}); for a ResNet give a torchvision .pth file, or '' for random weights.")
+    _, source = pretrained.load("efficientnet_lite0")
+  else:
+    path = os.path.expanduser(config.pretrained)
+    if not config.model.startswith("resnet"):
+      raise ValueError(f"config.pretrained={config.pretrained!r}: a weights file is read for resnet18/34/50 only; "
+                       f"model is {config.model!r}.")
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"config.pretrained={config.pretrained!r}: no such file (expected a torchvision "
+                              f"{config.model} state_dict .pth).")
+    _, source = pretrained.load_torchvision_resnet(path, config.model)
+  new_variables, _ = pretrained.init_from_pretrained(variables, source)
+  return dict(new_variables)
+
+
+def initial_train_state(config, model, tx) -> TrainState:
+  variables = initial_variables(config, model)
+  state = TrainState.create(apply_fn=model.apply, params=variables["params"],
+                            batch_stats=variables.get("batch_stats", {}), tx=tx)
+  return state.replace(step=jnp.zeros((), jnp.int32))  # the dtype the step has after a pmapped update

@@ -1,0 +1,167 @@
+"""Training logs a researcher can read during and after a run, with no TensorFlow.
+
+:class:`MetricWriter` appends each step's scalars to ``<workdir>/metrics.jsonl``
+(one JSON object a line, flushed at once, so a killed run keeps what it wrote;
+:func:`read_jsonl` reads it back) and to TensorBoard event files in
+``<workdir>/tensorboard/`` (tensorboardX). It writes wherever it is built: the
+caller decides which process writes (usually ``jax.process_index() == 0``).
+:class:`ProgressLine` formats one line per logging step with images per second
+and time left::
+
+  writer.write_scalars(step, {"loss": loss, "learning_rate": lr}, prefix="train")
+  print(progress.format(step, {"loss": loss, "learning_rate": lr}))
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+# Non-finite values are stored as these strings so the file stays strict JSON
+# (``NaN``/``Infinity`` are not JSON, and ``null`` would lose which one it was).
+_NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+_RESERVED_KEYS = ("step", "time")
+
+
+def _json_value(value: float) -> float | str:
+  if math.isfinite(value):
+    return value
+  return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+
+
+class MetricWriter:
+  """Writes scalars to ``metrics.jsonl`` and (optionally) TensorBoard under ``workdir``.
+
+  Non-finite values (a diverged loss) are written to TensorBoard as they are
+  (it shows NaN and infinities) and to the JSON file as the strings ``"nan"``,
+  ``"inf"`` and ``"-inf"``, which :func:`read_jsonl` turns back into floats.
+  """
+
+  def __init__(self, workdir: str | os.PathLike, *, tensorboard: bool = True):
+    self.workdir = pathlib.Path(workdir)
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    self._jsonl = open(self.workdir / "metrics.jsonl", "a", encoding="utf-8")
+    self._tensorboard = None
+    if tensorboard:
+      from tensorboardX import SummaryWriter  # imported here: only writers need it
+
+      self._tensorboard = SummaryWriter(str(self.workdir / "tensorboard"))
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any], prefix: str = "") -> None:
+    """Appends ``{"step", "time", "<prefix>/<name>": value, ...}`` to the JSON file and to TensorBoard.
+
+    Args:
+      step: training step (numpy and JAX integers are accepted).
+      scalars: name -> value; anything ``float()`` accepts (numpy or JAX scalars).
+      prefix: tag prefix such as ``"train"`` or ``"eval"``; names are used as is when empty.
+    """
+    if self._jsonl.closed:
+      raise ValueError("MetricWriter is closed.")
+    step = int(step)
+    values = {(f"{prefix}/{name}" if prefix else name): float(value) for name, value in scalars.items()}
+    clash = [key for key in values if key in _RESERVED_KEYS]
+    if clash:
+      raise ValueError(f"scalar names {clash} clash with the keys {list(_RESERVED_KEYS)} of metrics.jsonl.")
+    record = {"step": step, "time": time.time(), **{key: _json_value(v) for key, v in values.items()}}
+    self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
+    self._jsonl.flush()
+    if self._tensorboard is not None:
+      for tag, value in values.items():
+        self._tensorboard.add_scalar(tag, value, global_step=step)
+      self._tensorboard.flush()
+
+  def write_text(self, step: int, tag: str, text: str) -> None:
+    """Writes ``text`` (Markdown, e.g. the config) to TensorBoard's text tab; nothing without TensorBoard."""
+    if self._tensorboard is not None:
+      self._tensorboard.add_text(tag, text, global_step=int(step))
+      self._tensorboard.flush()
+
+  def close(self) -> None:
+    """Flushes and closes the files; calling it again does nothing."""
+    self._jsonl.close()
+    if self._tensorboard is not None:
+      self._tensorboard.close()
+      self._tensorboard = None
+
+  def __enter__(self) -> MetricWriter:
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+  """Parses a ``metrics.jsonl`` file, with ``"nan"``/``"inf"``/``"-inf"`` values turned back into floats."""
+  records = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      if line.strip():
+        record = json.loads(line)
+        records.append({k: _NON_FINITE.get(v, v) if isinstance(v, str) else v for k, v in record.items()})
+  return records
+
+
+def format_duration(seconds: float) -> str:
+  """Short duration with two units at most, rounded to the second: "45s", "12m05s", "3h04m", "2d03h"."""
+  if not math.isfinite(seconds) or seconds < 0:
+    raise ValueError(f"seconds must be finite and >= 0; got {seconds}.")
+  s = round(seconds)
+  if s < 60:
+    return f"{s}s"
+  if s < 3600:
+    return f"{s // 60}m{s % 60:02d}s"
+  if s < 86400:
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+  return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+class ProgressLine:
+  """One log line per call: step, epoch, scalars, learning rate, images per second and time left.
+
+  Speed is measured between consecutive calls of :meth:`format` (the first call:
+  since construction), so it reflects the recent rate, not compilation at the start.
+
+  Args:
+    total_steps: steps of the whole run.
+    steps_per_epoch: steps in one epoch (for the epoch shown).
+    global_batch: images per step, all devices and processes together.
+    start_step: the step the run (re)started from.
+    clock: seconds as a float; injectable for tests.
+  """
+
+  def __init__(self, total_steps: int, steps_per_epoch: int, global_batch: int, *, start_step: int = 0,
+               clock: Callable[[], float] = time.perf_counter):
+    sizes = dict(total_steps=total_steps, steps_per_epoch=steps_per_epoch, global_batch=global_batch)
+    for name, value in sizes.items():
+      if value <= 0:
+        raise ValueError(f"{name} must be positive; got {value}.")
+    if not 0 <= start_step <= total_steps:
+      raise ValueError(f"start_step must be in [0, total_steps={total_steps}]; got {start_step}.")
+    self.total_steps, self.steps_per_epoch, self.global_batch = total_steps, steps_per_epoch, global_batch
+    self._clock = clock
+    self._last_step, self._last_time = start_step, clock()
+
+  def format(self, step: int, scalars: Mapping[str, Any]) -> str:
+    """The line for ``step`` (steps done so far) with ``scalars`` (``loss`` first, ``learning_rate`` as lr)."""
+    now = self._clock()
+    steps_done, elapsed = step - self._last_step, now - self._last_time
+    self._last_step, self._last_time = step, now
+    names = (["loss"] if "loss" in scalars else []) + [k for k in scalars if k not in ("loss", "learning_rate")]
+    parts = [f"step {step}/{self.total_steps} (epoch {step / self.steps_per_epoch:.1f})"]
+    parts += [f"{name} {float(scalars[name]):.4f}" for name in names]
+    line = " ".join(parts)
+    if "learning_rate" in scalars:
+      line += f" | lr {float(scalars['learning_rate']):.1e}"
+    steps_per_second = steps_done / elapsed if elapsed > 0 and steps_done > 0 else None
+    if steps_per_second is None:
+      return line + " | ? img/s | ? left"
+    left = format_duration(max(self.total_steps - step, 0) / steps_per_second)
+    return line + f" | {steps_per_second * self.global_batch:.1f} img/s | {left} left"
+
+
+__all__ = ["MetricWriter", "ProgressLine", "format_duration", "read_jsonl"]

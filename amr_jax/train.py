@@ -1,0 +1,317 @@
+"""Training: ``train_and_evaluate(config, workdir)`` trains every fold a config asks for and evaluates it.
+
+``train_step`` and :func:`amr_jax.evaluate.eval_step` are pure functions of
+``(state, batch)``; :func:`train_and_evaluate` applies ``jax.pmap(...,
+axis_name="batch")`` to them once, so every fold of a LOPO run reuses the
+same compiled steps. Gradients, metrics and BatchNorm statistics are averaged
+over all devices of all processes, so a step on N devices computes the same
+update as one device with the whole global batch (tested for 1, 2 and 4
+devices, and for two processes).
+
+Everything random is a function of ``(seed, step)``: the batch order
+(:func:`amr_jax.input_pipeline.train_batches`), each example's augmentation
+(keyed by its place in the global batch) and dropout. A checkpoint therefore
+needs only the state; a run restarted on its workdir continues from the last
+checkpoint and ends with the parameters an uninterrupted run ends with.
+
+The learning rate is computed on the host from the step and fed to the step
+(``optax.inject_hyperparams``), so the optimizer, and with it the compiled
+step, does not depend on a fold's number of steps per epoch.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import math
+import os
+import pathlib
+import time
+from typing import Any, Callable
+
+import flax.jax_utils
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from amr_jax import augment, checkpoints, evaluate, from_config, input_pipeline, metric_writers, training_data
+
+def unreplicate(tree):
+  """The first local device's copy of every leaf of a ``pmap`` output or replicated tree.
+
+  (``flax.jax_utils.unreplicate`` keeps the device axis when ``pmap`` ran on one
+  device of several, as in the one-device tests.)
+  """
+  return jax.tree.map(lambda x: x.addressable_shards[0].data[0], tree)
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The training loss became NaN or infinite."""
+
+
+# --------------------------------------------------------------------------
+# The step.
+
+def train_step(state: from_config.TrainState, batch: dict[str, jax.Array], learning_rate: jax.Array, *,
+               loss_fn: Callable, augmentation: augment.Augmentation, seed: int, global_batch: int):
+  """One optimizer step on one device's part of the global batch; call under ``pmap(axis_name="batch")``.
+
+  Args:
+    state: the replicated training state.
+    batch: ``image`` (uint8), ``age`` and ``position`` (each example's place in the global batch).
+    learning_rate: this step's learning rate.
+
+  Returns:
+    ``(new_state, metrics)``: the mean loss terms over the global batch and the learning rate.
+  """
+  step = state.step
+  images = augment.augment_batch(augment.example_keys(seed, step, batch["position"]), batch["image"], augmentation)
+  # Dropout keys use fold-in values above any position, one per device.
+  dropout_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), step), global_batch + batch["position"][0])
+
+  def compute_loss(params):
+    logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, images, train=True,
+                                     mutable=["batch_stats"], rngs={"dropout": dropout_key})
+    terms = loss_fn(logits, batch["age"])
+    return jnp.mean(terms["loss"]), (terms, updates["batch_stats"])
+
+  (_, (terms, batch_stats)), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
+  grads = jax.lax.pmean(grads, axis_name="batch")
+  opt_state = state.opt_state._replace(hyperparams={**state.opt_state.hyperparams, "learning_rate": learning_rate})
+  state = state.replace(opt_state=opt_state).apply_gradients(grads=grads, batch_stats=batch_stats)
+  metrics = {name: jnp.mean(value.astype(jnp.float32)) for name, value in terms.items()}
+  metrics = jax.lax.pmean(metrics, axis_name="batch")
+  metrics["learning_rate"] = learning_rate
+  return state, metrics
+
+
+@dataclasses.dataclass
+class Steps:
+  """The compiled steps shared by every fold of a run."""
+
+  train: Callable
+  eval: Callable
+
+
+def compile_steps(config, loss_fn, augmentation) -> Steps:
+  train = jax.pmap(functools.partial(train_step, loss_fn=loss_fn, augmentation=augmentation, seed=config.seed,
+                                     global_batch=config.batch_size),
+                   axis_name="batch", donate_argnums=(0,))
+  eval_ = jax.pmap(functools.partial(evaluate.eval_step, start_age=config.start_age, test_time_flip=config.test_time_flip),
+                   axis_name="batch")
+  return Steps(train, eval_)
+
+
+# --------------------------------------------------------------------------
+# One fold.
+
+def _is_writer() -> bool:
+  return jax.process_index() == 0
+
+
+def _log(message: str) -> None:
+  if _is_writer():
+    print(message, flush=True)
+
+
+def num_steps(config, num_train_examples: int) -> tuple[int, int]:
+  """``(steps_per_epoch, num_train_steps)`` for a training set of this size."""
+  steps_per_epoch = num_train_examples // config.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"config.batch_size={config.batch_size} is larger than the training set "
+                     f"({num_train_examples} examples).")
+  total = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
+  return steps_per_epoch, total
+
+
+def train_fold(config, workdir: pathlib.Path, fold: training_data.Fold, steps: Steps,
+               initial_state: from_config.TrainState, *, evaluate_only: bool = False):
+  """Trains one fold (resuming from ``workdir``'s checkpoint) and evaluates it; returns the test predictions.
+
+  With ``evaluate_only``, the last checkpoint is evaluated as it is.
+  """
+  if evaluate_only:
+    return _evaluate_fold(config, workdir, fold, steps, initial_state)
+  workdir.mkdir(parents=True, exist_ok=True)
+  if _is_writer():
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+  steps_per_epoch, total_steps = num_steps(config, len(fold.train["age"]))
+  schedule = from_config.schedule(config, steps_per_epoch)
+  store = checkpoints.Checkpoints(workdir / "checkpoints", max_to_keep=config.max_checkpoints_to_keep)
+  state = initial_state
+  if store.latest_step() is not None:
+    state = store.restore(jax.device_get(initial_state))
+    _log(f"{fold.name}: resumed from {store.directory / str(store.latest_step())} at step {int(state.step)}")
+  start_step = int(state.step)
+  if start_step > total_steps:
+    raise ValueError(f"{workdir}: its checkpoint is at step {start_step}, past this config's {total_steps} steps; "
+                     "use a new --workdir or raise config.num_train_steps / num_epochs.")
+  _log(f"{fold.name}: {len(fold.train['age'])} training, {len(fold.validation['age'])} validation, "
+       f"{len(fold.test['age'])} test images; {total_steps} steps of {config.batch_size} "
+       f"({steps_per_epoch} per epoch) on {jax.device_count()} devices")
+
+  writer = metric_writers.MetricWriter(workdir) if _is_writer() else None
+  progress = metric_writers.ProgressLine(total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+                                         global_batch=config.batch_size, start_step=start_step)
+  train_arrays = {"image": fold.train["image"], "age": fold.train["age"]}
+  batches = input_pipeline.train_batches(train_arrays, global_batch=config.batch_size, seed=config.seed,
+                                         start_step=start_step, num_devices=jax.local_device_count(),
+                                         process_index=jax.process_index(), process_count=jax.process_count())
+  replicated = flax.jax_utils.replicate(state)
+  del state
+  pending: collections.deque = collections.deque()
+  interval: dict[str, list[float]] = collections.defaultdict(list)
+  last_saved = store.latest_step()
+  eval_every = config.eval_every_epochs * steps_per_epoch
+
+  def check(step: int, metrics) -> None:
+    values = {name: float(value) for name, value in jax.device_get(unreplicate(metrics)).items()}
+    if not math.isfinite(values["loss"]):
+      where = (f"the last good checkpoint is step {last_saved} in {store.directory}" if last_saved is not None
+               else "no checkpoint was written before it")
+      raise NonFiniteLossError(
+          f"{fold.name}: the training loss is {values['loss']} at step {step} (epoch {(step - 1) // steps_per_epoch + 1}); "
+          f"{where}. Lower config.learning_rate, set config.gradient_clip_norm, or check the data.")
+    for name, value in values.items():
+      interval[name].append(value)
+    if step % config.log_every_steps == 0 or step == total_steps:
+      means = {name: float(np.mean(v)) for name, v in interval.items()}
+      interval.clear()
+      _log(f"{fold.name}: {progress.format(step, means)}")
+      if writer:
+        writer.write_scalars(step, means, prefix="train")
+
+  try:
+    for step in range(start_step, total_steps):
+      learning_rate = flax.jax_utils.replicate(np.float32(schedule(step)))
+      replicated, metrics = steps.train(replicated, next(batches), learning_rate)
+      pending.append((step + 1, metrics))
+      while len(pending) > 1:  # one step behind, so the host never waits for the device
+        check(*pending.popleft())
+      done = step + 1
+      if done % config.checkpoint_every_steps == 0 or done == total_steps:
+        while pending:
+          check(*pending.popleft())
+        store.save(done, unreplicate(replicated))
+        last_saved = done
+      if eval_every and done % eval_every == 0 and done < total_steps and len(fold.validation["age"]):
+        result = evaluate.predict(steps.eval, replicated, fold.validation, config.eval_batch_size)
+        metrics_ = evaluate.metrics_of(result)
+        _log(f"{fold.name}: validation at step {done}: MAE {metrics_['mae']:.3f} over {metrics_['count']} images")
+        if writer:
+          writer.write_scalars(done, {"mae": metrics_["mae"], "cs5": metrics_["cs"][5]}, prefix="validation")
+    while pending:
+      check(*pending.popleft())
+    if store.latest_step() != total_steps:
+      store.save(total_steps, unreplicate(replicated))
+  finally:
+    if writer:
+      writer.close()
+
+  return _evaluate_splits(config, workdir, fold, steps, replicated)
+
+
+def _evaluate_fold(config, workdir, fold, steps, initial_state):
+  store = checkpoints.Checkpoints(workdir / "checkpoints", max_to_keep=config.max_checkpoints_to_keep)
+  if store.latest_step() is None:
+    raise FileNotFoundError(f"{fold.name}: no checkpoint in {store.directory}; train first "
+                            f"(python run_train.py --config=... --workdir={workdir}).")
+  state = store.restore(jax.device_get(initial_state))
+  _, total_steps = num_steps(config, len(fold.train["age"]))
+  note = "" if int(state.step) == total_steps else f" (the run is unfinished: {total_steps} steps planned)"
+  _log(f"{fold.name}: evaluating the checkpoint of step {int(state.step)}{note}")
+  return _evaluate_splits(config, workdir, fold, steps, flax.jax_utils.replicate(state))
+
+
+def _evaluate_splits(config, workdir, fold, steps, replicated):
+  outputs = {}
+  for split, arrays in (("validation", fold.validation), ("test", fold.test)):
+    if len(arrays["age"]):
+      outputs[split] = evaluate.predict(steps.eval, replicated, arrays, config.eval_batch_size)
+      if _is_writer():
+        summary = evaluate.write_report(workdir / split, outputs[split], title=f"{config.name}, {fold.name}, {split}")
+        _log(f"{fold.name}: {split} MAE {summary['mae']:.3f}, CS(5) {summary['cs'][5]:.3f} over {summary['count']} "
+             f"images -> {workdir / split}")
+  return outputs.get("test")
+
+
+# --------------------------------------------------------------------------
+# The run.
+
+def fold_workdir(config, workdir: pathlib.Path, fold: int, num_folds: int) -> pathlib.Path:
+  """A single-fold run trains in ``workdir``; a run over all folds in ``workdir/folds/<fold>``."""
+  if num_folds == 1 and (config.fold != -1 or config.protocol == "splits"):
+    return workdir
+  label = f"subject_{fold:03d}" if config.protocol == "lopo" else f"fold_{fold}"
+  return workdir / "folds" / label
+
+
+def check_config(config) -> None:
+  """Fails early, naming the field, on values that would fail later."""
+  training_data.check_data_config(config.data, config.protocol)
+  for name in ("batch_size", "eval_batch_size", "checkpoint_every_steps", "log_every_steps", "num_classes",
+               "image_size", "max_checkpoints_to_keep"):
+    if not isinstance(config[name], int) or config[name] < 1:
+      raise ValueError(f"config.{name} must be a positive integer; got {config[name]!r}.")
+  if config.image_size < 64:
+    raise ValueError(f"config.image_size must be at least 64 (five 2x poolings); got {config.image_size}.")
+  if config.batch_size % jax.device_count():
+    raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the number of devices "
+                     f"({jax.device_count()}).")
+  if config.eval_batch_size % jax.device_count():
+    raise ValueError(f"config.eval_batch_size={config.eval_batch_size} must be divisible by the number of devices "
+                     f"({jax.device_count()}).")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
+                       evaluate_only: bool = False) -> dict[str, Any]:
+  """Trains and tests every fold ``config`` asks for; returns the pooled test metrics.
+
+  ``workdir`` receives ``config.json``, and per fold: ``checkpoints/``,
+  ``metrics.jsonl``, ``tensorboard/`` and ``test/`` (``predictions.csv``,
+  ``metrics.json``, PNG plots). A run over several folds trains them in
+  turn under ``workdir/folds/`` (a fold whose final checkpoint exists is only
+  evaluated) and writes the pooled results to ``workdir/summary/``.
+
+  With ``evaluate_only`` (``run_eval.py``), nothing is trained: the last
+  checkpoint of every fold is evaluated and the reports are rewritten.
+  """
+  workdir = pathlib.Path(workdir).absolute()
+  check_config(config)
+  loss_fn = from_config.loss_fn(config)
+  augmentation = from_config.augmentation(config)
+  model = from_config.model(config)
+  tx = from_config.optimizer(config)
+  if _is_writer() and not evaluate_only:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+
+  barrier = None
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    barrier = functools.partial(multihost_utils.sync_global_devices, "amr_jax dataset prepared")
+  builder = training_data.prepare(config.data, is_builder_process=_is_writer(), barrier=barrier)
+  start = time.perf_counter()
+  dataset = training_data.load_arrays(config.data, config.image_size, builder)
+  _log(f"{config.data.name}: decoded at {config.image_size} px in {time.perf_counter() - start:.1f} s")
+  fold_ids = training_data.fold_ids(config, dataset)
+  initial_state = from_config.initial_train_state(config, model, tx)
+  steps = compile_steps(config, loss_fn, augmentation)
+
+  results = []
+  for fold in fold_ids:
+    splits = training_data.fold_splits(config, dataset, fold)
+    predictions = train_fold(config, fold_workdir(config, workdir, fold, len(fold_ids)), splits, steps, initial_state,
+                             evaluate_only=evaluate_only)
+    results.append((splits, predictions))
+  if len(results) == 1:
+    return evaluate.metrics_of(results[0][1])
+  by_fold = [(splits.name, predictions) for splits, predictions in results]
+  summary = evaluate.pooled_metrics(by_fold)
+  if _is_writer():
+    evaluate.write_pooled_report(workdir / "summary", by_fold, title=f"{config.name}, {len(results)} folds pooled")
+    _log(f"pooled over {len(results)} folds: MAE {summary['mae']:.3f} over {summary['count']} images, mean of "
+         f"per-fold MAEs {summary['mean_fold_mae']:.3f}, CS(5) {summary['cs'][5]:.3f} -> {workdir / 'summary'}")
+  return summary

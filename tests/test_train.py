@@ -1,0 +1,274 @@
+"""Training in one process: every config runs, pmap equals one device, runs resume, and errors say what to do."""
+
+import functools
+import json
+import shutil
+import sys
+
+import flax.jax_utils
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from amr_jax import checkpoints, evaluate, from_config, input_pipeline, metric_writers, reports, tfds_builders, train
+import training_setup
+
+ROOT = training_setup.ROOT
+CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if p.stem not in ("__init__", "base", "clap2016_base"))
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+  """A missing manual directory must not reach the internet from a test."""
+  for name in ("fgnet", "clap2016"):
+    module = sys.modules[tfds_builders.builder_class(name).__module__]
+    monkeypatch.setattr(module, "DOWNLOAD_URL", "http://127.0.0.1:1/archive.zip")
+
+
+@pytest.fixture(scope="module")
+def fgnet_dirs(tmp_path_factory):
+  """``(manual_dir, data_dir)`` of a 16-image, 4-subject synthetic FG-NET, built once."""
+  manual = training_setup.make_synthetic_fgnet(tmp_path_factory.mktemp("fgnet_manual"))
+  data_dir = tmp_path_factory.mktemp("tfds")
+  tfds_builders.build("fgnet", manual_dir=manual, data_dir=data_dir)
+  return manual, data_dir
+
+
+def _data(fgnet_dirs):
+  manual, data_dir = fgnet_dirs
+  return {"data.manual_dir": str(manual), "data.data_dir": str(data_dir)}
+
+
+def test_every_experiment_config_loads_with_the_documented_fields():
+  assert {"fgnet_amr", "fgnet_mv", "fgnet_dldlv2", "fgnet_ce", "clap2016_amr", "clap2016_mv", "clap2016_dldlv2",
+          "clap2016_ce"} <= set(CONFIGS)
+  for name in CONFIGS:
+    config = training_setup.config(name)
+    for field in ("model", "loss", "image_size", "batch_size", "num_epochs", "num_train_steps", "learning_rate",
+                  "optimizer", "seed", "fold", "checkpoint_every_steps"):
+      assert field in config, (name, field)
+    for field in ("name", "manual_dir", "data_dir", "crop"):
+      assert field in config.data, (name, field)
+    assert config.name == name
+    assert config.loss in from_config.LOSSES
+
+
+def test_fgnet_config_argument_is_the_fold():
+  from configs import base, fgnet_amr
+  assert fgnet_amr.get_config("17").fold == 17
+  assert fgnet_amr.get_config().fold == -1
+  with pytest.raises(ValueError, match="fold number"):
+    base.parse_fold("seventeen")
+
+
+def test_fgnet_defaults_are_the_amr_recipe_with_the_offline_backbone():
+  from configs import fgnet_amr
+  config = fgnet_amr.get_config()
+  assert (config.optimizer, config.learning_rate, config.weight_decay, config.batch_size, config.num_epochs) == (
+      "adamw", 1e-3, 0.01, 64, 100)
+  assert tuple(config.milestone_epochs) == (15, 30, 45, 60, 75, 90)
+  assert (config.model, config.pretrained, config.num_classes) == ("efficientnet_lite0", "imagenet", 70)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_one_step_smoke_run_of_every_config(name, fgnet_dirs, tmp_path):
+  if name.startswith("fgnet"):
+    overrides = _data(fgnet_dirs)
+    arg = "3"
+  else:
+    overrides = {"data.manual_dir": str(ROOT / "datasets" / "clap2016" / "dummy_data"),
+                 "data.data_dir": str(tmp_path / "tfds"), "eval_every_epochs": 1}
+    arg = None
+  config = training_setup.config(name, arg, num_train_steps=1, **overrides)
+  result = train.train_and_evaluate(config, tmp_path / "run")
+  assert result["count"] == len(reports.read_predictions_csv(tmp_path / "run" / "test" / "predictions.csv")["age"])
+  assert np.isfinite(result["mae"])
+  if name.startswith("clap2016"):
+    assert 0 <= result["eps_error"] <= 1  # CLAP2016 reports the epsilon-error
+    assert (tmp_path / "run" / "validation" / "metrics.json").is_file()
+  logged = metric_writers.read_jsonl(tmp_path / "run" / "metrics.jsonl")
+  assert logged[-1]["step"] == 1 and np.isfinite(logged[-1]["train/loss"])
+  assert json.loads((tmp_path / "run" / "config.json").read_text())["loss"] == config.loss
+
+
+def _pmapped_updates(config, num_devices, arrays, num_steps=2):
+  """Parameters after ``num_steps`` training steps on the first ``num_devices`` devices."""
+  model = from_config.model(config)
+  tx = from_config.optimizer(config)
+  state = from_config.initial_train_state(config, model, tx)
+  step = jax.pmap(functools.partial(train.train_step, loss_fn=from_config.loss_fn(config),
+                                    augmentation=from_config.augmentation(config), seed=config.seed,
+                                    global_batch=config.batch_size),
+                  axis_name="batch", devices=jax.devices()[:num_devices])
+  replicated = flax.jax_utils.replicate(state, devices=jax.devices()[:num_devices])
+  batches = input_pipeline.train_batches(arrays, global_batch=config.batch_size, seed=0, num_devices=num_devices)
+  for i in range(num_steps):
+    lr = flax.jax_utils.replicate(jnp.float32(1e-3 / (i + 1)), devices=jax.devices()[:num_devices])
+    replicated, metrics = step(replicated, next(batches), lr)
+  return jax.device_get(train.unreplicate(replicated)), jax.device_get(train.unreplicate(metrics))
+
+
+def test_pmap_step_on_2_and_4_devices_equals_one_device():
+  """Gradients, loss and BatchNorm statistics are averaged over devices: same update as one device."""
+  # Cross-entropy and SGD: smooth in the logits and linear in the gradient, so float rounding stays
+  # rounding (AMR's top-K set can flip on a near-tie; Adam's g / sqrt(g^2) magnifies tiny gradients).
+  # The default augmentation (flip, shift) is on: tests/test_augment.py shows it is the same on any device count.
+  config = training_setup.config("fgnet_ce", "3", batch_size=8, optimizer="sgd")
+  rng = np.random.default_rng(0)
+  arrays = {"image": rng.integers(0, 256, (16, 64, 64, 3), dtype=np.uint8),
+            "age": rng.integers(0, 70, 16).astype(np.float32)}
+  fresh = jax.device_get(from_config.initial_train_state(config, from_config.model(config),
+                                                          from_config.optimizer(config)))
+  one, one_metrics = _pmapped_updates(config, 1, arrays)
+  one_update = jax.tree.map(np.subtract, one.params, fresh.params)
+  assert min(float(np.abs(u).max()) for u in jax.tree.leaves(one_update)) > 0  # every parameter moved
+  for n in (2, 4):
+    many, many_metrics = _pmapped_updates(config, n, arrays)
+    assert int(many.step) == 2
+    # Within 2% of each tensor's largest update: gradients that nearly cancel (a BatchNorm bias feeding
+    # another BatchNorm) magnify float rounding to ~0.5%, but a missing average would be off by 50-300%.
+    jax.tree.map(lambda a, b, u: np.testing.assert_allclose(a - u, b, rtol=0, atol=0.02 * np.abs(b).max()),
+                 many.params, one_update, fresh.params)
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-5), many.batch_stats,
+                 one.batch_stats)
+    np.testing.assert_allclose(many_metrics["loss"], one_metrics["loss"], rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def finished_run(fgnet_dirs, tmp_path_factory):
+  """A finished 6-step single-fold run with checkpoints at 3 and 6."""
+  workdir = tmp_path_factory.mktemp("finished") / "run"
+  config = training_setup.config("fgnet_amr", "3", num_train_steps=6, checkpoint_every_steps=3, **_data(fgnet_dirs))
+  result = train.train_and_evaluate(config, workdir)
+  return config, workdir, result
+
+
+def test_a_run_leaves_checkpoints_logs_and_reports(finished_run):
+  _, workdir, result = finished_run
+  assert checkpoints.Checkpoints(workdir / "checkpoints").all_steps() == [3, 6]
+  logged = metric_writers.read_jsonl(workdir / "metrics.jsonl")
+  assert [entry["step"] for entry in logged] == [1, 2, 3, 4, 5, 6]
+  assert {"train/loss", "train/cross_entropy", "train/mean", "train/residue", "train/learning_rate"} <= set(logged[0])
+  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+  predictions = reports.read_predictions_csv(workdir / "test" / "predictions.csv")
+  assert list(predictions["file_name"]) == sorted(predictions["file_name"])  # the held-out subject 3, every image
+  assert all(name.startswith("003A") for name in predictions["file_name"]) and len(predictions["file_name"]) == 4
+  np.testing.assert_allclose(np.mean(np.abs(predictions["predicted_age"] - predictions["age"])), result["mae"],
+                             atol=1e-4)
+  for png in ("cumulative_score.png", "predicted_vs_true.png", "error_by_age_group.png"):
+    assert (workdir / "test" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_restarting_a_finished_run_trains_nothing_and_evaluation_matches(finished_run, tmp_path, capsys):
+  config, workdir, result = finished_run
+  copy = tmp_path / "copy"
+  shutil.copytree(workdir, copy)
+  again = train.train_and_evaluate(config, copy)
+  assert "resumed from" in capsys.readouterr().out
+  assert again["mae"] == pytest.approx(result["mae"], abs=1e-5)
+  assert len(metric_writers.read_jsonl(copy / "metrics.jsonl")) == 6  # no step was trained again
+  (copy / "test" / "metrics.json").unlink()
+  evaluated = evaluate.evaluate_workdir(config, copy)
+  assert evaluated["mae"] == pytest.approx(result["mae"], abs=1e-5)
+  assert (copy / "test" / "metrics.json").is_file()
+
+
+def test_resume_from_an_intermediate_checkpoint_equals_the_uninterrupted_run(finished_run, tmp_path):
+  config, workdir, _ = finished_run
+  copy = tmp_path / "copy"
+  shutil.copytree(workdir, copy)
+  shutil.rmtree(copy / "checkpoints" / "6")  # as if killed between steps 3 and 6
+  train.train_and_evaluate(config, copy)
+  store = checkpoints.Checkpoints(copy / "checkpoints")
+  template = jax.device_get(from_config.initial_train_state(config, from_config.model(config),
+                                                             from_config.optimizer(config)))
+  resumed = store.restore(template, 6)
+  original = checkpoints.Checkpoints(workdir / "checkpoints").restore(template, 6)
+  jax.tree.map(np.testing.assert_array_equal, resumed.params, original.params)
+  jax.tree.map(np.testing.assert_array_equal, resumed.opt_state, original.opt_state)
+  jax.tree.map(np.testing.assert_array_equal, resumed.batch_stats, original.batch_stats)
+
+
+def test_corrupt_checkpoint_error_says_which_and_what_to_do(finished_run, tmp_path):
+  config, workdir, _ = finished_run
+  copy = tmp_path / "copy"
+  shutil.copytree(workdir, copy)
+  for path in (copy / "checkpoints" / "6").rglob("*"):
+    if path.is_file():
+      path.write_bytes(b"\x00garbage")
+  with pytest.raises(checkpoints.CheckpointError, match=r"checkpoints/6 cannot be read.*delete .*checkpoints/6 "
+                     r"to resume from the previous checkpoint \(step 3\)"):
+    train.train_and_evaluate(config, copy)
+
+
+def test_incompatible_checkpoint_error_names_the_difference(finished_run, tmp_path):
+  config, workdir, _ = finished_run
+  copy = tmp_path / "copy"
+  shutil.copytree(workdir, copy)
+  other = training_setup.config("fgnet_amr", "3", num_classes=80, num_train_steps=6,
+                                **{k: config.data[k.split(".")[1]] for k in ("data.manual_dir", "data.data_dir")})
+  with pytest.raises(checkpoints.CheckpointError, match=r"does not fit.*fc/kernel: shape \(128, 70\) in the "
+                     r"checkpoint, \(128, 80\) in this run.*new --workdir"):
+    train.train_and_evaluate(other, copy)
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(fgnet_dirs, tmp_path):
+  config = training_setup.config("fgnet_amr", "3", num_train_steps=6, checkpoint_every_steps=1, learning_rate=1e9,
+                                 **_data(fgnet_dirs))
+  with pytest.raises(train.NonFiniteLossError, match=r"loss is (nan|inf) at step (\d+).*last good checkpoint is "
+                     r"step \d+") as error:
+    train.train_and_evaluate(config, tmp_path / "run")
+  bad_step = int(error.value.args[0].split(" at step ")[1].split(" ")[0])
+  assert checkpoints.Checkpoints(tmp_path / "run" / "checkpoints").latest_step() == bad_step - 1
+
+
+def test_all_lopo_folds_pool_every_image_and_resume_done_folds(fgnet_dirs, tmp_path, capsys):
+  config = training_setup.config("fgnet_amr", None, num_train_steps=1, **_data(fgnet_dirs))
+  summary = train.train_and_evaluate(config, tmp_path / "lopo")
+  assert summary["count"] == 16 and summary["num_folds"] == 4
+  pooled = reports.read_predictions_csv(tmp_path / "lopo" / "summary" / "predictions.csv")
+  assert sorted(pooled["file_name"]) == sorted(p.name for p in (fgnet_dirs[0] / "FGNET" / "images").iterdir())
+  np.testing.assert_allclose(summary["mae"], np.mean(pooled["abs_error"]), atol=1e-4)
+  per_fold = reports.read_predictions_csv(tmp_path / "lopo" / "summary" / "per_fold.csv")
+  assert list(per_fold["fold"]) == ["subject 1", "subject 2", "subject 3", "subject 4"]
+  np.testing.assert_allclose(summary["mean_fold_mae"], per_fold["mae"].mean(), atol=1e-4)
+  assert (tmp_path / "lopo" / "folds" / "subject_002" / "test" / "predictions.csv").is_file()
+  capsys.readouterr()
+  again = train.train_and_evaluate(config, tmp_path / "lopo")
+  assert capsys.readouterr().out.count("resumed from") == 4
+  assert again["mae"] == pytest.approx(summary["mae"], abs=1e-5)
+
+
+def test_grouped_k_fold_protocol(fgnet_dirs, tmp_path):
+  config = training_setup.config("fgnet_ce", None, protocol="kfold", num_folds=2, num_train_steps=1,
+                                 **_data(fgnet_dirs))
+  summary = train.train_and_evaluate(config, tmp_path / "kfold")
+  assert summary["count"] == 16 and summary["num_folds"] == 2
+
+
+def test_missing_dataset_error_names_the_manual_dir(tmp_path):
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  (manual / "notes.txt").write_text("not FG-NET")
+  config = training_setup.config("fgnet_amr", "3", **{"data.manual_dir": str(manual),
+                                                      "data.data_dir": str(tmp_path / "tfds")})
+  with pytest.raises(FileNotFoundError, match=f"manual directory {manual} holds no usable copy"):
+    train.train_and_evaluate(config, tmp_path / "run")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("loss", "l2", "config.loss must be one of"),
+    ("model", "vgg", "config.model must be one of"),
+    ("batch_size", 6, "divisible by the number of devices"),
+    ("data.crop", "face", "config.data.crop for fgnet must be one of whole, aligned"),
+    ("protocol", "splits", "config.protocol for fgnet"),
+    ("fold", 99, "config.fold=99 is not a fold"),
+    ("loss_kwargs", {"lambda_variance": 0.1}, "do not fit loss 'amr'"),
+    ("pretrained", "imagenet", "efficientnet_lite0 only"),
+    ("dtype", "float16", "config.dtype must be one of"),
+])
+def test_bad_config_values_name_the_field(field, value, message, fgnet_dirs, tmp_path):
+  config = training_setup.config("fgnet_amr", "3", **_data(fgnet_dirs), **{field: value})
+  with pytest.raises(ValueError, match=message):
+    train.train_and_evaluate(config, tmp_path / "run")

@@ -1,0 +1,51 @@
+"""Shared by the training tests: a synthetic FG-NET big enough for 4 devices, and tiny run configs."""
+
+from __future__ import annotations
+
+import importlib
+import pathlib
+import shutil
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DUMMY_FGNET = ROOT / "datasets" / "fgnet" / "dummy_data" / "FGNET"
+
+# Small enough to compile and run in seconds on a CPU.
+TINY = {"model": "tiny_age_net", "pretrained": "", "image_size": 64, "batch_size": 4, "eval_batch_size": 8,
+        "num_train_steps": 2, "log_every_steps": 1, "checkpoint_every_steps": 100}
+
+
+def make_synthetic_fgnet(folder: pathlib.Path, subjects: int = 4, images_per_subject: int = 4) -> pathlib.Path:
+  """An FG-NET tree (``FGNET/images``, ``FGNET/points``) of copies of the dummy images under new names."""
+  sources = sorted((DUMMY_FGNET / "images").glob("*.JPG"))
+  (folder / "FGNET" / "images").mkdir(parents=True)
+  (folder / "FGNET" / "points").mkdir(parents=True)
+  rng = np.random.default_rng(0)
+  for subject in range(1, subjects + 1):
+    for age in sorted(rng.choice(70, images_per_subject, replace=False)):
+      source = sources[(subject * 7 + int(age)) % len(sources)]
+      name = f"{subject:03d}A{int(age):02d}"
+      shutil.copy(source, folder / "FGNET" / "images" / f"{name}.JPG")
+      shutil.copy(DUMMY_FGNET / "points" / f"{source.stem.lower()}.pts", folder / "FGNET" / "points" / f"{name.lower()}.pts")
+  return folder
+
+
+def config(name: str, arg: str | None = None, **overrides):
+  """``configs/<name>.py`` with its argument, the tiny settings, then ``overrides`` (dotted keys allowed)."""
+  module = importlib.import_module(f"configs.{name}")
+  cfg = module.get_config(arg) if arg is not None else module.get_config()
+  for key, value in {**TINY, **overrides}.items():
+    target = cfg
+    *parents, leaf = key.split(".")
+    for parent in parents:
+      target = target[parent]
+    target[leaf] = value
+  return cfg
+
+
+def command_line(name: str, arg: str | None, workdir, **overrides) -> list[str]:
+  """The ``run_train.py`` arguments that give the same config as ``config(name, arg, **overrides)``."""
+  spec = f"configs/{name}.py" + (f":{arg}" if arg is not None else "")
+  return [f"--config={spec}", f"--workdir={workdir}"] + [
+      f"--config.{key}={value}" for key, value in {**TINY, **overrides}.items()]
