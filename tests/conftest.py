@@ -24,3 +24,15 @@ def shared_dir():
   if not SHARED.is_dir():
     pytest.skip(f"{SHARED} is absent")
   return SHARED
+
+
+@pytest.fixture(scope="session")
+def fgnet_dirs(tmp_path_factory):
+  """``(manual_dir, data_dir)`` of a 16-image, 4-subject synthetic FG-NET (tests/training_setup.py), built once."""
+  import training_setup
+  from amr_jax import tfds_builders
+
+  manual = training_setup.make_synthetic_fgnet(tmp_path_factory.mktemp("fgnet_manual"))
+  data_dir = tmp_path_factory.mktemp("tfds")
+  tfds_builders.build("fgnet", manual_dir=manual, data_dir=data_dir)
+  return manual, data_dir

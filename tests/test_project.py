@@ -1,5 +1,6 @@
 """The project's promises to a new user: README commands = CI commands, the README example runs."""
 
+import os
 import pathlib
 import re
 import subprocess
@@ -44,6 +45,21 @@ def test_readme_pretrained_example_runs(tmp_path):
   result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr
   assert "loaded 245 pretrained tensors; 2 left newly initialised" in result.stdout
+
+
+def test_readme_quick_training_commands_run_as_written(shared_dir, tmp_path):
+  """The README's train-then-evaluate commands, verbatim, from the repository root (HOME in a temporary folder)."""
+  commands = _code_block_after("<!-- example: quick-train -->")
+  assert "run_train.py" in commands and "run_eval.py" in commands
+  # `python` is this interpreter, as in an activated virtual environment.
+  env = {**os.environ, "HOME": str(tmp_path), "PATH": f"{pathlib.Path(sys.executable).parent}:{os.environ['PATH']}"}
+  result = subprocess.run(["bash", "-euo", "pipefail", "-c", commands], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  run = tmp_path / "amr_runs" / "quick"
+  assert "step 20/20" in result.stdout and "evaluating the checkpoint of step 20" in result.stdout
+  assert (run / "test" / "predictions.csv").read_text().count("\n") == 1 + 13  # subject 17 has 13 images
+  assert (tmp_path / "tensorflow_datasets" / "fgnet" / "1.0.0").is_dir()
 
 
 def test_public_api_is_importable():

@@ -26,15 +26,6 @@ def no_network(monkeypatch):
     monkeypatch.setattr(module, "DOWNLOAD_URL", "http://127.0.0.1:1/archive.zip")
 
 
-@pytest.fixture(scope="module")
-def fgnet_dirs(tmp_path_factory):
-  """``(manual_dir, data_dir)`` of a 16-image, 4-subject synthetic FG-NET, built once."""
-  manual = training_setup.make_synthetic_fgnet(tmp_path_factory.mktemp("fgnet_manual"))
-  data_dir = tmp_path_factory.mktemp("tfds")
-  tfds_builders.build("fgnet", manual_dir=manual, data_dir=data_dir)
-  return manual, data_dir
-
-
 def _data(fgnet_dirs):
   manual, data_dir = fgnet_dirs
   return {"data.manual_dir": str(manual), "data.data_dir": str(data_dir)}
