@@ -263,3 +263,14 @@ def test_bad_config_values_name_the_field(field, value, message, fgnet_dirs, tmp
   config = training_setup.config("fgnet_amr", "3", **_data(fgnet_dirs), **{field: value})
   with pytest.raises(ValueError, match=message):
     train.train_and_evaluate(config, tmp_path / "run")
+
+
+def test_bfloat16_computation_keeps_float32_parameters(fgnet_dirs, tmp_path):
+  config = training_setup.config("fgnet_amr", "3", dtype="bfloat16", num_train_steps=2, **_data(fgnet_dirs))
+  result = train.train_and_evaluate(config, tmp_path / "run")
+  assert np.isfinite(result["mae"])
+  template = jax.device_get(from_config.initial_train_state(config, from_config.model(config),
+                                                             from_config.optimizer(config)))
+  state = checkpoints.Checkpoints(tmp_path / "run" / "checkpoints").restore(template)
+  assert {leaf.dtype for leaf in jax.tree.leaves(state.params)} == {np.dtype(np.float32)}
+  assert np.isfinite(metric_writers.read_jsonl(tmp_path / "run" / "metrics.jsonl")[-1]["train/loss"])
