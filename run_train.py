@@ -13,7 +13,8 @@ from amr_jax import train
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, with an optional argument: configs/fgnet_amr.py:17.",
                                 lock_config=True)
-flags.DEFINE_string("workdir", None, "Where checkpoints, logs and reports go (default: workdirs/<config name>[_<fold>]).")
+flags.DEFINE_string("workdir", None,
+                    "Where checkpoints, logs and reports go (default: workdirs/<config name>[_<fold>]).")
 flags.mark_flags_as_required(["config"])
 
 

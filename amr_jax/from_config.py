@@ -55,25 +55,39 @@ def augmentation(config) -> augment.Augmentation:
   return augment.Augmentation(**fields)
 
 
+# The model and optimizer are static parts of the training state, so the compiled steps are reused only
+# when they are the same objects: equal settings give the same object (several runs in one process, tests).
+
 def model(config, axis_name: str | None = "batch"):
   if config.dtype not in DTYPES:
     raise ValueError(f"config.dtype must be one of {', '.join(DTYPES)}; got {config.dtype!r}.")
-  kwargs = {"dtype": DTYPES[config.dtype], "axis_name": axis_name}
-  if config.model == "efficientnet_lite0":
-    from amr_jax.models.efficientnet_lite import LITE_IMAGENET_NORMALIZATION
-    kwargs["input_normalization"] = LITE_IMAGENET_NORMALIZATION
   if config.model not in models.MODELS:
     raise ValueError(f"config.model must be one of {', '.join(sorted(models.MODELS))}; got {config.model!r}.")
-  return models.create_model(config.model, config.num_classes, **kwargs)
+  return _model(config.model, config.num_classes, config.dtype, axis_name)
+
+
+@functools.lru_cache(maxsize=None)
+def _model(name: str, num_classes: int, dtype: str, axis_name: str | None):
+  kwargs = {"dtype": DTYPES[dtype], "axis_name": axis_name}
+  if name == "efficientnet_lite0":
+    from amr_jax.models.efficientnet_lite import LITE_IMAGENET_NORMALIZATION
+    kwargs["input_normalization"] = LITE_IMAGENET_NORMALIZATION
+  return models.create_model(name, num_classes, **kwargs)
 
 
 def optimizer(config) -> optax.GradientTransformation:
   """The optimizer with its learning rate as an injected hyperparameter, set by each step."""
+  return _optimizer(config.optimizer, float(config.learning_rate), float(config.weight_decay),
+                    float(config.momentum), float(config.gradient_clip_norm or 0.0))
+
+
+@functools.lru_cache(maxsize=None)
+def _optimizer(name: str, learning_rate: float, weight_decay: float, momentum: float, gradient_clip_norm: float):
   def make(learning_rate):
-    return optim.create_optimizer(config.optimizer, learning_rate, weight_decay=config.weight_decay,
-                                  momentum=config.momentum, gradient_clip_norm=config.gradient_clip_norm or None)
-  make(config.learning_rate)  # raises for an unknown name or a bad value
-  return optax.inject_hyperparams(make)(learning_rate=config.learning_rate)
+    return optim.create_optimizer(name, learning_rate, weight_decay=weight_decay, momentum=momentum,
+                                  gradient_clip_norm=gradient_clip_norm or None)
+  make(learning_rate)  # raises for an unknown name or a bad value
+  return optax.inject_hyperparams(make)(learning_rate=learning_rate)
 
 
 def schedule(config, steps_per_epoch: int) -> optax.Schedule:

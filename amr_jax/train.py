@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import json
 import math
 import os
 import pathlib
@@ -95,12 +96,24 @@ class Steps:
   eval: Callable
 
 
+_STEPS: dict[str, Steps] = {}
+
+
 def compile_steps(config, loss_fn, augmentation) -> Steps:
+  """The pmapped steps; one pair per distinct setting in a process, so XLA compiles each once."""
+  key = json.dumps([config.loss, config.loss_kwargs.to_dict(), config.start_age, config.seed, config.batch_size,
+                    config.test_time_flip, config.augmentation.to_dict()], sort_keys=True, default=str)
+  if key not in _STEPS:
+    _STEPS[key] = _compile_steps(config, loss_fn, augmentation)
+  return _STEPS[key]
+
+
+def _compile_steps(config, loss_fn, augmentation) -> Steps:
   train = jax.pmap(functools.partial(train_step, loss_fn=loss_fn, augmentation=augmentation, seed=config.seed,
                                      global_batch=config.batch_size),
                    axis_name="batch", donate_argnums=(0,))
-  eval_ = jax.pmap(functools.partial(evaluate.eval_step, start_age=config.start_age, test_time_flip=config.test_time_flip),
-                   axis_name="batch")
+  eval_ = jax.pmap(functools.partial(evaluate.eval_step, start_age=config.start_age,
+                                     test_time_flip=config.test_time_flip), axis_name="batch")
   return Steps(train, eval_)
 
 
@@ -172,7 +185,8 @@ def train_fold(config, workdir: pathlib.Path, fold: training_data.Fold, steps: S
       where = (f"the last good checkpoint is step {last_saved} in {store.directory}" if last_saved is not None
                else "no checkpoint was written before it")
       raise NonFiniteLossError(
-          f"{fold.name}: the training loss is {values['loss']} at step {step} (epoch {(step - 1) // steps_per_epoch + 1}); "
+          f"{fold.name}: the training loss is {values['loss']} at step {step} "
+          f"(epoch {(step - 1) // steps_per_epoch + 1}); "
           f"{where}. Lower config.learning_rate, set config.gradient_clip_norm, or check the data.")
     for name, value in values.items():
       interval[name].append(value)

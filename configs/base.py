@@ -32,7 +32,8 @@ def parse_fold(arg: str | None) -> int:
   try:
     return int(arg)
   except ValueError:
-    raise ValueError(f"the config argument must be a fold number (e.g. configs/fgnet_amr.py:17); got {arg!r}.") from None
+    raise ValueError(f"the config argument must be a fold number (e.g. configs/fgnet_amr.py:17); "
+                     f"got {arg!r}.") from None
 
 
 def get_config() -> ml_collections.ConfigDict:

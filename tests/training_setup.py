@@ -27,7 +27,8 @@ def make_synthetic_fgnet(folder: pathlib.Path, subjects: int = 4, images_per_sub
       source = sources[(subject * 7 + int(age)) % len(sources)]
       name = f"{subject:03d}A{int(age):02d}"
       shutil.copy(source, folder / "FGNET" / "images" / f"{name}.JPG")
-      shutil.copy(DUMMY_FGNET / "points" / f"{source.stem.lower()}.pts", folder / "FGNET" / "points" / f"{name.lower()}.pts")
+      shutil.copy(DUMMY_FGNET / "points" / f"{source.stem.lower()}.pts",
+                  folder / "FGNET" / "points" / f"{name.lower()}.pts")
   return folder
 
 
