@@ -1,0 +1,120 @@
+"""FG-NET, the losses side by side: one backbone, one protocol, one training budget, several seeds.
+
+Each (loss, seed) pair is one ``train_and_evaluate`` run of ``configs/fgnet_<loss>.py``
+over every fold of the chosen protocol (subject-grouped k-fold by default,
+``--protocol=lopo`` for the paper's 82 folds), so every image is tested once
+per run and nothing is selected on test data (each fold reports its last
+step). Runs live in ``--workdir/<loss>_seed<seed>/`` and resume, so the
+command can be stopped and restarted. Writes ``--workdir/losses.md`` (the
+table) and ``--workdir/cumulative_score.png``.
+
+  python benchmarks/fgnet_losses.py --manual_dir=../shared/data/fgnet --workdir=/tmp/fgnet_losses \\
+      --image_size=112 --num_epochs=10 --seeds=0,1
+
+Any other config field: ``--set=field=value`` (repeatable), e.g. ``--set=batch_size=32``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the configs/ package
+
+from amr_jax import reports, train  # noqa: E402
+
+CONFIGS = {"cross_entropy": "fgnet_ce", "mean_variance": "fgnet_mv", "amr": "fgnet_amr", "dldl_v2": "fgnet_dldlv2"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--manual_dir", default="", help="FG-NET's manual directory (config data.manual_dir)")
+  parser.add_argument("--data_dir", default="", help="where TFDS builds FG-NET (config data.data_dir)")
+  parser.add_argument("--losses", default=",".join(CONFIGS), help=f"comma-separated, from {', '.join(CONFIGS)}")
+  parser.add_argument("--seeds", default="0,1")
+  parser.add_argument("--protocol", default="kfold", choices=("kfold", "lopo"))
+  parser.add_argument("--num_folds", type=int, default=5)
+  parser.add_argument("--model", default="efficientnet_lite0")
+  parser.add_argument("--pretrained", default="imagenet")
+  parser.add_argument("--image_size", type=int, default=112)
+  parser.add_argument("--crop", default="aligned", choices=("aligned", "whole"))
+  parser.add_argument("--num_epochs", type=int, default=10)
+  parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="any other config field")
+  args = parser.parse_args(argv)
+  unknown = sorted(set(args.losses.split(",")) - set(CONFIGS))
+  if unknown:
+    parser.error(f"--losses: unknown {unknown}; valid: {', '.join(CONFIGS)}")
+  return args
+
+
+def run_config(args, loss: str, seed: int):
+  config = importlib.import_module(f"configs.{CONFIGS[loss]}").get_config()
+  recipe_epochs = config.num_epochs
+  config.update({"model": args.model, "pretrained": args.pretrained, "image_size": args.image_size,
+                 "protocol": args.protocol, "num_folds": args.num_folds, "num_epochs": args.num_epochs,
+                 "seed": seed, "fold": -1})
+  config.data.update({"manual_dir": args.manual_dir, "data_dir": args.data_dir, "crop": args.crop})
+  # The recipe's learning-rate drops are placed for its 100 epochs; keep their proportions.
+  config.milestone_epochs = tuple(sorted({max(1, round(m * args.num_epochs / recipe_epochs))
+                                          for m in config.milestone_epochs}))
+  for item in args.set:
+    field, _, text = item.partition("=")
+    target = config
+    *parents, leaf = field.split(".")
+    for parent in parents:
+      target = target[parent]
+    if leaf not in target:
+      raise SystemExit(f"--set {item}: the config has no field {field!r}")
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    target[leaf] = value
+  return config
+
+
+def summarise(results: dict[str, list[dict]]) -> str:
+  lines = ["| loss | pooled MAE (mean ± std over seeds) | CS(5) | mean of per-fold MAEs | std of per-fold MAEs | "
+           "seeds |", "|---|---:|---:|---:|---:|---:|"]
+  for loss, runs in results.items():
+    mae = np.array([r["mae"] for r in runs])
+    cs5 = np.array([r["cs"][5] for r in runs])
+    fold_mean = np.array([r["mean_fold_mae"] for r in runs])
+    fold_std = np.array([r["std_fold_mae"] for r in runs])
+    lines.append(f"| {loss} | {mae.mean():.2f} ± {mae.std():.2f} | {cs5.mean():.3f} | {fold_mean.mean():.2f} | "
+                 f"{fold_std.mean():.2f} | {len(runs)} |")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+  args = parse_args(argv)
+  workdir = pathlib.Path(args.workdir)
+  seeds = [int(s) for s in args.seeds.split(",")]
+  results: dict[str, list[dict]] = {}
+  for loss in args.losses.split(","):
+    for seed in seeds:
+      config = run_config(args, loss, seed)
+      summary = train.train_and_evaluate(config, workdir / f"{loss}_seed{seed}")
+      results.setdefault(loss, []).append(summary)
+  table = summarise(results)
+  settings = {k: v for k, v in vars(args).items() if k not in ("workdir",)}
+  text = (f"FG-NET, losses side by side: `python benchmarks/fgnet_losses.py "
+          f"{' '.join(sys.argv[1:]) if argv is None else ' '.join(argv)}`\n\nSettings: {json.dumps(settings)}\n\n"
+          f"{table}\n")
+  (workdir / "losses.md").write_text(text)
+  reports.plot_cumulative_score(workdir / "cumulative_score.png",
+                                {loss: np.mean([r["cs"] for r in runs], axis=0) for loss, runs in results.items()},
+                                title=f"FG-NET {args.protocol}, {args.model} {args.image_size} px")
+  print(text)
+
+
+if __name__ == "__main__":
+  main()
