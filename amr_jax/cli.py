@@ -1,4 +1,4 @@
-"""What ``run_train.py`` and ``run_eval.py`` share: the default workdir and multi-process start-up."""
+"""What ``run_train.py`` and ``run_eval.py`` share: flags, the default workdir and multi-process start-up."""
 
 from __future__ import annotations
 
@@ -8,6 +8,23 @@ import sys
 
 import jax
 from absl import app, flags, logging
+
+
+def run(action, workdir_help: str) -> None:
+  """Defines ``--config`` and ``--workdir`` and runs ``action(config, workdir)`` as an absl program."""
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file("config", None, "Config file, with an optional argument: configs/fgnet_amr.py:17.",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, workdir_help)
+  flags.mark_flags_as_required(["config"])
+
+  def main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    action(*setup(flags.FLAGS.config, flags.FLAGS.workdir))
+
+  app.run(main, flags_parser=parse_flags)
 
 
 def default_workdir(config) -> str:

@@ -34,6 +34,15 @@ Predictions = dict[str, np.ndarray]
 LABEL_FIELDS = ("file_name", "subject_id", "age", "age_std", "real_age")
 
 
+def unreplicate(tree):
+  """The first local device's copy of every leaf of a ``pmap`` output or replicated tree.
+
+  (``flax.jax_utils.unreplicate`` keeps the device axis when ``pmap`` ran on one
+  device of several, as in the one-device tests.)
+  """
+  return jax.tree.map(lambda x: x.addressable_shards[0].data[0], tree)
+
+
 def eval_step(state, batch: dict[str, jax.Array], *, start_age: float, test_time_flip: bool) -> dict[str, jax.Array]:
   """Per-example predictions of one device's batch, gathered from all devices (call under ``pmap``).
 
@@ -63,7 +72,7 @@ def predict(p_eval_step, replicated_state, arrays: dict[str, np.ndarray], global
              "mode_age": np.zeros(count, np.float32)}
   for batch in input_pipeline.eval_batches(inputs, global_batch=global_batch, num_devices=jax.local_device_count(),
                                            process_index=jax.process_index(), process_count=jax.process_count()):
-    out = jax.device_get(jax.tree.map(lambda x: x.addressable_shards[0].data[0], p_eval_step(replicated_state, batch)))
+    out = jax.device_get(unreplicate(p_eval_step(replicated_state, batch)))
     keep = out["mask"].reshape(-1)
     index = out["index"].reshape(-1)[keep]
     for name in columns:
@@ -108,10 +117,13 @@ def _plots(folder: pathlib.Path, predictions: Predictions, summary: dict[str, An
                                   predictions["predicted_age"], title=title)
 
 
+def _pooled(by_fold: Sequence[tuple[str, Predictions]]) -> Predictions:
+  return {name: np.concatenate([p[name] for _, p in by_fold]) for name in by_fold[0][1]}
+
+
 def pooled_metrics(by_fold: Sequence[tuple[str, Predictions]]) -> dict[str, Any]:
   """Metrics over all folds' test images pooled, plus the mean and spread of the per-fold MAEs."""
-  pooled = {name: np.concatenate([p[name] for _, p in by_fold]) for name in by_fold[0][1]}
-  summary = metrics_of(pooled)
+  summary = metrics_of(_pooled(by_fold))
   fold_maes = np.array([metrics_of(p)["mae"] for _, p in by_fold])
   summary.update(num_folds=len(by_fold), mean_fold_mae=float(fold_maes.mean()), std_fold_mae=float(fold_maes.std()))
   return summary
@@ -122,8 +134,7 @@ def write_pooled_report(folder: str | os.PathLike, by_fold: Sequence[tuple[str, 
   """The pooled report of a multi-fold run, plus ``per_fold.csv`` (one row per fold)."""
   folder = pathlib.Path(folder)
   folder.mkdir(parents=True, exist_ok=True)
-  pooled = {name: np.concatenate([p[name] for _, p in by_fold]) for name in by_fold[0][1]}
-  pooled = {"fold": np.concatenate([[name] * len(p["age"]) for name, p in by_fold]), **pooled}
+  pooled = {"fold": np.concatenate([[name] * len(p["age"]) for name, p in by_fold]), **_pooled(by_fold)}
   summary = pooled_metrics(by_fold)
   columns = dict(pooled)
   columns["abs_error"] = np.abs(pooled["predicted_age"] - pooled["age"])

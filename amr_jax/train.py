@@ -38,15 +38,7 @@ import ml_collections
 import numpy as np
 
 from amr_jax import augment, checkpoints, evaluate, from_config, input_pipeline, metric_writers, training_data
-
-def unreplicate(tree):
-  """The first local device's copy of every leaf of a ``pmap`` output or replicated tree.
-
-  (``flax.jax_utils.unreplicate`` keeps the device axis when ``pmap`` ran on one
-  device of several, as in the one-device tests.)
-  """
-  return jax.tree.map(lambda x: x.addressable_shards[0].data[0], tree)
-
+from amr_jax.evaluate import unreplicate
 
 class NonFiniteLossError(FloatingPointError):
   """The training loss became NaN or infinite."""
@@ -323,9 +315,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   if len(results) == 1:
     return evaluate.metrics_of(results[0][1])
   by_fold = [(splits.name, predictions) for splits, predictions in results]
-  summary = evaluate.pooled_metrics(by_fold)
   if _is_writer():
-    evaluate.write_pooled_report(workdir / "summary", by_fold, title=f"{config.name}, {len(results)} folds pooled")
+    summary = evaluate.write_pooled_report(workdir / "summary", by_fold,
+                                           title=f"{config.name}, {len(results)} folds pooled")
+  else:
+    summary = evaluate.pooled_metrics(by_fold)
     _log(f"pooled over {len(results)} folds: MAE {summary['mae']:.3f} over {summary['count']} images, mean of "
          f"per-fold MAEs {summary['mean_fold_mae']:.3f}, CS(5) {summary['cs'][5]:.3f} -> {workdir / 'summary'}")
   return summary
