@@ -11,6 +11,12 @@ table) and ``--workdir/cumulative_score.png``.
   python benchmarks/fgnet_losses.py --manual_dir=../shared/data/fgnet --workdir=/tmp/fgnet_losses \\
       --image_size=112 --num_epochs=10 --seeds=0,1
 
+With ``--backbone=frozen`` the backbone's features are computed once and each loss trains only the model's
+head (``benchmarks/frozen_backbone.py``): minutes on a CPU where fine-tuning takes days, so the full LOPO fits:
+
+  python benchmarks/fgnet_losses.py --manual_dir=../shared/data/fgnet --workdir=/tmp/fgnet_frozen \
+      --backbone=frozen --protocol=lopo --image_size=224 --num_epochs=100 --seeds=0,1,2
+
 Any other config field: ``--set=field=value`` (repeatable), e.g. ``--set=batch_size=32``.
 """
 
@@ -26,10 +32,12 @@ import sys
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the configs/ package
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # the configs/ package, frozen_backbone.py
 
+import frozen_backbone  # noqa: E402
 from amr_jax import reports, train  # noqa: E402
 
+BASELINE = "no model: the fold's mean training age"
 CONFIGS = {"cross_entropy": "fgnet_ce", "mean_variance": "fgnet_mv", "amr": "fgnet_amr", "dldl_v2": "fgnet_dldlv2"}
 
 
@@ -47,6 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--image_size", type=int, default=112)
   parser.add_argument("--crop", default="aligned", choices=("aligned", "whole"))
   parser.add_argument("--num_epochs", type=int, default=10)
+  parser.add_argument("--backbone", default="finetune", choices=("finetune", "frozen"),
+                      help="train the whole model, or only its head on the frozen backbone's features")
   parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="any other config field")
   args = parser.parse_args(argv)
   unknown = sorted(set(args.losses.split(",")) - set(CONFIGS))
@@ -102,8 +112,16 @@ def main(argv=None) -> None:
   for loss in args.losses.split(","):
     for seed in seeds:
       config = run_config(args, loss, seed)
-      summary = train.train_and_evaluate(config, workdir / f"{loss}_seed{seed}")
+      if args.backbone == "frozen":
+        summary = frozen_backbone.run(config, workdir / "features", workdir / f"{loss}_seed{seed}")
+      else:
+        summary = train.train_and_evaluate(config, workdir / f"{loss}_seed{seed}")
       results.setdefault(loss, []).append(summary)
+  if args.backbone == "frozen":  # the folds' features are cached by now, so this costs nothing
+    for seed in seeds:
+      config = run_config(args, args.losses.split(",")[0], seed)
+      data = frozen_backbone.dataset_features(config, workdir / "features")
+      results.setdefault(BASELINE, []).append(frozen_backbone.mean_age_baseline(config, data))
   table = summarise(results)
   settings = {k: v for k, v in vars(args).items() if k not in ("workdir",)}
   text = (f"FG-NET, losses side by side: `python benchmarks/fgnet_losses.py "
@@ -112,7 +130,8 @@ def main(argv=None) -> None:
   (workdir / "losses.md").write_text(text)
   reports.plot_cumulative_score(workdir / "cumulative_score.png",
                                 {loss: np.mean([r["cs"] for r in runs], axis=0) for loss, runs in results.items()},
-                                title=f"FG-NET {args.protocol}, {args.model} {args.image_size} px")
+                                title=f"FG-NET {args.protocol}, {args.model} {args.image_size} px"
+                                      + (", frozen backbone" if args.backbone == "frozen" else ""))
   print(text)
 
 

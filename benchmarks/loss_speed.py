@@ -100,44 +100,60 @@ def check_torch_against_reference(torch_losses):
   return "both match the reference vectors"
 
 
+def torch_losses_to_time():
+  """The PyTorch AMR losses (none without torch), and a line saying what was found and checked."""
+  try:
+    import torch
+
+    from torch_losses import amr_loss_reference_style, amr_loss_vectorised
+  except ImportError:
+    return {}, "torch not installed: PyTorch rows skipped"
+  torch_losses = {
+      "PyTorch AMR, reference-style": amr_loss_reference_style,
+      "PyTorch AMR, vectorised": amr_loss_vectorised,
+  }
+  return torch_losses, (f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+                        + check_torch_against_reference(torch_losses))
+
+
+def header(calls, rounds, torch_note):
+  return (f"# Loss forward+backward, median microseconds per call ({rounds} x {calls} calls)\n"
+          f"# jax {jax.__version__} on {jax.devices()[0].platform}, {platform.processor() or platform.machine()}, "
+          f"{jax.local_device_count()} device(s); {torch_note}")
+
+
+def measure(torch_losses, calls, rounds):
+  """``{shape: {implementation: median seconds per call}}`` for every shape in SHAPES."""
+  results = {}
+  for batch, num_classes in SHAPES:
+    logits, labels = inputs(batch, num_classes)
+    timed = {name: jax_call(fn, logits, labels) for name, fn in JAX_LOSSES.items()}
+    timed.update({name: torch_call(fn, logits, labels) for name, fn in torch_losses.items()})
+    results[batch, num_classes] = interleaved_medians(timed, rounds, calls)
+  return results
+
+
+def table(results, torch_losses):
+  lines = [f"| loss | {' | '.join(f'{b} x {c}' for b, c in SHAPES)} |", "|---|" + "---:|" * len(SHAPES)]
+  amr = "adaptive_mean_residue_loss"
+  for name in JAX_LOSSES:
+    lines.append(f"| jax `{name}` | " + " | ".join(f"{results[shape][name] * 1e6:.1f}" for shape in SHAPES) + " |")
+  for name in torch_losses:
+    cells = [f"{results[shape][name] * 1e6:.1f} ({results[shape][name] / results[shape][amr]:.1f}x jax AMR)"
+             for shape in SHAPES]
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--calls", type=int, default=2000, help="timed calls of each implementation per round")
   parser.add_argument("--rounds", type=int, default=5, help="rounds (each alternates all implementations)")
   args = parser.parse_args()
 
-  try:
-    import torch
-
-    from torch_losses import amr_loss_reference_style, amr_loss_vectorised
-
-    torch_losses = {
-        "PyTorch AMR, reference-style": amr_loss_reference_style,
-        "PyTorch AMR, vectorised": amr_loss_vectorised,
-    }
-    torch_note = f"torch {torch.__version__}, {torch.get_num_threads()} threads; " + check_torch_against_reference(torch_losses)
-  except ImportError:
-    torch_losses, torch_note = {}, "torch not installed: PyTorch rows skipped"
-
-  print(f"# Loss forward+backward, median microseconds per call ({args.rounds} x {args.calls} calls)")
-  print(f"# jax {jax.__version__} on {jax.devices()[0].platform}, {platform.processor() or platform.machine()}, "
-        f"{jax.local_device_count()} device(s); {torch_note}")
-  results = {}
-  for batch, num_classes in SHAPES:
-    logits, labels = inputs(batch, num_classes)
-    calls = {name: jax_call(fn, logits, labels) for name, fn in JAX_LOSSES.items()}
-    calls.update({name: torch_call(fn, logits, labels) for name, fn in torch_losses.items()})
-    results[batch, num_classes] = interleaved_medians(calls, args.rounds, args.calls)
-
-  print(f"| loss | {' | '.join(f'{b} x {c}' for b, c in SHAPES)} |")
-  print("|---|" + "---:|" * len(SHAPES))
-  amr = "adaptive_mean_residue_loss"
-  for name in JAX_LOSSES:
-    print(f"| jax `{name}` | " + " | ".join(f"{results[shape][name] * 1e6:.1f}" for shape in SHAPES) + " |")
-  for name in torch_losses:
-    cells = [f"{results[shape][name] * 1e6:.1f} ({results[shape][name] / results[shape][amr]:.1f}x jax AMR)"
-             for shape in SHAPES]
-    print(f"| {name} | " + " | ".join(cells) + " |")
+  torch_losses, torch_note = torch_losses_to_time()
+  print(header(args.calls, args.rounds, torch_note))
+  print(table(measure(torch_losses, args.calls, args.rounds), torch_losses))
 
 
 if __name__ == "__main__":

@@ -18,12 +18,8 @@ import pathlib
 import platform
 import sys
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
-from amr_jax import losses, models
 from timing import median_time
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -31,8 +27,18 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]  # torch_losses.py, torch
 
 NUM_CLASSES = 70
 
+# JAX is imported inside the functions that use it, so that a process timing PyTorch alone (benchmarks/speed.py
+# runs each in its own process to measure its memory) does not carry JAX's ~150 MB.
+
 
 def jax_calls(name, images, ages, dtype):
+  """The forward and training-step calls to time, and a function giving the step's XLA cost analysis."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  from amr_jax import losses, models
+
   module = models.create_model(name, NUM_CLASSES, dtype=dtype)
   variables = jax.jit(functools.partial(module.init, train=False))(jax.random.key(0), images[:1])
   optimizer = optax.adamw(1e-3, weight_decay=0.01)
@@ -61,10 +67,19 @@ def jax_calls(name, images, ages, dtype):
     box["state"], loss = train_step(box["state"], images, ages, jax.random.key(1))
     loss.block_until_ready()
 
-  return (lambda: forward(variables, images).block_until_ready()), run_train
+  def train_cost():
+    return train_step.lower(box["state"], images, ages, jax.random.key(1)).compile().cost_analysis()
+
+  return (lambda: forward(variables, images).block_until_ready()), run_train, train_cost
 
 
-def torch_calls(name, images, ages):
+def torch_calls(name, images, ages, dtype="float32"):
+  """The forward and training-step calls to time, or None without a PyTorch twin of ``name``.
+
+  ``dtype="bfloat16"`` runs both under ``torch.autocast`` on CUDA; on the CPU PyTorch stays float32.
+  """
+  import contextlib
+
   import torch
 
   from torch_losses import amr_loss_vectorised
@@ -79,17 +94,21 @@ def torch_calls(name, images, ages):
   x = torch.from_numpy(np.array(images, np.float32).transpose(0, 3, 1, 2)).contiguous().to(device)
   y = torch.from_numpy(np.array(ages)).to(device)
   optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+  autocast = (functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16)
+              if dtype == "bfloat16" and device == "cuda" else contextlib.nullcontext)
 
   def forward():
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), autocast():
       model(x)
     sync()
 
   def train():
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    amr_loss_vectorised(model(x), y).backward()
+    with autocast():
+      logits = model(x)
+    amr_loss_vectorised(logits.float(), y).backward()
     optimizer.step()
     sync()
 
@@ -107,6 +126,9 @@ def main():
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch rows")
   args = parser.parse_args()
+
+  import jax
+  import jax.numpy as jnp
 
   have_torch = False
   if not args.no_torch:
@@ -130,7 +152,7 @@ def main():
     images = jnp.asarray(rng.uniform(0, 1, (args.batch, size, size, 3)).astype(np.float32))
     ages = jnp.asarray(rng.integers(0, NUM_CLASSES, args.batch))
     for name in args.models:
-      forward, train = jax_calls(name, images, ages, dtype)
+      forward, train, _ = jax_calls(name, images, ages, dtype)
       rates = [args.batch / median_time(forward, args.warmup, args.steps),
                args.batch / median_time(train, args.warmup, args.steps)]
       calls = torch_calls(name, images, ages) if have_torch else None

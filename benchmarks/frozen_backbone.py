@@ -1,0 +1,200 @@
+"""The losses on a frozen backbone: its features are computed once, and each loss trains only the model's head.
+
+Fine-tuning a backbone per (loss, seed, fold) costs hours per fold on a CPU; with the backbone frozen, every fold
+of every run shares one pass of the backbone over the dataset, and the losses differ only where they act: on the
+logits of the head. The head is the model's own last layer (``_fc`` of EfficientNet-Lite0, ``fc`` of the others,
+after the model's dropout), initialised as the full model's initialisation with the run's seed does, trained with the
+run config's optimizer, schedule, batch size, epochs and horizontal flip (a flipped image's features are computed
+once too; the config's other augmentations, which would need the backbone at every step, are not applied).
+All folds of a run train at once (``vmap`` over folds); each reports its last step, nothing is selected on test data.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from amr_jax import augment, evaluate, folds, from_config, optim, train, training_data
+
+HEAD_NAMES = ("fc", "_fc")
+
+
+def _head_name(params) -> str:
+  names = [name for name in HEAD_NAMES if name in params]
+  if len(names) != 1:
+    raise ValueError(f"the model's head layer must be one of {HEAD_NAMES}; its top-level layers are {list(params)}.")
+  return names[0]
+
+
+def head_inputs(model, variables, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+  """``[N, features]`` float32: what the model's head layer receives for uint8 ``images`` (inference mode)."""
+  head = _head_name(variables["params"])
+
+  @jax.jit
+  def features(batch):
+    captured = []
+
+    def interceptor(next_fun, args, kwargs, context):
+      if context.method_name == "__call__" and context.module.name == head and isinstance(context.module, nn.Dense):
+        captured.append(args[0])
+      return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(interceptor):
+      model.apply(variables, augment.to_float(batch), train=False)
+    return captured[-1].astype(jnp.float32)
+
+  count = len(images)
+  padded = np.concatenate([images, np.zeros((-count % batch_size, *images.shape[1:]), images.dtype)])
+  out = [np.asarray(features(padded[i:i + batch_size])) for i in range(0, len(padded), batch_size)]
+  return np.concatenate(out)[:count]
+
+
+def dataset_features(config, cache_dir: pathlib.Path) -> dict[str, np.ndarray]:
+  """FG-NET's labels and the backbone's features of every image and of its mirror image, cached in ``cache_dir``."""
+  weights = config.pretrained or f"random-seed{config.seed}"
+  weights = pathlib.Path(weights).stem if weights.endswith(".pth") else weights
+  path = cache_dir / f"{config.model}_{weights}_{config.image_size}px_{config.data.crop}.npz"
+  if path.exists():
+    with np.load(path) as cached:
+      return dict(cached)
+  builder = training_data.prepare(config.data)
+  arrays = training_data.load_arrays(config.data, config.image_size, builder)["all"]
+  model = from_config.model(config, axis_name=None)
+  variables = from_config.initial_variables(config, model)
+  print(f"features of {len(arrays['image'])} images and their mirror images: {path.name}", flush=True)
+  result = {"features": head_inputs(model, variables, arrays["image"]),
+            "flipped_features": head_inputs(model, variables, np.ascontiguousarray(arrays["image"][:, :, ::-1])),
+            **{name: arrays[name] for name in ("age", "subject_id", "file_name")}}
+  cache_dir.mkdir(parents=True, exist_ok=True)
+  np.savez(path, **result)
+  return result
+
+
+def splits(config, subject_ids: np.ndarray) -> tuple[list[str], list[folds.Split]]:
+  dataset = {"all": {"subject_id": subject_ids}}
+  fold_ids = training_data.fold_ids(config, dataset)
+  kwargs = {"num_validation_subjects": config.num_validation_subjects, "seed": config.seed}
+  if config.protocol == "lopo":
+    return ([training_data.fold_name(config, f) for f in fold_ids],
+            [folds.leave_one_subject_out(subject_ids, f, **kwargs) for f in fold_ids])
+  return ([training_data.fold_name(config, f) for f in fold_ids],
+          [folds.grouped_k_fold(subject_ids, config.num_folds, f, **kwargs) for f in fold_ids])
+
+
+def mean_age_baseline(config, data: dict[str, np.ndarray]) -> dict:
+  """Pooled metrics of answering each fold's mean training age: what a model must beat to have learned anything."""
+  names, fold_splits = splits(config, data["subject_id"])
+  by_fold = [(name, {"predicted_age": np.full(len(s.test), data["age"][s.train].mean(), np.float32),
+                     "age": data["age"][s.test]}) for name, s in zip(names, fold_splits)]
+  return evaluate.pooled_metrics(by_fold)
+
+
+def train_heads(config, data: dict[str, np.ndarray], train_indices: list[np.ndarray]):
+  """Trains one head per fold on the features of its training images; returns the stacked head params."""
+  model = from_config.model(config, axis_name=None)
+  features = jnp.asarray(data["features"])
+  init = jax.jit(model.init, static_argnames="train")
+  variables = init(jax.random.key(config.seed), jnp.zeros((1, config.image_size, config.image_size, 3)), train=False)
+  head_module = nn.Dense(config.num_classes)
+  head_params = variables["params"][_head_name(variables["params"])]
+  dropout_rate = float(getattr(model, "dropout_rate", 0.0))
+  terms = from_config.loss_fn(config)
+  flip_probability = 0.5 if config.augmentation.get("flip", False) else 0.0
+
+  counts = np.array([len(t) for t in train_indices])
+  padded = np.stack([np.resize(t, counts.max()) for t in train_indices])
+  batch = config.batch_size
+  # As the full training: whole batches only, so an epoch is this many steps (of the smallest fold's set).
+  steps_per_epoch, total_steps = train.num_steps(config, int(counts.min()))
+  if total_steps % steps_per_epoch:
+    raise ValueError(f"config.num_train_steps={total_steps}: the frozen-backbone runs train whole epochs "
+                     f"({steps_per_epoch} steps each); use -1 and config.num_epochs.")
+  num_epochs = total_steps // steps_per_epoch
+  tx = optim.create_optimizer(config.optimizer, from_config.schedule(config, steps_per_epoch),
+                              weight_decay=config.weight_decay, momentum=config.momentum,
+                              gradient_clip_norm=config.gradient_clip_norm or None)
+  both = jnp.stack([features, jnp.asarray(data["flipped_features"])])
+  ages = jnp.asarray(data["age"])
+
+  def loss(params, x, y, key):
+    if dropout_rate:
+      keep = jax.random.bernoulli(key, 1.0 - dropout_rate, x.shape)
+      x = jnp.where(keep, x / (1.0 - dropout_rate), 0.0)
+    return jnp.mean(terms(head_module.apply({"params": params}, x), y)["loss"])
+
+  def fold_epoch(carry, epoch, key, indices, count):
+    # Each epoch visits the fold's training images in a fresh random order (padding sorts last).
+    epoch_key = jax.random.fold_in(key, epoch)
+    scores = jnp.where(jnp.arange(indices.shape[0]) < count, jax.random.uniform(epoch_key, indices.shape), 2.0)
+    order = indices[jnp.argsort(scores)]
+
+    def step(carry, position):
+      params, opt_state = carry
+      chosen = order[position * batch + jnp.arange(batch)]
+      flip_key, dropout_key = jax.random.split(jax.random.fold_in(epoch_key, position))
+      flipped = jax.random.bernoulli(flip_key, flip_probability, (batch,)).astype(jnp.int32)
+      value, grads = jax.value_and_grad(loss)(params, both[flipped, chosen], ages[chosen], dropout_key)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return (optax.apply_updates(params, updates), opt_state), value
+
+    return jax.lax.scan(step, carry, jnp.arange(steps_per_epoch))
+
+  def train_fold(key, indices, count):
+    carry = (head_params, tx.init(head_params))
+    (params, _), values = jax.lax.scan(lambda c, e: fold_epoch(c, e, key, indices, count), carry,
+                                       jnp.arange(num_epochs))
+    return params, values.reshape(-1)
+
+  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(config.seed), i))(jnp.arange(len(train_indices)))
+  params, values = jax.jit(jax.vmap(train_fold))(keys, jnp.asarray(padded), jnp.asarray(counts))
+  return head_module, params, np.asarray(values)
+
+
+def run(config, cache_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
+  """One (loss, seed) run over every fold of ``config.protocol``; writes its pooled report to ``workdir/summary``.
+
+  A finished run in ``workdir`` with the same config is read back instead of trained again; one with another
+  config is an error.
+  """
+  training_data.check_data_config(config.data, config.protocol)
+  settings = config.to_json_best_effort(indent=2) + "\n"
+  done = workdir / "summary" / "metrics.json"
+  if (workdir / "config.json").exists():
+    if (workdir / "config.json").read_text() != settings:
+      raise ValueError(f"{workdir} holds a run with another config ({workdir / 'config.json'}); "
+                       "use a new --workdir.")
+    if done.exists():
+      return json.loads(done.read_text())
+  data = dataset_features(config, cache_dir)
+  names, fold_splits = splits(config, data["subject_id"])
+  head_module, params, values = train_heads(config, data, [s.train for s in fold_splits])
+  ages = config.start_age + jnp.arange(config.num_classes, dtype=jnp.float32)
+
+  def probabilities(p, x):
+    return jax.nn.softmax(head_module.apply({"params": p}, x))
+
+  by_fold = []
+  for i, (name, split) in enumerate(zip(names, fold_splits)):
+    fold_params = jax.tree.map(lambda leaf: leaf[i], params)
+    probs = probabilities(fold_params, data["features"][split.test])
+    if config.test_time_flip:
+      probs = 0.5 * (probs + probabilities(fold_params, data["flipped_features"][split.test]))
+    predicted = np.asarray(probs @ ages)
+    std = np.sqrt(np.asarray(jnp.sum(probs * jnp.square(ages - predicted[:, None]), axis=-1)))
+    by_fold.append((name, {"predicted_age": predicted, "distribution_std": std,
+                           **{k: data[k][split.test] for k in ("file_name", "subject_id", "age")}}))
+  first, last = values[:, :10].mean(), values[:, -10:].mean()
+  print(f"{config.name} seed {config.seed}: {len(names)} folds, {values.shape[1]} steps each; "
+        f"mean loss {first:.3f} -> {last:.3f}", flush=True)
+  if not np.isfinite(values).all():
+    raise FloatingPointError(f"{config.name} seed {config.seed}: a non-finite loss while training the heads.")
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "config.json").write_text(settings)
+  return evaluate.write_pooled_report(workdir / "summary", by_fold,
+                                      title=f"{config.name}, frozen {config.model}, seed {config.seed}")

@@ -1,0 +1,80 @@
+"""benchmarks/fgnet_losses.py --backbone=frozen: features as the head sees them, per-fold heads, the report."""
+
+import json
+import pathlib
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import training_setup
+from amr_jax import augment, from_config, reports
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+import fgnet_losses  # noqa: E402
+import frozen_backbone  # noqa: E402
+
+
+def test_head_inputs_are_what_the_head_layer_receives():
+  config = training_setup.config("fgnet_amr")
+  model = from_config.model(config, axis_name=None)
+  variables = from_config.initial_variables(config, model)
+  images = np.random.default_rng(0).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+  features = frozen_backbone.head_inputs(model, variables, images, batch_size=2)  # 5 = 2 + 2 + 1 padded
+  head = variables["params"]["fc"]
+  logits = model.apply(variables, augment.to_float(images), train=False)
+  assert features.shape == (5, head["kernel"].shape[0])
+  np.testing.assert_allclose(features @ np.asarray(head["kernel"]) + np.asarray(head["bias"]), logits,
+                             rtol=1e-4, atol=1e-4)
+
+
+def test_folds_train_independently(fgnet_dirs, tmp_path):
+  manual, data_dir = fgnet_dirs
+  config = training_setup.config("fgnet_amr", protocol="kfold", num_folds=2, num_train_steps=-1, num_epochs=3,
+                                 **{"data.manual_dir": str(manual), "data.data_dir": str(data_dir)})
+  data = frozen_backbone.dataset_features(config, tmp_path)
+  _, splits = frozen_backbone.splits(config, data["subject_id"])
+  assert [len(s.train) for s in splits] == [8, 8]
+  _, both, values = frozen_backbone.train_heads(config, data, [s.train for s in splits])
+  _, alone, _ = frozen_backbone.train_heads(config, data, [splits[0].train])
+  assert values.shape == (2, 3 * 8 // config.batch_size)
+  jax.tree.map(lambda b, a: np.testing.assert_allclose(b[0], a[0], rtol=1e-5, atol=1e-6), both, alone)
+  # and the two folds' heads did train differently
+  assert not np.allclose(both["kernel"][0], both["kernel"][1])
+
+
+def test_frozen_lopo_comparison_writes_table_and_reports(fgnet_dirs, tmp_path):
+  manual, data_dir = fgnet_dirs
+  argv = [f"--workdir={tmp_path}", f"--manual_dir={manual}", f"--data_dir={data_dir}", "--backbone=frozen",
+          "--protocol=lopo", "--model=tiny_age_net", "--pretrained=", "--image_size=64", "--num_epochs=2",
+          "--seeds=0", "--losses=amr,cross_entropy", "--set=batch_size=4"]
+  fgnet_losses.main(argv)
+  table = (tmp_path / "losses.md").read_text()
+  assert "| amr |" in table and "| cross_entropy |" in table and "--backbone=frozen" in table
+  assert (tmp_path / "cumulative_score.png").stat().st_size > 0
+  cache = tmp_path / "features" / "tiny_age_net_random-seed0_64px_aligned.npz"
+  written = cache.stat().st_mtime_ns
+  with np.load(cache) as data:
+    ages, subjects = data["age"], data["subject_id"]
+  baseline = np.mean(np.concatenate([np.abs(ages[subjects == s] - ages[subjects != s].mean())
+                                     for s in np.unique(subjects)]))
+  assert f"| {fgnet_losses.BASELINE} | {baseline:.2f} ± 0.00 |" in table
+  summary = json.loads((tmp_path / "amr_seed0" / "summary" / "metrics.json").read_text())
+  assert summary["count"] == 16 and summary["num_folds"] == 4
+  per_fold = reports.read_predictions_csv(tmp_path / "amr_seed0" / "summary" / "per_fold.csv")
+  assert list(per_fold["fold"]) == ["subject 1", "subject 2", "subject 3", "subject 4"]
+  # Run again in a new workdir sharing the features: they are reused, and the result repeats exactly.
+  (tmp_path / "again").mkdir()
+  (tmp_path / "features").rename(tmp_path / "again" / "features")
+  fgnet_losses.main([f"--workdir={tmp_path / 'again'}"] + argv[1:-2] + ["--losses=amr", "--set=batch_size=4"])
+  assert (tmp_path / "again" / "features" / cache.name).stat().st_mtime_ns == written
+  again = json.loads((tmp_path / "again" / "amr_seed0" / "summary" / "metrics.json").read_text())
+  assert again["mae"] == summary["mae"]
+  # The first workdir resumes (nothing retrained: its report stays as written), and refuses other settings.
+  report = tmp_path / "amr_seed0" / "summary" / "metrics.json"
+  report_written = report.stat().st_mtime_ns
+  fgnet_losses.main(argv)
+  assert report.stat().st_mtime_ns == report_written
+  with pytest.raises(ValueError, match="another config"):
+    fgnet_losses.main(argv[:-1] + ["--set=batch_size=2"])
