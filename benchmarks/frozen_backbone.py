@@ -77,14 +77,11 @@ def dataset_features(config, cache_dir: pathlib.Path) -> dict[str, np.ndarray]:
 
 
 def splits(config, subject_ids: np.ndarray) -> tuple[list[str], list[folds.Split]]:
-  dataset = {"all": {"subject_id": subject_ids}}
-  fold_ids = training_data.fold_ids(config, dataset)
-  kwargs = {"num_validation_subjects": config.num_validation_subjects, "seed": config.seed}
-  if config.protocol == "lopo":
-    return ([training_data.fold_name(config, f) for f in fold_ids],
-            [folds.leave_one_subject_out(subject_ids, f, **kwargs) for f in fold_ids])
-  return ([training_data.fold_name(config, f) for f in fold_ids],
-          [folds.grouped_k_fold(subject_ids, config.num_folds, f, **kwargs) for f in fold_ids])
+  """The names and example indices of the folds a full run of ``config`` trains and tests."""
+  dataset = {"all": {"subject_id": subject_ids, "index": np.arange(len(subject_ids))}}
+  every = [training_data.fold_splits(config, dataset, f) for f in training_data.fold_ids(config, dataset)]
+  return ([f.name for f in every],
+          [folds.Split(f.train["index"], f.test["index"], f.validation["index"]) for f in every])
 
 
 def mean_age_baseline(config, data: dict[str, np.ndarray]) -> dict:

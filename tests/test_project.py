@@ -18,6 +18,26 @@ def _code_block_after(marker):
   return match.group(1)
 
 
+def _table_after(marker_end: int) -> list[str]:
+  """The lines of the first Markdown table after position ``marker_end`` of the README."""
+  lines = README[marker_end:].splitlines()
+  start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+  end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+  return lines[start:end]
+
+
+def test_readme_results_tables_are_the_benchmark_outputs():
+  """Each table after a ``<!-- results: FILE -->`` marker is, row for row, in FILE (a benchmark's output)."""
+  markers = list(re.finditer(r"<!-- results: (\S+) -->", README))
+  assert len(markers) >= 3
+  for marker in markers:
+    output = (ROOT / marker.group(1)).read_text().splitlines()
+    table = _table_after(marker.end())
+    assert len(table) >= 3, f"no table after {marker.group(0)}"
+    missing = [row for row in table if row not in output]
+    assert not missing, f"README rows not in {marker.group(1)}: {missing}"
+
+
 def test_ci_runs_exactly_the_readme_install_and_test_commands():
   commands = [line.split("#")[0].strip() for line in _code_block_after("<!-- setup-commands -->").splitlines()]
   commands = [c for c in commands if c]
