@@ -43,6 +43,13 @@ def unreplicate(tree):
   return jax.tree.map(lambda x: x.addressable_shards[0].data[0], tree)
 
 
+def distribution_mean_and_std(probs: jax.Array, start_age: float) -> tuple[jax.Array, jax.Array]:
+  """The predicted age (the mean of the age distribution ``probs`` ``[batch, classes]``) and its spread."""
+  ages = start_age + jnp.arange(probs.shape[-1], dtype=jnp.float32)
+  mean = probs @ ages
+  return mean, jnp.sqrt(jnp.sum(probs * jnp.square(ages - mean[:, None]), axis=-1))
+
+
 def eval_step(state, batch: dict[str, jax.Array], *, start_age: float, test_time_flip: bool) -> dict[str, jax.Array]:
   """Per-example predictions of one device's batch, gathered from all devices (call under ``pmap``).
 
@@ -56,9 +63,7 @@ def eval_step(state, batch: dict[str, jax.Array], *, start_age: float, test_time
   if test_time_flip:
     flipped = state.apply_fn(variables, augment.flip_left_right(images), train=False)
     probs = 0.5 * (probs + jax.nn.softmax(flipped.astype(jnp.float32)))
-  ages = start_age + jnp.arange(probs.shape[-1], dtype=jnp.float32)
-  mean = probs @ ages
-  std = jnp.sqrt(jnp.sum(probs * jnp.square(ages - mean[:, None]), axis=-1))
+  mean, std = distribution_mean_and_std(probs, start_age)
   out = {"predicted_age": mean, "distribution_std": std, "mode_age": start_age + jnp.argmax(probs, axis=-1),
          "index": batch["index"], "mask": batch["mask"]}
   return jax.lax.all_gather(out, axis_name="batch")

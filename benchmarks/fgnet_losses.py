@@ -65,6 +65,11 @@ def parse_args(argv=None) -> argparse.Namespace:
   return args
 
 
+def scaled_milestones(milestones, recipe_epochs: int, num_epochs: int) -> tuple[int, ...]:
+  """The recipe's learning-rate drops, placed for its ``recipe_epochs``, at the same proportions of ``num_epochs``."""
+  return tuple(sorted({max(1, round(m * num_epochs / recipe_epochs)) for m in milestones}))
+
+
 def run_config(args, loss: str, seed: int):
   config = importlib.import_module(f"configs.{CONFIGS[loss]}").get_config()
   recipe_epochs = config.num_epochs
@@ -72,9 +77,7 @@ def run_config(args, loss: str, seed: int):
                  "protocol": args.protocol, "num_folds": args.num_folds, "num_epochs": args.num_epochs,
                  "seed": seed, "fold": -1})
   config.data.update({"manual_dir": args.manual_dir, "data_dir": args.data_dir, "crop": args.crop})
-  # The recipe's learning-rate drops are placed for its 100 epochs; keep their proportions.
-  config.milestone_epochs = tuple(sorted({max(1, round(m * args.num_epochs / recipe_epochs))
-                                          for m in config.milestone_epochs}))
+  config.milestone_epochs = scaled_milestones(config.milestone_epochs, recipe_epochs, args.num_epochs)
   for item in args.set:
     field, _, text = item.partition("=")
     target = config

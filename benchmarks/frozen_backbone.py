@@ -171,7 +171,6 @@ def run(config, cache_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
   data = dataset_features(config, cache_dir)
   names, fold_splits = splits(config, data["subject_id"])
   head_module, params, values = train_heads(config, data, [s.train for s in fold_splits])
-  ages = config.start_age + jnp.arange(config.num_classes, dtype=jnp.float32)
 
   def probabilities(p, x):
     return jax.nn.softmax(head_module.apply({"params": p}, x))
@@ -182,9 +181,8 @@ def run(config, cache_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
     probs = probabilities(fold_params, data["features"][split.test])
     if config.test_time_flip:
       probs = 0.5 * (probs + probabilities(fold_params, data["flipped_features"][split.test]))
-    predicted = np.asarray(probs @ ages)
-    std = np.sqrt(np.asarray(jnp.sum(probs * jnp.square(ages - predicted[:, None]), axis=-1)))
-    by_fold.append((name, {"predicted_age": predicted, "distribution_std": std,
+    predicted, std = evaluate.distribution_mean_and_std(probs, config.start_age)
+    by_fold.append((name, {"predicted_age": np.asarray(predicted), "distribution_std": np.asarray(std),
                            **{k: data[k][split.test] for k in ("file_name", "subject_id", "age")}}))
   first, last = values[:, :10].mean(), values[:, -10:].mean()
   print(f"{config.name} seed {config.seed}: {len(names)} folds, {values.shape[1]} steps each; "

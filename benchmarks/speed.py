@@ -264,8 +264,8 @@ def fold_milestones(epochs: int) -> tuple:
   """The recipe's learning-rate drops scaled to ``epochs``, as benchmarks/fgnet_losses.py scales them."""
   import fgnet_losses
 
-  loss_args = fgnet_losses.parse_args(["--workdir=unused", "--losses=amr", f"--num_epochs={epochs}"])
-  return tuple(fgnet_losses.run_config(loss_args, "amr", 0).milestone_epochs)
+  recipe = importlib.import_module("configs.fgnet_amr").get_config()
+  return fgnet_losses.scaled_milestones(recipe.milestone_epochs, recipe.num_epochs, epochs)
 
 
 def build_fgnet(manual_dir: pathlib.Path, data_dir: str) -> tuple[float, bool]:
