@@ -62,6 +62,12 @@ def test_frozen_lopo_comparison_writes_table_and_reports(fgnet_dirs, tmp_path):
   assert f"| {fgnet_losses.BASELINE} | {baseline:.2f} ± 0.00 |" in table
   summary = json.loads((tmp_path / "amr_seed0" / "summary" / "metrics.json").read_text())
   assert summary["count"] == 16 and summary["num_folds"] == 4
+  # The pair compared subject by subject: 4 subjects, so the sign-flip test is exact.
+  other = json.loads((tmp_path / "cross_entropy_seed0" / "summary" / "metrics.json").read_text())
+  row = next(line for line in table.splitlines() if line.startswith("| amr vs cross_entropy |"))
+  assert f"| {summary['mae'] - other['mae']:+.2f} |" in row
+  better, worse = (int(n) for n in row.split("|")[-2].split("/"))
+  assert better + worse == 4
   per_fold = reports.read_predictions_csv(tmp_path / "amr_seed0" / "summary" / "per_fold.csv")
   assert list(per_fold["fold"]) == ["subject 1", "subject 2", "subject 3", "subject 4"]
   # Run again in a new workdir sharing the features: they are reused, and the result repeats exactly.

@@ -6,6 +6,10 @@ import re
 import subprocess
 import sys
 
+import numpy as np
+
+from amr_jax import reports
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
@@ -46,6 +50,24 @@ def test_ci_runs_exactly_the_readme_install_and_test_commands():
   for command in commands:
     assert command in ci_lines, f".ci/run does not run the README command {command!r}"
   assert ci_lines.index(commands[0]) < ci_lines.index(commands[1])
+
+
+def test_readme_paired_comparison_example_runs(tmp_path):
+  example = _code_block_after("<!-- example: paired-comparison -->")
+  paths = re.findall(r'"([^"]+predictions\.csv)"', example)
+  assert len(paths) == 4
+  rng = np.random.default_rng(0)
+  ages = rng.uniform(0, 60, 30)
+  for path in paths:  # the runs the example names, made up: 30 images of 10 subjects
+    reports.write_predictions_csv(tmp_path / path, {
+        "file_name": [f"{i:03d}.jpg" for i in range(30)], "subject_id": np.arange(30) // 3, "age": ages,
+        "predicted_age": ages + rng.normal(0, 2 if "/amr_s" in path else 6, 30)})
+  script = tmp_path / "example.py"
+  script.write_text(example)
+  result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert "| amr vs cross_entropy | -" in result.stdout
+  assert "amr - cross_entropy: -" in result.stdout
 
 
 def test_readme_example_runs(tmp_path):

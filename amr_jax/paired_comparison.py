@@ -1,0 +1,191 @@
+"""Is one model's MAE really lower than another's, on the same test images?
+
+Two models tested on the same images give paired absolute errors. Photos of one
+person are not independent (FG-NET has about 12 per subject, and a subject the
+model finds hard is hard for every loss), so the unit of chance here is the
+*group* (the subject), not the image:
+
+* the difference of pooled MAEs, ``D = sum_i (|e_a,i| - |e_b,i|) / N`` over all
+  ``N`` images, is written as ``sum_s d_s / N`` with ``d_s`` the sum of the
+  differences over group ``s``'s images;
+* **sign-flip test** (a paired permutation test over groups): if the two models
+  were interchangeable, each ``d_s`` would be as likely to have the other sign,
+  so ``p = P(|sum_s sigma_s d_s| >= |sum_s d_s|)`` over independent random signs
+  ``sigma_s``; exact (all ``2**G`` signs) for ``G <= EXACT_MAX_GROUPS`` groups,
+  otherwise Monte Carlo with the ``(1 + hits) / (1 + draws)`` estimate, which
+  never gives 0;
+* **group bootstrap** confidence interval: groups drawn with replacement,
+  ``D* = sum d_s* / sum n_s*``, the percentile interval;
+* **Holm** adjustment when several pairs are compared at once.
+
+Reference: P. Good, *Permutation, Parametric, and Bootstrap Tests of
+Hypotheses*, 3rd ed., Springer 2005 (paired sign-flip test, section 3.6.1);
+S. Holm, "A simple sequentially rejective multiple test procedure",
+Scand. J. Statist. 6 (1979).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Sequence
+
+import numpy as np
+
+from amr_jax import reports
+
+EXACT_MAX_GROUPS = 16
+_CHUNK = 8192  # random sign or resample rows drawn at a time: bounded memory for any number of draws
+
+
+@dataclasses.dataclass(frozen=True)
+class PairedDifference:
+  """Model a against model b on the same images; negative ``mae_difference`` means a is better."""
+
+  mae_a: float
+  mae_b: float
+  mae_difference: float  # mae_a - mae_b
+  interval: tuple[float, float]  # group-bootstrap percentile interval of mae_difference
+  confidence: float
+  p_value: float  # two-sided sign-flip test over groups
+  exact: bool  # p_value enumerates every sign pattern
+  num_images: int
+  num_groups: int
+  groups_a_better: int  # groups whose summed absolute error is lower for a
+  groups_b_better: int
+
+
+def group_sums(values: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Per-group sums of ``values`` and per-group counts, groups in sorted order."""
+  _, index, counts = np.unique(groups, return_inverse=True, return_counts=True)
+  return np.bincount(index, weights=values), counts
+
+
+def sign_flip_p_value(group_differences: np.ndarray, *, num_draws: int = 100_000,
+                      rng: np.random.Generator | None = None) -> tuple[float, bool]:
+  """Two-sided p-value of ``sum(group_differences)`` under random signs; returns ``(p, exact)``."""
+  d = np.asarray(group_differences, np.float64)
+  observed = abs(d.sum())
+  # Sums that equal the observed one up to rounding count as "at least as extreme".
+  tolerance = 1e-9 * max(1.0, np.abs(d).sum())
+  if len(d) <= EXACT_MAX_GROUPS:
+    patterns = np.arange(2 ** len(d))[:, None] >> np.arange(len(d)) & 1
+    flipped = np.abs((1 - 2 * patterns) @ d)
+    return float(np.mean(flipped >= observed - tolerance)), True
+  rng = rng or np.random.default_rng(0)
+  hits, remaining = 0, num_draws
+  while remaining:
+    rows = min(remaining, _CHUNK)
+    signs = rng.integers(0, 2, (rows, len(d))) * 2 - 1
+    hits += int(np.sum(np.abs(signs @ d) >= observed - tolerance))
+    remaining -= rows
+  return (1 + hits) / (1 + num_draws), False
+
+
+def bootstrap_interval(group_differences: np.ndarray, group_counts: np.ndarray, *, confidence: float = 0.95,
+                       num_draws: int = 20_000, rng: np.random.Generator | None = None) -> tuple[float, float]:
+  """Percentile interval of ``sum(d) / sum(n)`` with groups drawn with replacement."""
+  d = np.asarray(group_differences, np.float64)
+  n = np.asarray(group_counts, np.float64)
+  rng = rng or np.random.default_rng(0)
+  estimates, remaining = [], num_draws
+  while remaining:
+    rows = min(remaining, _CHUNK)
+    picks = rng.integers(0, len(d), (rows, len(d)))
+    estimates.append(d[picks].sum(axis=1) / n[picks].sum(axis=1))
+    remaining -= rows
+  tail = 50 * (1 - confidence)
+  low, high = np.percentile(np.concatenate(estimates), [tail, 100 - tail])
+  return float(low), float(high)
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+  """Holm's step-down adjusted p-values (family-wise error), in the order given."""
+  p = np.asarray(p_values, np.float64)
+  order = np.argsort(p, kind="stable")
+  stepped = np.maximum.accumulate(p[order] * (len(p) - np.arange(len(p))))
+  adjusted = np.empty_like(p)
+  adjusted[order] = np.minimum(stepped, 1.0)
+  return adjusted
+
+
+def compare(abs_errors_a: np.ndarray, abs_errors_b: np.ndarray, groups: np.ndarray, *, confidence: float = 0.95,
+            num_draws: int = 100_000, seed: int = 0) -> PairedDifference:
+  """Model a against model b from their absolute errors on the same images, ``[N]`` each, and the images' groups."""
+  a = np.asarray(abs_errors_a, np.float64)
+  b = np.asarray(abs_errors_b, np.float64)
+  groups = np.asarray(groups)
+  if not (a.ndim == 1 and a.shape == b.shape == groups.shape and len(a)):
+    raise ValueError(f"abs_errors_a, abs_errors_b and groups must be non-empty [N] arrays of one length; got shapes "
+                     f"{a.shape}, {b.shape}, {groups.shape}.")
+  if not (np.isfinite(a).all() and np.isfinite(b).all()):
+    raise ValueError("abs_errors_a and abs_errors_b must be finite.")
+  differences, counts = group_sums(a - b, groups)
+  rng = np.random.default_rng(seed)
+  p_value, exact = sign_flip_p_value(differences, num_draws=num_draws, rng=rng)
+  return PairedDifference(
+      mae_a=float(a.mean()), mae_b=float(b.mean()), mae_difference=float(differences.sum() / len(a)),
+      interval=bootstrap_interval(differences, counts, confidence=confidence, num_draws=num_draws // 5, rng=rng),
+      confidence=confidence, p_value=p_value, exact=exact, num_images=len(a), num_groups=len(differences),
+      groups_a_better=int(np.sum(differences < 0)), groups_b_better=int(np.sum(differences > 0)))
+
+
+def seed_mean_errors(paths: Sequence[str | os.PathLike], group_field: str = "subject_id"
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """One model's absolute errors averaged over runs (seeds) from their ``predictions.csv`` files.
+
+  Returns ``(file_names, abs_errors, groups)`` sorted by file name. Every file must hold the same images once each.
+  """
+  if not paths:
+    raise ValueError("seed_mean_errors needs at least one predictions.csv.")
+  names, errors, groups = None, [], None
+  for path in paths:
+    table = reports.read_predictions_csv(path)
+    missing = {"file_name", "predicted_age", "age", group_field} - set(table)
+    if missing:
+      raise ValueError(f"{path} lacks the column(s) {sorted(missing)}.")
+    order = np.argsort(table["file_name"], kind="stable")
+    file_names = table["file_name"][order]
+    if len(np.unique(file_names)) != len(file_names):
+      raise ValueError(f"{path} holds an image more than once; each image must be tested once per run.")
+    if names is None:
+      names, groups = file_names, table[group_field][order]
+    elif not np.array_equal(names, file_names):
+      raise ValueError(f"{path} holds other images than {paths[0]}; runs can be compared only on the same images.")
+    errors.append(np.abs(table["predicted_age"][order] - table["age"][order]))
+  return names, np.mean(errors, axis=0), groups
+
+
+def compare_runs(runs: dict[str, Sequence[str | os.PathLike]], *, group_field: str = "subject_id",
+                 num_draws: int = 100_000, seed: int = 0) -> list[tuple[str, str, PairedDifference, float]]:
+  """Every pair of models, each given by its runs' ``predictions.csv`` files: ``(a, b, result, Holm p)``."""
+  errors = {}
+  for model, paths in runs.items():
+    errors[model] = seed_mean_errors(paths, group_field)
+  models = list(errors)
+  reference_names, _, groups = errors[models[0]]
+  for model in models[1:]:
+    if not np.array_equal(errors[model][0], reference_names):
+      raise ValueError(f"{model!r} was tested on other images than {models[0]!r}; runs can be compared only on "
+                       "the same images.")
+  pairs = [(a, b) for i, a in enumerate(models) for b in models[i + 1:]]
+  results = [compare(errors[a][1], errors[b][1], groups, num_draws=num_draws, seed=seed) for a, b in pairs]
+  adjusted = holm([r.p_value for r in results]) if results else []
+  return [(a, b, r, float(h)) for (a, b), r, h in zip(pairs, results, adjusted)]
+
+
+def markdown_table(comparisons: list[tuple[str, str, PairedDifference, float]], group_name: str = "subjects") -> str:
+  """The pairs as a Markdown table."""
+  if not comparisons:
+    return ""
+  confidence = comparisons[0][2].confidence
+  lines = [f"| a vs b | MAE a − b | {confidence:.0%} interval ({group_name} resampled) | p (sign flip over "
+           f"{group_name}) | Holm p | {group_name} a better / b better |", "|---|---:|---:|---:|---:|---:|"]
+  for a, b, r, adjusted in comparisons:
+    lines.append(f"| {a} vs {b} | {r.mae_difference:+.2f} | [{r.interval[0]:+.2f}, {r.interval[1]:+.2f}] | "
+                 f"{_p(r.p_value)} | {_p(adjusted)} | {r.groups_a_better} / {r.groups_b_better} |")
+  return "\n".join(lines)
+
+
+def _p(p: float) -> str:
+  return f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}"
