@@ -18,8 +18,9 @@ model finds hard is hard for every loss), so the unit of chance here is the
   ``D* = sum d_s* / sum n_s*``, the percentile interval;
 * **Holm** adjustment when several pairs are compared at once.
 
-Reference: P. Good, *Permutation, Parametric, and Bootstrap Tests of
-Hypotheses*, 3rd ed., Springer 2005 (paired sign-flip test, section 3.6.1);
+References: P. Good, *Permutation, Parametric, and Bootstrap Tests of
+Hypotheses*, Springer 2005 (the paired permutation test); C. A. Field and
+A. H. Welsh, "Bootstrapping clustered data", J. R. Statist. Soc. B 69 (2007);
 S. Holm, "A simple sequentially rejective multiple test procedure",
 Scand. J. Statist. 6 (1979).
 """
@@ -110,8 +111,12 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
 
 
 def compare(abs_errors_a: np.ndarray, abs_errors_b: np.ndarray, groups: np.ndarray, *, confidence: float = 0.95,
-            num_draws: int = 100_000, seed: int = 0) -> PairedDifference:
-  """Model a against model b from their absolute errors on the same images, ``[N]`` each, and the images' groups."""
+            num_draws: int = 100_000, num_bootstrap_draws: int = 20_000, seed: int = 0) -> PairedDifference:
+  """Model a against model b from their absolute errors on the same images, ``[N]`` each, and the images' groups.
+
+  ``num_draws`` random sign patterns for the p-value (when there are too many groups to enumerate them all),
+  ``num_bootstrap_draws`` resamples of the groups for the interval; both from ``numpy.random.default_rng(seed)``.
+  """
   a = np.asarray(abs_errors_a, np.float64)
   b = np.asarray(abs_errors_b, np.float64)
   groups = np.asarray(groups)
@@ -125,7 +130,7 @@ def compare(abs_errors_a: np.ndarray, abs_errors_b: np.ndarray, groups: np.ndarr
   p_value, exact = sign_flip_p_value(differences, num_draws=num_draws, rng=rng)
   return PairedDifference(
       mae_a=float(a.mean()), mae_b=float(b.mean()), mae_difference=float(differences.sum() / len(a)),
-      interval=bootstrap_interval(differences, counts, confidence=confidence, num_draws=num_draws // 5, rng=rng),
+      interval=bootstrap_interval(differences, counts, confidence=confidence, num_draws=num_bootstrap_draws, rng=rng),
       confidence=confidence, p_value=p_value, exact=exact, num_images=len(a), num_groups=len(differences),
       groups_a_better=int(np.sum(differences < 0)), groups_b_better=int(np.sum(differences > 0)))
 
@@ -157,8 +162,12 @@ def seed_mean_errors(paths: Sequence[str | os.PathLike], group_field: str = "sub
 
 
 def compare_runs(runs: dict[str, Sequence[str | os.PathLike]], *, group_field: str = "subject_id",
-                 num_draws: int = 100_000, seed: int = 0) -> list[tuple[str, str, PairedDifference, float]]:
-  """Every pair of models, each given by its runs' ``predictions.csv`` files: ``(a, b, result, Holm p)``."""
+                 **compare_kwargs) -> list[tuple[str, str, PairedDifference, float]]:
+  """Every pair of models, each given by its runs' ``predictions.csv`` files: ``(a, b, result, Holm p)``.
+
+  Each model's absolute errors are averaged over its runs (:func:`seed_mean_errors`); ``compare_kwargs`` go to
+  :func:`compare`. Holm's adjustment is over all the pairs returned.
+  """
   errors = {}
   for model, paths in runs.items():
     errors[model] = seed_mean_errors(paths, group_field)
@@ -169,7 +178,7 @@ def compare_runs(runs: dict[str, Sequence[str | os.PathLike]], *, group_field: s
       raise ValueError(f"{model!r} was tested on other images than {models[0]!r}; runs can be compared only on "
                        "the same images.")
   pairs = [(a, b) for i, a in enumerate(models) for b in models[i + 1:]]
-  results = [compare(errors[a][1], errors[b][1], groups, num_draws=num_draws, seed=seed) for a, b in pairs]
+  results = [compare(errors[a][1], errors[b][1], groups, **compare_kwargs) for a, b in pairs]
   adjusted = holm([r.p_value for r in results]) if results else []
   return [(a, b, r, float(h)) for (a, b), r, h in zip(pairs, results, adjusted)]
 
