@@ -42,7 +42,8 @@ from amr_jax import paired_comparison, reports, train  # noqa: E402
 BASELINE = "no model: the fold's mean training age"
 PAIRED_NOTE = ("each image's absolute error averaged over the seeds; a negative difference means a is better; "
                "the interval resamples subjects (20,000 draws), the p-value is a two-sided sign-flip test over "
-               "subjects (100,000 draws, so 1.0e-05 is its floor), Holm-adjusted over the pairs.")
+               "subjects (every sign pattern up to 16 subjects, else 100,000 random ones, so 1.0e-05 is its floor), "
+               "Holm-adjusted over the pairs.")
 CONFIGS = {"cross_entropy": "fgnet_ce", "mean_variance": "fgnet_mv", "amr": "fgnet_amr", "dldl_v2": "fgnet_dldlv2"}
 
 
