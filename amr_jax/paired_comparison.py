@@ -168,9 +168,7 @@ def compare_runs(runs: dict[str, Sequence[str | os.PathLike]], *, group_field: s
   Each model's absolute errors are averaged over its runs (:func:`seed_mean_errors`); ``compare_kwargs`` go to
   :func:`compare`. Holm's adjustment is over all the pairs returned.
   """
-  errors = {}
-  for model, paths in runs.items():
-    errors[model] = seed_mean_errors(paths, group_field)
+  errors = {model: seed_mean_errors(paths, group_field) for model, paths in runs.items()}
   models = list(errors)
   reference_names, _, groups = errors[models[0]]
   for model in models[1:]:
