@@ -140,6 +140,8 @@ def seed_mean_errors(paths: Sequence[str | os.PathLike], group_field: str = "sub
   """One model's absolute errors averaged over runs (seeds) from their ``predictions.csv`` files.
 
   Returns ``(file_names, abs_errors, groups)`` sorted by file name. Every file must hold the same images once each.
+  ``group_field`` names the column whose values group the images (FG-NET: ``subject_id``; for data without
+  subjects, ``file_name`` makes each image its own group).
   """
   if not paths:
     raise ValueError("seed_mean_errors needs at least one predictions.csv.")
@@ -148,7 +150,9 @@ def seed_mean_errors(paths: Sequence[str | os.PathLike], group_field: str = "sub
     table = reports.read_predictions_csv(path)
     missing = {"file_name", "predicted_age", "age", group_field} - set(table)
     if missing:
-      raise ValueError(f"{path} lacks the column(s) {sorted(missing)}.")
+      hint = (f"; for data without subjects (CLAP2016) pass group_field='file_name', each image its own group"
+              if missing == {group_field} else "")
+      raise ValueError(f"{path} lacks the column(s) {sorted(missing)}{hint}.")
     order = np.argsort(table["file_name"], kind="stable")
     file_names = table["file_name"][order]
     if len(np.unique(file_names)) != len(file_names):

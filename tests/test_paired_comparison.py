@@ -114,6 +114,13 @@ def test_runs_on_other_images_are_refused(tmp_path):
   reports.write_predictions_csv(tmp_path / "bare.csv", {"file_name": ["a.jpg"], "age": [1.0]})
   with pytest.raises(ValueError, match=r"bare.csv lacks the column\(s\) \['predicted_age', 'subject_id'\]"):
     paired_comparison.seed_mean_errors([tmp_path / "bare.csv"])
+  reports.write_predictions_csv(tmp_path / "clap.csv", {"file_name": ["a.jpg", "b.jpg"], "age": [1.0, 2.0],
+                                                        "predicted_age": [1.5, 2.0]})
+  with pytest.raises(ValueError, match="pass group_field='file_name'"):
+    paired_comparison.seed_mean_errors([tmp_path / "clap.csv"])
+  names, errors, groups = paired_comparison.seed_mean_errors([tmp_path / "clap.csv"], group_field="file_name")
+  np.testing.assert_array_equal(groups, names)
+  np.testing.assert_allclose(errors, [0.5, 0.0])
 
 
 def test_compare_runs_every_pair_with_holm(tmp_path):
