@@ -150,7 +150,7 @@ def seed_mean_errors(paths: Sequence[str | os.PathLike], group_field: str = "sub
     table = reports.read_predictions_csv(path)
     missing = {"file_name", "predicted_age", "age", group_field} - set(table)
     if missing:
-      hint = (f"; for data without subjects (CLAP2016) pass group_field='file_name', each image its own group"
+      hint = ("; for data without subjects (CLAP2016) pass group_field='file_name', each image its own group"
               if missing == {group_field} else "")
       raise ValueError(f"{path} lacks the column(s) {sorted(missing)}{hint}.")
     order = np.argsort(table["file_name"], kind="stable")
