@@ -36,6 +36,8 @@ import numpy as np
 from amr_jax import reports
 
 EXACT_MAX_GROUPS = 16
+SIGN_FLIP_DRAWS = 100_000  # random sign patterns when the groups are too many to enumerate
+BOOTSTRAP_DRAWS = 20_000
 _CHUNK = 8192  # random sign or resample rows drawn at a time: bounded memory for any number of draws
 
 
@@ -62,7 +64,7 @@ def group_sums(values: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.n
   return np.bincount(index, weights=values), counts
 
 
-def sign_flip_p_value(group_differences: np.ndarray, *, num_draws: int = 100_000,
+def sign_flip_p_value(group_differences: np.ndarray, *, num_draws: int = SIGN_FLIP_DRAWS,
                       rng: np.random.Generator | None = None) -> tuple[float, bool]:
   """Two-sided p-value of ``sum(group_differences)`` under random signs; returns ``(p, exact)``."""
   d = np.asarray(group_differences, np.float64)
@@ -84,7 +86,8 @@ def sign_flip_p_value(group_differences: np.ndarray, *, num_draws: int = 100_000
 
 
 def bootstrap_interval(group_differences: np.ndarray, group_counts: np.ndarray, *, confidence: float = 0.95,
-                       num_draws: int = 20_000, rng: np.random.Generator | None = None) -> tuple[float, float]:
+                       num_draws: int = BOOTSTRAP_DRAWS, rng: np.random.Generator | None = None
+                       ) -> tuple[float, float]:
   """Percentile interval of ``sum(d) / sum(n)`` with groups drawn with replacement."""
   d = np.asarray(group_differences, np.float64)
   n = np.asarray(group_counts, np.float64)
@@ -111,7 +114,8 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
 
 
 def compare(abs_errors_a: np.ndarray, abs_errors_b: np.ndarray, groups: np.ndarray, *, confidence: float = 0.95,
-            num_draws: int = 100_000, num_bootstrap_draws: int = 20_000, seed: int = 0) -> PairedDifference:
+            num_draws: int = SIGN_FLIP_DRAWS, num_bootstrap_draws: int = BOOTSTRAP_DRAWS,
+            seed: int = 0) -> PairedDifference:
   """Model a against model b from their absolute errors on the same images, ``[N]`` each, and the images' groups.
 
   ``num_draws`` random sign patterns for the p-value (when there are too many groups to enumerate them all),

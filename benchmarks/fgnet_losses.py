@@ -40,10 +40,12 @@ import frozen_backbone  # noqa: E402
 from amr_jax import paired_comparison, reports, train  # noqa: E402
 
 BASELINE = "no model: the fold's mean training age"
-PAIRED_NOTE = ("each image's absolute error averaged over the seeds; a negative difference means a is better; "
-               "the interval resamples subjects (20,000 draws), the p-value is a two-sided sign-flip test over "
-               "subjects (every sign pattern up to 16 subjects, else 100,000 random ones, so 1.0e-05 is its floor), "
-               "Holm-adjusted over the pairs.")
+PAIRED_NOTE = (f"each image's absolute error averaged over the seeds; a negative difference means a is better; "
+               f"the interval resamples subjects ({paired_comparison.BOOTSTRAP_DRAWS:,} draws), the p-value is a "
+               f"two-sided sign-flip test over subjects (every sign pattern up to "
+               f"{paired_comparison.EXACT_MAX_GROUPS} subjects, else {paired_comparison.SIGN_FLIP_DRAWS:,} random "
+               f"ones, so {1 / (1 + paired_comparison.SIGN_FLIP_DRAWS):.1e} is its floor), Holm-adjusted over the "
+               f"pairs.")
 CONFIGS = {"cross_entropy": "fgnet_ce", "mean_variance": "fgnet_mv", "amr": "fgnet_amr", "dldl_v2": "fgnet_dldlv2"}
 
 
