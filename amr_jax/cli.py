@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import re
+import shutil
 import sys
 
 import jax
@@ -61,7 +63,27 @@ def setup(config, workdir: str | None):
   if jax.process_index() == 0:
     print(f"workdir: {os.path.abspath(workdir)}; {jax.process_count()} process(es), "
           f"{jax.device_count()} {jax.devices()[0].platform} device(s)", flush=True)
+    warning = cpu_fallback_warning(jax.default_backend())
+    if warning:
+      print(warning, file=sys.stderr, flush=True)
   return config, workdir
+
+
+def cpu_fallback_warning(backend: str) -> str | None:
+  """A warning when JAX runs on the CPU of a machine with an NVIDIA GPU or a TPU: the CPU-only jaxlib is installed.
+
+  JAX's own warning about it is one log line among many at start-up.
+  """
+  if backend != "cpu":
+    return None
+  if glob.glob("/dev/nvidia[0-9]*") or shutil.which("nvidia-smi"):
+    kind, extra = "an NVIDIA GPU", "cuda12"
+  elif glob.glob("/dev/accel[0-9]*") or glob.glob("/dev/vfio/[0-9]*"):
+    kind, extra = "a TPU", "tpu"
+  else:
+    return None
+  return (f"WARNING: this machine has {kind}, but JAX runs on the CPU (no {extra} plugin installed). Install "
+          f"it with: pip install -r requirements.txt \"jax[{extra}]=={jax.__version__}\" (README, Install).")
 
 
 def parse_flags(argv: list[str]) -> list[str]:

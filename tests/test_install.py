@@ -1,0 +1,141 @@
+"""What each install names: the core, the training install, the accelerator extras and the development install.
+
+Read from pyproject.toml and the requirement files, and checked against what the code imports; no network.
+Each README install line was also checked once with ``pip install --dry-run`` (see the README).
+"""
+
+import ast
+import importlib.metadata
+import pathlib
+import re
+import sys
+import tomllib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+# Test-only packages: large, and each would replace a user's own copy in an existing environment.
+TEST_ONLY = {"torch", "tensorflow", "apache-beam", "mlcroissant", "datasets", "pytest", "hypothesis", "scikit-image"}
+# Imports that are optional where they appear: the code runs without them.
+OPTIONAL_IMPORTS = {"torch": "amr_jax/pretrained.py reads .pth files with torch when it is installed, else without"}
+
+
+def _name(requirement: str) -> str:
+  """The normalised project name of a requirement line (``Jax[cuda12]==0.10.2`` -> ``jax``)."""
+  return re.sub(r"[-_.]+", "-", re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement).group(1)).lower()
+
+
+def _requirement_lines(path: pathlib.Path) -> list[str]:
+  """The requirement lines of ``path``, with ``-r`` includes followed and comments dropped."""
+  lines = []
+  for raw in path.read_text().splitlines():
+    line = raw.split("#")[0].strip()
+    if line.startswith("-r "):
+      lines += _requirement_lines(path.parent / line[3:].strip())
+    elif line:
+      lines.append(line)
+  return lines
+
+
+def _pins(path: pathlib.Path) -> dict[str, str]:
+  """``{name: version}`` of the ``name==version`` lines of ``path`` (and its includes)."""
+  lines = [line for line in _requirement_lines(path) if not line.startswith("-e")]
+  bad = [line for line in lines if "==" not in line]
+  assert not bad, f"{path.name}: not pinned: {bad}"
+  return {_name(line): line.split("==")[1].strip() for line in lines}
+
+
+TRAIN = _pins(ROOT / "requirements.txt")
+DEVELOPMENT = _pins(ROOT / "requirements-test.txt")
+
+
+def test_training_install_names_no_test_only_package_and_installs_the_project():
+  assert not TEST_ONLY & set(TRAIN), TEST_ONLY & set(TRAIN)
+  assert "-e ." in _requirement_lines(ROOT / "requirements.txt")  # the builders in datasets/ come from the checkout
+  assert TRAIN["jax"] == TRAIN["jaxlib"]
+
+
+def test_development_install_is_the_training_install_plus_the_test_only_packages():
+  lines = [line.strip() for line in (ROOT / "requirements-test.txt").read_text().splitlines()]
+  assert [line for line in lines if line and not line.startswith("#")][0] == "-r requirements.txt"
+  assert TEST_ONLY <= set(DEVELOPMENT)
+  assert set(DEVELOPMENT) - set(TRAIN) == TEST_ONLY
+
+
+def test_core_install_is_jax_flax_and_numpy():
+  assert {_name(r) for r in PYPROJECT["project"]["dependencies"]} == {"jax", "flax", "numpy"}
+
+
+def test_train_extra_names_what_requirements_txt_pins_beyond_the_core():
+  extras = PYPROJECT["project"]["optional-dependencies"]
+  assert {_name(r) for r in extras["train"]} == set(TRAIN) - {"jax", "jaxlib", "flax", "numpy"}
+  for name in ("train", "pretrained"):
+    assert not TEST_ONLY & {_name(r) for r in extras[name]}
+
+
+def test_accelerator_extras_pull_the_plugins_of_the_pinned_jax():
+  extras = PYPROJECT["project"]["optional-dependencies"]
+  for extra in ("cuda12", "cuda13", "tpu"):
+    assert extras[extra] == [f"jax[{extra}]=={TRAIN['jax']}"]
+  readme = (ROOT / "README.md").read_text()
+  for extra in ("cuda12", "tpu"):
+    assert f'pip install -r requirements.txt "jax[{extra}]=={TRAIN["jax"]}"' in readme
+
+
+def _imports(path: pathlib.Path) -> set[str]:
+  """Top-level names of the absolute imports in ``path``."""
+  names = set()
+  for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    if isinstance(node, ast.Import):
+      names |= {alias.name.split(".")[0] for alias in node.names}
+    elif isinstance(node, ast.ImportFrom) and node.level == 0:
+      names.add(node.module.split(".")[0])
+  return names
+
+
+def _third_party(paths) -> dict[str, set[str]]:
+  """``{import name: files}`` of everything imported by ``paths`` that is neither stdlib nor this project."""
+  found: dict[str, set[str]] = {}
+  for path in paths:
+    for name in _imports(path) - set(sys.stdlib_module_names) - {"amr_jax", "configs", "__future__"}:
+      found.setdefault(name, set()).add(str(path.relative_to(ROOT)))
+  return found
+
+
+def _distributions(import_name: str) -> set[str]:
+  return {_name(d) for d in importlib.metadata.packages_distributions().get(import_name, [])}
+
+
+def test_training_install_names_every_package_the_training_code_imports():
+  """run_train.py, run_eval.py, the library, the configs and the builders: each import is a pinned package."""
+  code = [ROOT / "run_train.py", ROOT / "run_eval.py", *(ROOT / "amr_jax").rglob("*.py"),
+          *(ROOT / "configs").glob("*.py"), *(ROOT / "datasets").glob("*/*_dataset_builder.py")]
+  missing = {name: files for name, files in _third_party(code).items()
+             if name not in OPTIONAL_IMPORTS and not _distributions(name) & set(TRAIN)}
+  assert not missing, f"imported, but requirements.txt names no package that provides it: {missing}"
+  assert set(_third_party(code)) >= {"optax", "orbax", "tensorflow_datasets", "ml_collections", "matplotlib"}
+
+
+def _closure(modules: list[pathlib.Path]) -> set[pathlib.Path]:
+  """``modules`` and every amr_jax module they import, at any depth."""
+  seen, todo = set(), list(modules)
+  while todo:
+    path = todo.pop()
+    if path in seen:
+      continue
+    seen.add(path)
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module.split(".")[0] == "amr_jax":
+        parts = node.module.split(".")
+        for alias in node.names:
+          for candidate in (ROOT.joinpath(*parts, f"{alias.name}.py"), ROOT.joinpath(*parts[:-1], f"{parts[-1]}.py"),
+                            ROOT.joinpath(*parts, "__init__.py")):
+            if candidate.is_file():
+              todo.append(candidate)
+  return seen
+
+
+def test_losses_metrics_and_models_need_only_the_core_install():
+  core = [ROOT / "amr_jax" / "losses.py", ROOT / "amr_jax" / "metrics.py", *(ROOT / "amr_jax" / "models").glob("*.py")]
+  imported = _third_party(_closure(core))
+  assert set(imported) <= {"jax", "flax", "numpy"}, imported
+  assert {"jax", "flax", "numpy"} <= set(imported)
