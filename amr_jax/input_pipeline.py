@@ -112,15 +112,17 @@ def load_fgnet_arrays(dataset_dir: str, *, crop: str = "aligned", image_size: in
   """
   import tensorflow_datasets as tfds  # only for loading; reading needs no TensorFlow
 
-  from amr_jax import face_crop
+  from amr_jax import face_crop, tfds_builders
 
   if crop not in ("aligned", "whole"):
     raise ValueError(f"crop must be 'aligned' or 'whole'; got {crop!r}.")
   try:
-    source = tfds.builder_from_directory(dataset_dir).as_data_source()["train"]
+    builder = tfds.builder_from_directory(dataset_dir)
   except Exception as error:
     raise FileNotFoundError(f"{dataset_dir}: not a built FG-NET dataset (build it as datasets/fgnet/README.md "
                             f"shows): {error}") from error
+  tfds_builders.check_file_format(builder, tfds_builders.rebuild_command("fgnet"))
+  source = builder.as_data_source()["train"]
   examples = sorted((source[i] for i in range(len(source))), key=lambda e: e["file_name"])
   images = []
   for example in examples:

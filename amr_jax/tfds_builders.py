@@ -21,6 +21,8 @@ from typing import Any
 
 DATASETS_DIR = pathlib.Path(__file__).resolve().parents[1] / "datasets"
 NAMES = ("fgnet", "clap2016")
+# Training reads records by index (``as_data_source``), which TFDS offers for array_record only.
+FILE_FORMAT = "array_record"
 
 
 def builder_class(name: str, datasets_dir: str | os.PathLike | None = None) -> type:
@@ -52,9 +54,40 @@ def _load(name: str, path: pathlib.Path, package_dir: pathlib.Path | None = None
     raise
 
 
+def default_file_format(builder, file_format) -> None:
+  """Makes array_record the format of a new build when none was asked for (call at the end of ``__init__``).
+
+  TFDS writes tfrecord unless told otherwise, so the plain ``tfds build
+  datasets/<name> --manual_dir=DIR`` would write files training cannot read.
+  A folder that already holds a build keeps the format it was built in
+  (:func:`check_file_format` then says what to do if that is not array_record).
+  """
+  if file_format is None and not builder.info.initialized:
+    builder.info.set_file_format(FILE_FORMAT, override=True)
+
+
+def rebuild_command(name: str, *, manual_dir: str | os.PathLike = "DIR", data_dir: str | os.PathLike = "DIR",
+                    config: str | None = None) -> str:
+  """The ``tfds build`` command line that builds ``name`` as training reads it."""
+  config_flag = f" --config={config}" if config else ""
+  return f"tfds build datasets/{name}{config_flag} --manual_dir={manual_dir} --data_dir={data_dir}"
+
+
+def check_file_format(builder, rebuild: str) -> None:
+  """Raises ``ValueError`` naming the folder, the format found and ``rebuild`` unless the build is array_record."""
+  found = builder.info.file_format
+  found = getattr(found, "value", found)
+  if found != FILE_FORMAT:
+    raise ValueError(
+        f"{builder.data_dir} holds a {found} build of {builder.name}; amr_jax reads {FILE_FORMAT}. Delete that "
+        f"folder and rebuild it with `{rebuild}` (array_record is the default), or use another data_dir.")
+
+
 def build(name: str, *, manual_dir: str | os.PathLike, data_dir: str | os.PathLike,
           config: str | None = None, datasets_dir: str | os.PathLike | None = None, **builder_kwargs: Any):
   """Builds dataset ``name`` (array_record) from ``manual_dir`` into ``data_dir``; returns the builder.
+
+  A dataset already built there is used as it is, if it is array_record.
 
   Args:
     name: ``"fgnet"`` or ``"clap2016"``.
@@ -62,12 +95,16 @@ def build(name: str, *, manual_dir: str | os.PathLike, data_dir: str | os.PathLi
     data_dir: where TFDS writes ``<name>[/<config>]/<version>/``.
     config: the builder config (e.g. ``"face"`` or ``"whole"`` for CLAP2016).
     builder_kwargs: passed to the builder (e.g. ``ignore_list=`` for CLAP2016).
+
+  Raises:
+    ValueError: ``data_dir`` holds a build of this dataset in another file format.
   """
   import tensorflow_datasets as tfds
 
   cls = builder_class(name, datasets_dir)
   data_dir = os.path.expanduser(os.fspath(data_dir))
-  builder = cls(data_dir=data_dir, file_format="array_record", config=config, **builder_kwargs)
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=os.path.expanduser(os.fspath(manual_dir))))
+  manual_dir = os.path.expanduser(os.fspath(manual_dir))
+  builder = cls(data_dir=data_dir, config=config, **builder_kwargs)
+  check_file_format(builder, rebuild_command(name, manual_dir=manual_dir, data_dir=data_dir, config=config))
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   return builder

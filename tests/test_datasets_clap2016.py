@@ -296,9 +296,12 @@ def test_download_path_does_not_import_tensorflow(download_build):
 
 
 def test_tfds_command_line_builds_plain_and_ignore_list_configs(tmp_path):
-  """`tfds build` (it imports TensorFlow) with --config=face, and with the JSON form that passes an ignore list."""
+  """`tfds build` (it imports TensorFlow) with --config=face, and with the JSON form that passes an ignore list.
+
+  No --file_format: the builder makes array_record the default, what training reads.
+  """
   command = [sys.executable, "-m", "tensorflow_datasets.scripts.cli.main", "build", str(BUILDER_DIR),
-             f"--manual_dir={RELEASE}", "--file_format=array_record"]
+             f"--manual_dir={RELEASE}"]
   json_config = json.dumps({"name": "face", "ignore_list": str(DUMMY_IGNORE)})
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
   runs = {name: subprocess.Popen(command + [f"--config={config}", f"--data_dir={tmp_path / name}"], cwd=ROOT,
@@ -314,6 +317,7 @@ def test_tfds_command_line_builds_plain_and_ignore_list_configs(tmp_path):
   plain = cls(data_dir=tmp_path / "plain", config="face")
   ignored = cls(data_dir=tmp_path / "ignored", config="face", ignore_list=DUMMY_IGNORE)
   assert plain.is_prepared() and ignored.is_prepared()
+  assert {builder.info.file_format.value for builder in (plain, ignored)} == {"array_record"}
   assert {split: len(source) for split, source in plain.as_data_source().items()} == {"train": 4, "valid": 2,
                                                                                         "test": 2}
   assert len(ignored.as_data_source()["train"]) == 3

@@ -170,10 +170,12 @@ def test_tfds_command_line_builds_it_with_hugging_face_datasets_installed(tmp_pa
                                 cwd=repo, capture_output=True, text=True, timeout=120)
   assert hugging_face.returncode == 0 and "site-packages" in hugging_face.stdout, hugging_face
   tfds_cli = pathlib.Path(sys.executable).with_name("tfds")
+  # TFDS's own command, without --file_format: the builder makes it array_record, what training reads.
   result = subprocess.run([str(tfds_cli), "build", "datasets/fgnet", f"--manual_dir={DUMMY}",
-                           f"--data_dir={tmp_path}", "--file_format=array_record"],
-                          cwd=repo, capture_output=True, text=True, timeout=300)
+                           f"--data_dir={tmp_path}"], cwd=repo, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
+  assert [p.name for p in (tmp_path / "fgnet" / "1.0.0").glob("fgnet-train.*")] == [
+      "fgnet-train.array_record-00000-of-00001"]
   source = tfds.builder_from_directory(str(tmp_path / "fgnet" / "1.0.0")).as_data_source()["train"]
   assert sorted(source[i]["file_name"].decode() for i in range(len(source)))[0] == "001A02.JPG"
   assert len(source) == 5

@@ -28,6 +28,7 @@ import tensorflow_datasets as tfds
 
 from amr_jax import clap2016
 from amr_jax import dataset_sources
+from amr_jax import tfds_builders
 
 # Tried only when the manual directory holds no copy (see amr_jax.dataset_sources).
 DOWNLOAD_URL = clap2016.DOWNLOAD_URL
@@ -74,7 +75,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   DEFAULT_BUILDER_CONFIG_NAME = "face"
 
   def __init__(self, *, ignore_list: str | os.PathLike | None = None, min_size: int | None = None,
-               config: str | Clap2016Config | None = None, **kwargs):
+               config: str | Clap2016Config | None = None, file_format=None, **kwargs):
     """Like any TFDS builder, plus the options that select images.
 
     Args:
@@ -82,10 +83,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         e.g. yu4u/age-gender-estimation's 118-name ``ignore_list.txt``.
       min_size: drop images with fewer pixels than ``min_size**2`` (default 32; 0 keeps all).
       config: ``"face"`` (default), ``"whole"``, or a :class:`Clap2016Config`.
-      **kwargs: passed to ``tfds.core.GeneratorBasedBuilder`` (``data_dir``, ``file_format``, ...).
+      file_format: array_record unless another is asked for (training reads array_record only).
+      **kwargs: passed to ``tfds.core.GeneratorBasedBuilder`` (``data_dir``, ...).
     """
     config, self._ignore_list = _resolve_config(config, ignore_list=ignore_list, min_size=min_size)
-    super().__init__(config=config, **kwargs)
+    super().__init__(config=config, file_format=file_format, **kwargs)
+    tfds_builders.default_file_format(self, file_format)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(

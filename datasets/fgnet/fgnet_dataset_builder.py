@@ -3,7 +3,8 @@
 Built from a manual directory holding ``FGNET/`` or ``FGNET.zip`` (or, when it
 holds neither, from the public ``FGNET.zip``):
 ``tfds build datasets/fgnet --manual_dir=DIR --data_dir=DIR``, or from Python
-with :func:`amr_jax.tfds_builders.build` (see README.md). Written as array_record, read with
+with :func:`amr_jax.tfds_builders.build` (see README.md). Written as array_record unless another
+``file_format`` is asked for, read with
 ``tfds.data_source`` or ``builder.as_data_source()`` without TensorFlow.
 
 One ``train`` split: folds (leave-one-subject-out, grouped k-fold) are chosen
@@ -16,6 +17,7 @@ import tensorflow_datasets as tfds
 
 from amr_jax import dataset_sources
 from amr_jax import fgnet
+from amr_jax import tfds_builders
 
 # Tried only when the manual directory holds no copy (see amr_jax.dataset_sources).
 DOWNLOAD_URL = "https://yanweifu.github.io/FG_NET_data/FGNET.zip"
@@ -29,6 +31,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release: whole images, RGB, 68 landmarks."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL
+
+  def __init__(self, *, file_format=None, **kwargs):
+    super().__init__(file_format=file_format, **kwargs)
+    tfds_builders.default_file_format(self, file_format)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
