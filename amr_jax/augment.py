@@ -33,6 +33,10 @@ choice is made when tracing):
   version; applied in that fixed order, clipped to [0, 1] between steps;
 - greyscale (Rec. 601 luma in all three channels) with ``greyscale_probability``.
 
+Float images are augmented in their own dtype. uint8 images become JAX's
+default float type: float32, or float64 under ``jax_enable_x64`` (the exact
+equality tests of the training step run there).
+
 Hand-written rather than dm-pix, by measurement: dm-pix's ``affine_transform``
 was 47x slower on XLA:CPU than the 2-D bilinear warp here (it interpolates over
 the channel axis too), and its HSV-based saturation/hue, fused under ``jit``
@@ -44,6 +48,7 @@ is left out for that reason.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -82,8 +87,11 @@ class Augmentation:
 
 
 def to_float(images: jax.Array) -> jax.Array:
-  """uint8 images to float32 in [0, 1] (the evaluation view: no augmentation)."""
-  return images.astype(jnp.float32) / 255.0
+  """uint8 images to floats in [0, 1] (the evaluation view: no augmentation).
+
+  The floats are JAX's default float type: float32, or float64 under ``jax_enable_x64``.
+  """
+  return images.astype(jnp.result_type(float)) / 255.0
 
 
 def flip_left_right(images: jax.Array) -> jax.Array:
@@ -98,7 +106,10 @@ def example_keys(seed: int | jax.Array, step: int | jax.Array, positions: jax.Ar
 
 
 def augment_batch(keys: jax.Array, images: jax.Array, augmentation: Augmentation) -> jax.Array:
-  """Augments ``images`` ``[B, H, W, 3]`` (uint8 or float in [0, 1]) with one key each; float32 in [0, 1]."""
+  """Augments ``images`` ``[B, H, W, 3]`` (uint8 or float in [0, 1]) with one key each; floats in [0, 1].
+
+  uint8 images are converted with :func:`to_float`; float images keep their dtype.
+  """
   if images.ndim != 4 or images.shape[-1] != 3:
     raise ValueError(f"images must be [batch, height, width, 3]; got shape {images.shape}.")
   if keys.shape[:1] != images.shape[:1]:
@@ -111,24 +122,25 @@ def augment_batch(keys: jax.Array, images: jax.Array, augmentation: Augmentation
 def augment_image(key: jax.Array, image: jax.Array, augmentation: Augmentation) -> jax.Array:
   """One float ``[H, W, 3]`` image in [0, 1], augmented with ``key``."""
   a = augmentation
+  uniform = functools.partial(jax.random.uniform, dtype=image.dtype)
   (flip_key, scale_key, angle_key, shift_key, brightness_key, contrast_key, saturation_key,
    grey_key) = jax.random.split(key, 8)
   if a.warps:
-    scale = jax.random.uniform(scale_key, minval=a.scale_range[0], maxval=a.scale_range[1])
-    angle = jax.random.uniform(angle_key, minval=-1.0, maxval=1.0) * math.radians(a.max_rotation_degrees)
-    shift = jax.random.uniform(shift_key, (2,), minval=-1.0, maxval=1.0) * a.max_translation
+    scale = uniform(scale_key, minval=a.scale_range[0], maxval=a.scale_range[1])
+    angle = uniform(angle_key, minval=-1.0, maxval=1.0) * math.radians(a.max_rotation_degrees)
+    shift = uniform(shift_key, (2,), minval=-1.0, maxval=1.0) * a.max_translation
     image = warp(image, scale=scale, angle=angle, shift=shift)
   if a.flip:
     image = jnp.where(jax.random.bernoulli(flip_key), flip_left_right(image), image)
   if a.brightness:
-    image = image * jax.random.uniform(brightness_key, minval=1 - a.brightness, maxval=1 + a.brightness)
+    image = image * uniform(brightness_key, minval=1 - a.brightness, maxval=1 + a.brightness)
   if a.contrast:
-    factor = jax.random.uniform(contrast_key, minval=1 - a.contrast, maxval=1 + a.contrast)
+    factor = uniform(contrast_key, minval=1 - a.contrast, maxval=1 + a.contrast)
     image = jnp.clip(image, 0.0, 1.0)
     mean = jnp.mean(greyscale(image))
     image = mean + factor * (image - mean)
   if a.saturation:
-    factor = jax.random.uniform(saturation_key, minval=1 - a.saturation, maxval=1 + a.saturation)
+    factor = uniform(saturation_key, minval=1 - a.saturation, maxval=1 + a.saturation)
     image = jnp.clip(image, 0.0, 1.0)
     grey = greyscale(image)
     image = grey + factor * (image - grey)
@@ -148,15 +160,15 @@ def warp(image: jax.Array, *, scale: jax.Array | float, angle: jax.Array | float
   """Zooms by ``scale``, rotates by ``angle`` (radians, counter-clockwise on screen) about the centre,
   then moves by ``shift`` (fractions of height and width, down and right); bilinear, black outside."""
   height, width = image.shape[:2]
-  centre = jnp.array([(height - 1) / 2, (width - 1) / 2], jnp.float32)
+  dtype = image.dtype
+  centre = jnp.array([(height - 1) / 2, (width - 1) / 2], dtype)
   cos, sin = jnp.cos(angle) / scale, jnp.sin(angle) / scale
   # Output (row, col) to input (row, col): undo the shift, then the rotation and zoom. With rows
   # growing downwards a counter-clockwise turn on screen is [[c, -s], [s, c]] from input to
   # output, so the inverse (its transpose) maps output to input.
-  rows, cols = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32), jnp.arange(width, dtype=jnp.float32),
-                            indexing="ij")
-  y = rows - centre[0] - jnp.asarray(shift, jnp.float32)[0] * height
-  x = cols - centre[1] - jnp.asarray(shift, jnp.float32)[1] * width
+  rows, cols = jnp.meshgrid(jnp.arange(height, dtype=dtype), jnp.arange(width, dtype=dtype), indexing="ij")
+  y = rows - centre[0] - jnp.asarray(shift, dtype)[0] * height
+  x = cols - centre[1] - jnp.asarray(shift, dtype)[1] * width
   return _bilinear(image, cos * y + sin * x + centre[0], -sin * y + cos * x + centre[1])
 
 

@@ -23,6 +23,7 @@ import os
 import pathlib
 from typing import Any, Sequence
 
+import flax.jax_utils
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,6 +33,22 @@ from amr_jax import augment, input_pipeline, metrics, reports
 Predictions = dict[str, np.ndarray]
 # Label columns copied from the dataset into the predictions, when present.
 LABEL_FIELDS = ("file_name", "subject_id", "age", "age_std", "real_age")
+
+
+def replicate(tree, devices=None):
+  """``tree`` copied to every local device (or to ``devices``), laid out as ``pmap(axis_name="batch")`` lays out
+  its outputs.
+
+  ``pmap`` caches its compiled program by the inputs' layout too: a state from
+  ``flax.jax_utils.replicate`` (mesh axis ``_device_put_sharded``) and the
+  same state coming out of a step (mesh axis ``batch``) would each compile the
+  step once, doubling its compile time.
+  """
+  return jax.pmap(_same, axis_name="batch", devices=devices)(flax.jax_utils.replicate(tree, devices))
+
+
+def _same(tree):
+  return tree
 
 
 def unreplicate(tree):
@@ -45,7 +62,7 @@ def unreplicate(tree):
 
 def distribution_mean_and_std(probs: jax.Array, start_age: float) -> tuple[jax.Array, jax.Array]:
   """The predicted age (the mean of the age distribution ``probs`` ``[batch, classes]``) and its spread."""
-  ages = start_age + jnp.arange(probs.shape[-1], dtype=jnp.float32)
+  ages = start_age + jnp.arange(probs.shape[-1], dtype=probs.dtype)
   mean = probs @ ages
   return mean, jnp.sqrt(jnp.sum(probs * jnp.square(ages - mean[:, None]), axis=-1))
 
@@ -59,10 +76,13 @@ def eval_step(state, batch: dict[str, jax.Array], *, start_age: float, test_time
   """
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   images = augment.to_float(batch["image"])
-  probs = jax.nn.softmax(state.apply_fn(variables, images, train=False).astype(jnp.float32))
+  def distribution(images):  # softmax in at least float32, whatever the model computes in
+    logits = state.apply_fn(variables, images, train=False)
+    return jax.nn.softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)))
+
+  probs = distribution(images)
   if test_time_flip:
-    flipped = state.apply_fn(variables, augment.flip_left_right(images), train=False)
-    probs = 0.5 * (probs + jax.nn.softmax(flipped.astype(jnp.float32)))
+    probs = 0.5 * (probs + distribution(augment.flip_left_right(images)))
   mean, std = distribution_mean_and_std(probs, start_age)
   out = {"predicted_age": mean, "distribution_std": std, "mode_age": start_age + jnp.argmax(probs, axis=-1),
          "index": batch["index"], "mask": batch["mask"]}

@@ -25,7 +25,8 @@ LOSSES: dict[str, Callable[..., losses.LossTerms]] = {
     "dldl_v2": losses.dldl_v2_terms,
     "cross_entropy": lambda logits, labels, **kwargs: {"loss": losses.cross_entropy_loss(logits, labels, **kwargs)},
 }
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# float64 (parameters too) needs 64-bit JAX (JAX_ENABLE_X64=1): for checks where rounding must not decide.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 
 
 class TrainState(train_state.TrainState):
@@ -61,6 +62,8 @@ def augmentation(config) -> augment.Augmentation:
 def model(config, axis_name: str | None = "batch"):
   if config.dtype not in DTYPES:
     raise ValueError(f"config.dtype must be one of {', '.join(DTYPES)}; got {config.dtype!r}.")
+  if config.dtype == "float64" and not jax.config.jax_enable_x64:
+    raise ValueError("config.dtype='float64' needs 64-bit JAX: set JAX_ENABLE_X64=1 in the environment.")
   if config.model not in models.MODELS:
     raise ValueError(f"config.model must be one of {', '.join(sorted(models.MODELS))}; got {config.model!r}.")
   return _model(config.model, config.num_classes, config.dtype, axis_name)
@@ -105,7 +108,7 @@ def initial_variables(config, model) -> dict[str, Any]:
   variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(config.seed), images)
   variables = dict(variables)
   if not config.pretrained:
-    return variables
+    return with_parameter_dtype(config, variables)
   if config.pretrained == "imagenet":
     if config.model != "efficientnet_lite0":
       raise ValueError(f"config.pretrained='imagenet' has weights for model efficientnet_lite0 only (got model "
@@ -121,7 +124,14 @@ def initial_variables(config, model) -> dict[str, Any]:
                               f"{config.model} state_dict .pth).")
     _, source = pretrained.load_torchvision_resnet(path, config.model)
   new_variables, _ = pretrained.init_from_pretrained(variables, source)
-  return dict(new_variables)
+  return with_parameter_dtype(config, dict(new_variables))
+
+
+def with_parameter_dtype(config, variables):
+  """``variables`` in float64 for a float64 run (the models create them float32); as they are otherwise."""
+  if config.dtype != "float64":
+    return variables
+  return jax.tree.map(lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, variables)
 
 
 def initial_train_state(config, model, tx) -> TrainState:

@@ -4,14 +4,18 @@ Both follow PyTorch's definitions, because the reference recipes are PyTorch
 code: AdamW with decoupled weight decay on every parameter (PyTorch's default
 parameter group), SGD with momentum where weight decay is added to the
 gradient before the momentum, and gradient clipping by global norm applied to
-the raw gradients first (``clip_grad_norm_`` before ``optimizer.step()``).
-``tests/test_optim.py`` checks several steps of each against ``torch.optim``.
+the raw gradients first (``clip_grad_norm_`` before ``optimizer.step()``,
+whose factor ``max_norm / (norm + 1e-6)`` differs from optax's
+``clip_by_global_norm`` by that 1e-6). ``tests/test_optim.py`` checks several
+steps of each against ``torch.optim`` in float64.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
+import jax
+import jax.numpy as jnp
 import optax
 
 SCHEDULES = ("multistep", "cosine", "constant")
@@ -79,5 +83,15 @@ def create_optimizer(name: str, learning_rate: optax.ScalarOrSchedule, *, weight
   else:
     raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}.")
   if gradient_clip_norm:
-    return optax.chain(optax.clip_by_global_norm(gradient_clip_norm), update)
+    return optax.chain(clip_by_global_norm(gradient_clip_norm), update)
   return update
+
+
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+  """PyTorch's ``clip_grad_norm_``: gradients times ``min(1, max_norm / (global_norm + 1e-6))``."""
+  def update(updates, state, params=None):
+    del params
+    factor = jnp.minimum(1.0, max_norm / (optax.tree.norm(updates) + 1e-6))
+    return jax.tree.map(lambda g: (g * factor).astype(g.dtype), updates), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)

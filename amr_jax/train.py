@@ -38,7 +38,7 @@ import ml_collections
 import numpy as np
 
 from amr_jax import augment, checkpoints, evaluate, from_config, input_pipeline, metric_writers, training_data
-from amr_jax.evaluate import unreplicate
+from amr_jax.evaluate import replicate, unreplicate
 
 class NonFiniteLossError(FloatingPointError):
   """The training loss became NaN or infinite."""
@@ -72,9 +72,12 @@ def train_step(state: from_config.TrainState, batch: dict[str, jax.Array], learn
 
   (_, (terms, batch_stats)), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
   grads = jax.lax.pmean(grads, axis_name="batch")
-  opt_state = state.opt_state._replace(hyperparams={**state.opt_state.hyperparams, "learning_rate": learning_rate})
+  hyperparams = state.opt_state.hyperparams
+  # In the dtype the optimizer state was created with, so the state's types (and the compiled step) never change.
+  learning_rate = learning_rate.astype(hyperparams["learning_rate"].dtype)
+  opt_state = state.opt_state._replace(hyperparams={**hyperparams, "learning_rate": learning_rate})
   state = state.replace(opt_state=opt_state).apply_gradients(grads=grads, batch_stats=batch_stats)
-  metrics = {name: jnp.mean(value.astype(jnp.float32)) for name, value in terms.items()}
+  metrics = {name: jnp.mean(value.astype(jnp.promote_types(value.dtype, jnp.float32))) for name, value in terms.items()}
   metrics = jax.lax.pmean(metrics, axis_name="batch")
   metrics["learning_rate"] = learning_rate
   return state, metrics
@@ -164,7 +167,7 @@ def train_fold(config, workdir: pathlib.Path, fold: training_data.Fold, steps: S
   batches = input_pipeline.train_batches(train_arrays, global_batch=config.batch_size, seed=config.seed,
                                          start_step=start_step, num_devices=jax.local_device_count(),
                                          process_index=jax.process_index(), process_count=jax.process_count())
-  replicated = flax.jax_utils.replicate(state)
+  replicated = replicate(state)
   del state
   pending: collections.deque = collections.deque()
   interval: dict[str, list[float]] = collections.defaultdict(list)
@@ -228,7 +231,7 @@ def _evaluate_fold(config, workdir, fold, steps, initial_state):
   _, total_steps = num_steps(config, len(fold.train["age"]))
   note = "" if int(state.step) == total_steps else f" (the run is unfinished: {total_steps} steps planned)"
   _log(f"{fold.name}: evaluating the checkpoint of step {int(state.step)}{note}")
-  return _evaluate_splits(config, workdir, fold, steps, flax.jax_utils.replicate(state))
+  return _evaluate_splits(config, workdir, fold, steps, replicate(state))
 
 
 def _evaluate_splits(config, workdir, fold, steps, replicated):

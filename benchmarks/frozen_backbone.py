@@ -33,7 +33,10 @@ def _head_name(params) -> str:
 
 
 def head_inputs(model, variables, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-  """``[N, features]`` float32: what the model's head layer receives for uint8 ``images`` (inference mode)."""
+  """``[N, features]``: what the model's head layer receives for uint8 ``images`` (inference mode).
+
+  float32, or float64 where the model computes in float64.
+  """
   head = _head_name(variables["params"])
 
   @jax.jit
@@ -47,7 +50,7 @@ def head_inputs(model, variables, images: np.ndarray, batch_size: int = 32) -> n
 
     with nn.intercept_methods(interceptor):
       model.apply(variables, augment.to_float(batch), train=False)
-    return captured[-1].astype(jnp.float32)
+    return captured[-1].astype(jnp.promote_types(captured[-1].dtype, jnp.float32))
 
   count = len(images)
   padded = np.concatenate([images, np.zeros((-count % batch_size, *images.shape[1:]), images.dtype)])
@@ -95,11 +98,11 @@ def mean_age_baseline(config, data: dict[str, np.ndarray]) -> dict:
 def train_heads(config, data: dict[str, np.ndarray], train_indices: list[np.ndarray]):
   """Trains one head per fold on the features of its training images; returns the stacked head params."""
   model = from_config.model(config, axis_name=None)
-  features = jnp.asarray(data["features"])
   init = jax.jit(model.init, static_argnames="train")
   variables = init(jax.random.key(config.seed), jnp.zeros((1, config.image_size, config.image_size, 3)), train=False)
   head_module = nn.Dense(config.num_classes)
-  head_params = variables["params"][_head_name(variables["params"])]
+  head_params = from_config.with_parameter_dtype(config, variables["params"][_head_name(variables["params"])])
+  features = jnp.asarray(data["features"], jax.tree.leaves(head_params)[0].dtype)
   dropout_rate = float(getattr(model, "dropout_rate", 0.0))
   terms = from_config.loss_fn(config)
   flip_probability = 0.5 if config.augmentation.get("flip", False) else 0.0
@@ -116,7 +119,7 @@ def train_heads(config, data: dict[str, np.ndarray], train_indices: list[np.ndar
   tx = optim.create_optimizer(config.optimizer, from_config.schedule(config, steps_per_epoch),
                               weight_decay=config.weight_decay, momentum=config.momentum,
                               gradient_clip_norm=config.gradient_clip_norm or None)
-  both = jnp.stack([features, jnp.asarray(data["flipped_features"])])
+  both = jnp.stack([features, jnp.asarray(data["flipped_features"], features.dtype)])
   ages = jnp.asarray(data["age"])
 
   def loss(params, x, y, key):

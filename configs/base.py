@@ -45,7 +45,9 @@ def get_config() -> ml_collections.ConfigDict:
   # "imagenet": the packaged EfficientNet-Lite0 ImageNet weights; a path: a torchvision
   # ResNet state_dict (.pth) for model resnet18/34/50; "": random initialisation.
   config.pretrained = "imagenet"
-  config.dtype = "float32"  # computation dtype; "bfloat16" on GPU/TPU (parameters stay float32)
+  # Computation dtype: "bfloat16" on GPU/TPU (parameters stay float32); "float64" (parameters too, needs
+  # JAX_ENABLE_X64=1) for checks where float32 rounding must not decide.
+  config.dtype = "float32"
 
   # Loss: a name from amr_jax.train.LOSSES; loss_kwargs go to the loss (lambda_mean, sigma, ...).
   config.loss = "amr"

@@ -1,11 +1,23 @@
 """Test set-up: four host CPU devices (for pmap tests) and a hypothesis profile."""
 
+import atexit
 import os
 import pathlib
+import shutil
+import tempfile
 
 # Must happen before JAX initialises its backend.
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
+
+# One XLA compilation cache for the whole run, its subprocesses included: tests that build the same program
+# (the same step in another test, the same run as a subprocess) compile it once. Removed at the end of the run.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _CACHE = tempfile.mkdtemp(prefix="amr_jax_test_xla_cache_")
+  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 import hypothesis  # noqa: E402
 import pytest  # noqa: E402

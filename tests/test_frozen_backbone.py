@@ -16,17 +16,24 @@ import fgnet_losses  # noqa: E402
 import frozen_backbone  # noqa: E402
 
 
+# Identities in float64 (dtype="float64" under jax.enable_x64): a head's logit sums 128 products and a
+# backbone's features ~10^4, each rounding at 1e-16; a wrong layer or a fold that saw another's data is off
+# by percents.
+FLOAT64_RTOL = 1e-10
+
+
 def test_head_inputs_are_what_the_head_layer_receives():
-  config = training_setup.config("fgnet_amr")
-  model = from_config.model(config, axis_name=None)
-  variables = from_config.initial_variables(config, model)
-  images = np.random.default_rng(0).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
-  features = frozen_backbone.head_inputs(model, variables, images, batch_size=2)  # 5 = 2 + 2 + 1 padded
+  with jax.enable_x64(True):
+    config = training_setup.config("fgnet_amr", dtype="float64")
+    model = from_config.model(config, axis_name=None)
+    variables = from_config.initial_variables(config, model)
+    images = np.random.default_rng(0).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+    features = frozen_backbone.head_inputs(model, variables, images, batch_size=2)  # 5 = 2 + 2 + 1 padded
+    logits = model.apply(variables, augment.to_float(images), train=False)
   head = variables["params"]["fc"]
-  logits = model.apply(variables, augment.to_float(images), train=False)
-  assert features.shape == (5, head["kernel"].shape[0])
+  assert features.shape == (5, head["kernel"].shape[0]) and features.dtype == np.float64
   np.testing.assert_allclose(features @ np.asarray(head["kernel"]) + np.asarray(head["bias"]), logits,
-                             rtol=1e-4, atol=1e-4)
+                             rtol=FLOAT64_RTOL, atol=FLOAT64_RTOL * np.abs(logits).max())
 
 
 def test_folds_train_independently(fgnet_dirs, tmp_path):
@@ -36,10 +43,13 @@ def test_folds_train_independently(fgnet_dirs, tmp_path):
   data = frozen_backbone.dataset_features(config, tmp_path)
   _, splits = frozen_backbone.splits(config, data["subject_id"])
   assert [len(s.train) for s in splits] == [8, 8]
-  _, both, values = frozen_backbone.train_heads(config, data, [s.train for s in splits])
-  _, alone, _ = frozen_backbone.train_heads(config, data, [splits[0].train])
-  assert values.shape == (2, 3 * 8 // config.batch_size)
-  jax.tree.map(lambda b, a: np.testing.assert_allclose(b[0], a[0], rtol=1e-5, atol=1e-6), both, alone)
+  config.dtype = "float64"  # the heads only: the features above are the float32 ones every run uses
+  with jax.enable_x64(True):
+    _, both, values = frozen_backbone.train_heads(config, data, [s.train for s in splits])
+    _, alone, _ = frozen_backbone.train_heads(config, data, [splits[0].train])
+  assert values.shape == (2, 3 * 8 // config.batch_size) and both["kernel"].dtype == np.float64
+  jax.tree.map(lambda b, a: np.testing.assert_allclose(b[0], a[0], rtol=FLOAT64_RTOL,
+                                                       atol=FLOAT64_RTOL * np.abs(a[0]).max()), both, alone)
   # and the two folds' heads did train differently
   assert not np.allclose(both["kernel"][0], both["kernel"][1])
 

@@ -14,7 +14,8 @@ import tomllib
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 # Test-only packages: large, and each would replace a user's own copy in an existing environment.
-TEST_ONLY = {"torch", "tensorflow", "apache-beam", "mlcroissant", "datasets", "pytest", "hypothesis", "scikit-image"}
+TEST_ONLY = {"torch", "tensorflow", "apache-beam", "mlcroissant", "datasets", "pytest", "pytest-xdist", "hypothesis",
+             "scikit-image"}
 # Imports that are optional where they appear: the code runs without them.
 OPTIONAL_IMPORTS = {"torch": "amr_jax/pretrained.py reads .pth files with torch when it is installed, else without"}
 

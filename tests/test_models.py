@@ -51,21 +51,34 @@ def test_output_shapes_at_64_112_224(name):
   assert logits.shape == (2, 70) and np.all(np.isfinite(logits))
 
 
+def _float64(tree):
+  return jax.tree.map(lambda x: x.astype(jnp.float64), tree)
+
+
+# Identities below are checked in float64 (under jax.enable_x64): summing a logit or a statistic's ~10^5
+# terms in another order moves it by at most 1e5 * 1.1e-16 of the terms' size, far below these tolerances,
+# while a batch-dependent result or a missing average is off by whole percents.
+FLOAT64_RTOL, FLOAT64_ATOL = 1e-9, 1e-9
+
+
 @pytest.mark.parametrize("name", ["tiny_age_net", "resnet18"])
 def test_train_mode_uses_batch_statistics_and_updates_running_averages(name):
-  module, variables = _init(name, 10, 64)
-  apply = _jit_apply(module)
-  images = jax.random.normal(jax.random.key(1), (4, 64, 64, 3))
-  train_logits, updates = apply(variables, images, train=True, mutable=("batch_stats",))
-  eval_logits = apply(variables, images, train=False)
+  with jax.enable_x64(True):
+    module, variables = _init(name, 10, 64, dtype=jnp.float64)
+    variables = _float64(variables)
+    apply = _jit_apply(module)
+    images = jax.random.normal(jax.random.key(1), (4, 64, 64, 3), jnp.float64)
+    train_logits, updates = apply(variables, images, train=True, mutable=("batch_stats",))
+    eval_logits = apply(variables, images, train=False)
+    alone = apply(variables, images[:1], train=False)
+    alone_train, _ = apply(variables, images[:2], train=True, mutable=("batch_stats",))
+  assert eval_logits.dtype == jnp.float64
   assert not np.allclose(train_logits, eval_logits, atol=1e-3)
   changed = jax.tree.map(lambda a, b: not np.allclose(a, b), variables["batch_stats"], updates["batch_stats"])
   assert all(jax.tree.leaves(changed))
   # Eval mode: each image's logits do not depend on the rest of the batch.
-  alone = apply(variables, images[:1], train=False)
-  np.testing.assert_allclose(alone, eval_logits[:1], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(alone, eval_logits[:1], rtol=FLOAT64_RTOL, atol=FLOAT64_ATOL)
   # Train mode: they do (batch statistics).
-  alone_train, _ = apply(variables, images[:2], train=True, mutable=("batch_stats",))
   assert not np.allclose(alone_train[:1], train_logits[:1], atol=1e-4)
 
 
@@ -84,16 +97,18 @@ def test_bfloat16_forward_close_to_float32(name):
 
 def test_batch_norm_statistics_are_averaged_across_devices():
   n = jax.local_device_count()
-  module = models.create_model("tiny_age_net", 5, axis_name="batch")
-  plain = models.create_model("tiny_age_net", 5)
-  variables = jax.jit(plain.init)(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
-  images = jax.random.normal(jax.random.key(3), (n * 2, 64, 64, 3))
-  replicated = jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), variables)
-  step = jax.pmap(lambda v, x: module.apply(v, x, train=True, mutable=["batch_stats"]), axis_name="batch")
-  sharded_logits, sharded_stats = step(replicated, images.reshape(n, 2, 64, 64, 3))
-  whole_logits, whole_stats = _jit_apply(plain)(variables, images, train=True, mutable=("batch_stats",))
-  np.testing.assert_allclose(sharded_logits.reshape(n * 2, 5), whole_logits, rtol=1e-4, atol=1e-4)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a[0], b, rtol=1e-4, atol=1e-5),
+  with jax.enable_x64(True):
+    module = models.create_model("tiny_age_net", 5, axis_name="batch", dtype=jnp.float64)
+    plain, variables = _init("tiny_age_net", 5, dtype=jnp.float64)
+    variables = _float64(variables)
+    images = jax.random.normal(jax.random.key(3), (n * 2, 64, 64, 3), jnp.float64)
+    replicated = jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), variables)
+    step = jax.pmap(lambda v, x: module.apply(v, x, train=True, mutable=["batch_stats"]), axis_name="batch")
+    sharded_logits, sharded_stats = step(replicated, images.reshape(n, 2, 64, 64, 3))
+    whole_logits, whole_stats = _jit_apply(plain)(variables, images, train=True, mutable=("batch_stats",))
+  assert whole_logits.dtype == jnp.float64
+  np.testing.assert_allclose(sharded_logits.reshape(n * 2, 5), whole_logits, rtol=FLOAT64_RTOL, atol=FLOAT64_ATOL)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a[0], b, rtol=FLOAT64_RTOL, atol=FLOAT64_ATOL),
                sharded_stats["batch_stats"], whole_stats["batch_stats"])
 
 

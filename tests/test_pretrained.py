@@ -1,5 +1,6 @@
 """Weight import: torchvision-layout ResNet .pth files, with and without torch, and init_from_pretrained."""
 
+import copy
 import functools
 import io
 import pickle
@@ -13,7 +14,7 @@ import pytest
 
 from amr_jax import models, pretrained, torch_pickle
 
-torch = pytest.importorskip("torch")  # in requirements.txt, so CI always runs these
+import torch  # test-only (requirements-test.txt)
 from torch_models import TORCH_RESNETS, randomised  # noqa: E402
 
 
@@ -38,12 +39,17 @@ def test_imported_resnet_gives_pytorch_logits(saved_resnet, reader, monkeypatch)
       # The torch-free reader must be what runs: make `import torch` fail inside the loader.
       patch.setitem(sys.modules, "torch", None)
     module, variables = pretrained.load_torchvision_resnet(path, name)
-  images = _images(112)
-  flax_logits = jax.jit(functools.partial(module.apply, train=False))(variables, images)
+  # Both in float64 (a copy of each model), so that a convolution's summation order cannot decide: a logit is
+  # a chain of sums of ~10^4 terms, each rounding at 1e-16, while a wrong layout or padding is off by percents.
+  images = _images(112).astype(np.float64)
+  with jax.enable_x64(True):
+    variables64 = jax.tree.map(lambda x: np.asarray(x, np.float64), variables)
+    flax_logits = jax.jit(functools.partial(module.clone(dtype=jnp.float64).apply, train=False))(variables64, images)
   with torch.no_grad():
-    torch_logits = model(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+    torch_logits = copy.deepcopy(model).double()(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+  assert flax_logits.dtype == np.float64
   assert np.abs(torch_logits).max() > 0.1  # the comparison is not between two near-zero outputs
-  np.testing.assert_allclose(flax_logits, torch_logits, atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(flax_logits, torch_logits, rtol=1e-9, atol=1e-9 * np.abs(torch_logits).max())
 
 
 def test_torch_free_reader_matches_torch_load_in_both_formats(tmp_path):

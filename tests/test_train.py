@@ -2,7 +2,10 @@
 
 import functools
 import json
+import pathlib
+import re
 import shutil
+import subprocess
 import sys
 
 import flax.jax_utils
@@ -10,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
 from amr_jax import checkpoints, evaluate, from_config, input_pipeline, metric_writers, reports, tfds_builders, train
 import training_setup
@@ -92,7 +96,7 @@ def _pmapped_updates(config, num_devices, arrays, num_steps=2):
                                     augmentation=from_config.augmentation(config), seed=config.seed,
                                     global_batch=config.batch_size),
                   axis_name="batch", devices=jax.devices()[:num_devices])
-  replicated = flax.jax_utils.replicate(state, devices=jax.devices()[:num_devices])
+  replicated = evaluate.replicate(state, devices=jax.devices()[:num_devices])
   batches = input_pipeline.train_batches(arrays, global_batch=config.batch_size, seed=0, num_devices=num_devices)
   for i in range(num_steps):
     lr = flax.jax_utils.replicate(jnp.float32(1e-3 / (i + 1)), devices=jax.devices()[:num_devices])
@@ -101,29 +105,36 @@ def _pmapped_updates(config, num_devices, arrays, num_steps=2):
 
 
 def test_pmap_step_on_2_and_4_devices_equals_one_device():
-  """Gradients, loss and BatchNorm statistics are averaged over devices: same update as one device."""
-  # Cross-entropy and SGD: smooth in the logits and linear in the gradient, so float rounding stays
-  # rounding (AMR's top-K set can flip on a near-tie; Adam's g / sqrt(g^2) magnifies tiny gradients).
-  # The default augmentation (flip, shift) is on: tests/test_augment.py shows it is the same on any device count.
-  config = training_setup.config("fgnet_ce", "3", batch_size=8, optimizer="sgd")
-  rng = np.random.default_rng(0)
-  arrays = {"image": rng.integers(0, 256, (16, 64, 64, 3), dtype=np.uint8),
-            "age": rng.integers(0, 70, 16).astype(np.float32)}
-  fresh = jax.device_get(from_config.initial_train_state(config, from_config.model(config),
-                                                          from_config.optimizer(config)))
-  one, one_metrics = _pmapped_updates(config, 1, arrays)
-  one_update = jax.tree.map(np.subtract, one.params, fresh.params)
-  assert min(float(np.abs(u).max()) for u in jax.tree.leaves(one_update)) > 0  # every parameter moved
-  for n in (2, 4):
-    many, many_metrics = _pmapped_updates(config, n, arrays)
-    assert int(many.step) == 2
-    # Within 2% of each tensor's largest update: gradients that nearly cancel (a BatchNorm bias feeding
-    # another BatchNorm) magnify float rounding to ~0.5%, but a missing average would be off by 50-300%.
-    jax.tree.map(lambda a, b, u: np.testing.assert_allclose(a - u, b, rtol=0, atol=0.02 * np.abs(b).max()),
-                 many.params, one_update, fresh.params)
-    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-5), many.batch_stats,
-                 one.batch_stats)
-    np.testing.assert_allclose(many_metrics["loss"], one_metrics["loss"], rtol=1e-5)
+  """Gradients, loss and BatchNorm statistics are averaged over devices: same update as one device.
+
+  In float64, so that only a wrong average, never float rounding, can decide the verdict.
+  """
+  # Cross-entropy and SGD keep the update a smooth function of the gradient: AMR's top-K set can flip on a tie,
+  # and Adam's g / sqrt(g^2) turns the rounding noise of a zero gradient into a full step.
+  # The default augmentation (flip, shift) is on: the same draws on any device count, keyed by position.
+  with jax.enable_x64(True):
+    config = training_setup.config("fgnet_ce", "3", batch_size=8, optimizer="sgd", dtype="float64")
+    rng = np.random.default_rng(0)
+    arrays = {"image": rng.integers(0, 256, (16, 64, 64, 3), dtype=np.uint8),
+              "age": rng.integers(0, 70, 16).astype(np.float64)}
+    fresh = jax.device_get(from_config.initial_train_state(config, from_config.model(config),
+                                                            from_config.optimizer(config)))
+    assert {leaf.dtype for leaf in jax.tree.leaves(fresh.params)} == {np.dtype(np.float64)}
+    one, one_metrics = _pmapped_updates(config, 1, arrays)
+    assert one_metrics["loss"].dtype == np.float64
+    one_update = jax.tree.map(np.subtract, one.params, fresh.params)
+    assert min(float(np.abs(u).max()) for u in jax.tree.leaves(one_update)) > 0  # every parameter moved
+    for n in (2, 4):
+      many, many_metrics = _pmapped_updates(config, n, arrays)
+      assert int(many.step) == 2
+      training_setup.assert_same_training_result(many, one, fresh)
+      np.testing.assert_allclose(many_metrics["loss"], one_metrics["loss"], rtol=training_setup.IDENTITY_TOLERANCE)
+
+
+def test_float64_runs_need_64_bit_jax(fgnet_dirs, tmp_path):
+  config = training_setup.config("fgnet_amr", "3", dtype="float64", **_data(fgnet_dirs))
+  with pytest.raises(ValueError, match="config.dtype='float64' needs 64-bit JAX: set JAX_ENABLE_X64=1"):
+    train.train_and_evaluate(config, tmp_path / "run")
 
 
 @pytest.fixture(scope="module")
@@ -236,6 +247,35 @@ def test_grouped_k_fold_protocol(fgnet_dirs, tmp_path):
                                  **_data(fgnet_dirs))
   summary = train.train_and_evaluate(config, tmp_path / "kfold")
   assert summary["count"] == 16 and summary["num_folds"] == 2
+
+
+def test_training_reads_what_the_plain_tfds_build_command_writes(fgnet_dirs, tmp_path):
+  manual, _ = fgnet_dirs
+  data_dir = tmp_path / "tfds"
+  tfds_cli = pathlib.Path(sys.executable).with_name("tfds")
+  built = subprocess.run([str(tfds_cli), "build", "datasets/fgnet", f"--manual_dir={manual}", f"--data_dir={data_dir}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert built.returncode == 0, built.stderr[-3000:]
+  config = training_setup.config("fgnet_ce", "3", num_train_steps=1, **{"data.manual_dir": str(manual),
+                                                                         "data.data_dir": str(data_dir)})
+  result = train.train_and_evaluate(config, tmp_path / "run")
+  assert result["count"] == 4 and np.isfinite(result["mae"])
+
+
+def test_a_data_dir_built_in_another_format_is_refused_with_the_command_that_rebuilds_it(fgnet_dirs, tmp_path):
+  manual, _ = fgnet_dirs
+  data_dir = tmp_path / "tfds"
+  builder = tfds_builders.builder_class("fgnet")(data_dir=str(data_dir), file_format="tfrecord")
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
+  config = training_setup.config("fgnet_ce", "3", **{"data.manual_dir": str(manual), "data.data_dir": str(data_dir)})
+  folder = data_dir / "fgnet" / "1.0.0"
+  with pytest.raises(ValueError, match=re.escape(
+      f"{folder} holds a tfrecord build of fgnet; amr_jax reads array_record. Delete that folder and rebuild it "
+      f"with `tfds build datasets/fgnet --manual_dir={manual} --data_dir={data_dir}`")):
+    train.train_and_evaluate(config, tmp_path / "run")
+  assert list(folder.glob("fgnet-train.tfrecord-*"))  # left as it was
+  with pytest.raises(ValueError, match=re.escape(f"{folder} holds a tfrecord build of fgnet")):
+    input_pipeline.load_fgnet_arrays(str(folder))
 
 
 def test_missing_dataset_error_names_the_manual_dir(tmp_path):

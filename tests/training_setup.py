@@ -6,6 +6,7 @@ import importlib
 import pathlib
 import shutil
 
+import jax
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -50,3 +51,31 @@ def command_line(name: str, arg: str | None, workdir, **overrides) -> list[str]:
   spec = f"configs/{name}.py" + (f":{arg}" if arg is not None else "")
   return [f"--config={spec}", f"--workdir={workdir}"] + [
       f"--config.{key}={value}" for key, value in {**TINY, **overrides}.items()]
+
+
+# Identity checks (N devices = 1, 2 processes = 1) run in float64 (dtype="float64", JAX_ENABLE_X64=1). Each
+# gradient entry or BatchNorm statistic is a sum of at most ~10^5 terms (images x pixels x channels);
+# summing them in another order changes the result by at most n * eps * sum|terms| = 1e5 * 1.1e-16, about
+# 1e-11 of the terms' size, ten times below this tolerance (measured: 2.6e-14 of the largest update). A missing
+# average changes the largest update by at least its own size (psum for pmean over 2 devices doubles it):
+# 10^10 times this tolerance.
+IDENTITY_TOLERANCE = 1e-10
+
+
+def assert_within_rounding(got, want):
+  """Every float leaf of ``got`` is within ``IDENTITY_TOLERANCE`` times the largest magnitude in ``want``.
+
+  The scale is the whole tree's: a value whose exact result is zero (the gradient of a bias that BatchNorm
+  cancels) comes out as rounding noise, so its own size means nothing.
+  """
+  scale = max(float(np.abs(leaf).max()) for leaf in jax.tree.leaves(want))
+  assert scale > 0
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=IDENTITY_TOLERANCE * scale), got, want)
+
+
+def assert_same_training_result(got, want, start):
+  """States ``got`` and ``want``, both ``start`` after the same steps, agree to float64 rounding."""
+  assert_within_rounding(jax.tree.map(np.subtract, got.params, start.params),
+                         jax.tree.map(np.subtract, want.params, start.params))
+  assert_within_rounding(got.batch_stats, want.batch_stats)
+  assert_within_rounding(got.opt_state, want.opt_state)
