@@ -14,6 +14,7 @@ loaded by path instead, each under a package name nothing else can have
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import pathlib
 import sys
@@ -67,9 +68,17 @@ def default_file_format(builder, file_format) -> None:
 
 
 def rebuild_command(name: str, *, manual_dir: str | os.PathLike = "DIR", data_dir: str | os.PathLike = "DIR",
-                    config: str | None = None) -> str:
-  """The ``tfds build`` command line that builds ``name`` as training reads it."""
-  config_flag = f" --config={config}" if config else ""
+                    config: str | None = None, **builder_kwargs: Any) -> str:
+  """The ``tfds build`` command line that builds ``name`` as training reads it.
+
+  Builder options (CLAP2016's ``ignore_list``) go into the command line's JSON form of ``--config``.
+  """
+  if builder_kwargs:
+    options = {"name": config, **{key: os.fspath(value) if isinstance(value, os.PathLike) else value
+                                  for key, value in builder_kwargs.items()}}
+    config_flag = f" --config='{json.dumps(options)}'"
+  else:
+    config_flag = f" --config={config}" if config else ""
   return f"tfds build datasets/{name}{config_flag} --manual_dir={manual_dir} --data_dir={data_dir}"
 
 
@@ -105,6 +114,7 @@ def build(name: str, *, manual_dir: str | os.PathLike, data_dir: str | os.PathLi
   data_dir = os.path.expanduser(os.fspath(data_dir))
   manual_dir = os.path.expanduser(os.fspath(manual_dir))
   builder = cls(data_dir=data_dir, config=config, **builder_kwargs)
-  check_file_format(builder, rebuild_command(name, manual_dir=manual_dir, data_dir=data_dir, config=config))
+  check_file_format(builder, rebuild_command(name, manual_dir=manual_dir, data_dir=data_dir, config=config,
+                                             **builder_kwargs))
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   return builder

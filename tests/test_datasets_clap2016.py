@@ -13,6 +13,7 @@ import json
 import os
 import pathlib
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -25,6 +26,7 @@ import pytest
 
 from amr_jax import tfds_builders
 import local_http
+import training_setup
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BUILDER_DIR = ROOT / "datasets" / "clap2016"
@@ -322,3 +324,13 @@ def test_tfds_command_line_builds_plain_and_ignore_list_configs(tmp_path):
                                                                                         "test": 2}
   assert len(ignored.as_data_source()["train"]) == 3
   assert ignored.info.metadata["ignore_list"]["dropped_from_train"] == ["000003.jpg"]
+
+
+def test_a_build_in_another_format_is_refused_with_the_command_that_rebuilds_it(tmp_path):
+  """The ignore-list build's rebuild command is the JSON --config form (the command line test above runs it)."""
+  training_setup.build_in_tfrecord("clap2016", RELEASE, tmp_path, config="face", ignore_list=DUMMY_IGNORE)
+  options = json.dumps({"name": "face", "ignore_list": str(DUMMY_IGNORE)})
+  with pytest.raises(ValueError, match=re.escape(
+      f"holds a tfrecord build of clap2016; amr_jax reads array_record. Delete that folder and rebuild it with "
+      f"`tfds build datasets/clap2016 --config='{options}' --manual_dir={RELEASE} --data_dir={tmp_path}`")):
+    tfds_builders.build("clap2016", config="face", ignore_list=DUMMY_IGNORE, manual_dir=RELEASE, data_dir=tmp_path)

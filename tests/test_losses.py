@@ -288,6 +288,7 @@ def test_pmap_matches_single_device(name):
 
 
 def test_terms_and_loss_agree_and_terms_are_per_example():
+  # Two compiled programs of one formula: in float64, so that XLA's freedom to reorder (fast-math) stays at 1e-16.
   logits, labels = _random_case(41, 5, 20)
   for terms_fn, loss_fn in [
       (losses.adaptive_mean_residue_terms, losses.adaptive_mean_residue_loss),
@@ -296,9 +297,12 @@ def test_terms_and_loss_agree_and_terms_are_per_example():
       (losses.dldl_terms, losses.dldl_loss),
       (losses.dldl_v2_terms, losses.dldl_v2_loss),
   ]:
-    terms = jax.jit(terms_fn)(logits, labels)
+    with jax.enable_x64(True):
+      terms = jax.jit(terms_fn)(logits.astype(np.float64), labels)
+      loss = jax.jit(loss_fn)(logits.astype(np.float64), labels)
     assert all(v.shape == (5,) for v in terms.values()), terms_fn.__name__
-    np.testing.assert_array_equal(terms["loss"], jax.jit(loss_fn)(logits, labels))
+    assert loss.dtype == np.float64
+    np.testing.assert_allclose(terms["loss"], loss, rtol=1e-12)
 
 
 # ---------------------------------------------------------------- bad input

@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from amr_jax import checkpoints, evaluate, from_config, input_pipeline, metric_writers, reports, tfds_builders, train
 import training_setup
@@ -265,8 +264,7 @@ def test_training_reads_what_the_plain_tfds_build_command_writes(fgnet_dirs, tmp
 def test_a_data_dir_built_in_another_format_is_refused_with_the_command_that_rebuilds_it(fgnet_dirs, tmp_path):
   manual, _ = fgnet_dirs
   data_dir = tmp_path / "tfds"
-  builder = tfds_builders.builder_class("fgnet")(data_dir=str(data_dir), file_format="tfrecord")
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
+  training_setup.build_in_tfrecord("fgnet", manual, data_dir)
   config = training_setup.config("fgnet_ce", "3", **{"data.manual_dir": str(manual), "data.data_dir": str(data_dir)})
   folder = data_dir / "fgnet" / "1.0.0"
   with pytest.raises(ValueError, match=re.escape(

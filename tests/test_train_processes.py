@@ -1,6 +1,7 @@
 """Training as users run it: ``run_train.py`` killed and restarted, and two processes on loopback."""
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -90,7 +91,10 @@ def test_two_processes_of_two_devices_equal_one_process_of_four(fgnet_dirs, refe
   port = _free_port()
   processes = []
   for process_id in range(2):
-    env = {**os.environ, **X64, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    # This process's XLA flags (fast-math, say), with two devices per process: both sides compile alike.
+    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "--xla_force_host_platform_device_count=2",
+                   os.environ["XLA_FLAGS"])
+    env = {**os.environ, **X64, "XLA_FLAGS": flags,
            "AMR_JAX_COORDINATOR": f"127.0.0.1:{port}", "AMR_JAX_NUM_PROCESSES": "2",
            "AMR_JAX_PROCESS_ID": str(process_id)}
     processes.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

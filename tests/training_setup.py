@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import json
 import pathlib
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -31,6 +34,20 @@ def make_synthetic_fgnet(folder: pathlib.Path, subjects: int = 4, images_per_sub
       shutil.copy(DUMMY_FGNET / "points" / f"{source.stem.lower()}.pts",
                   folder / "FGNET" / "points" / f"{name.lower()}.pts")
   return folder
+
+
+def build_in_tfrecord(name: str, manual_dir, data_dir, **builder_kwargs) -> None:
+  """Builds dataset ``name`` as tfrecord, in a subprocess: writing tfrecord imports TensorFlow, which tests of
+  this process check is never imported."""
+  script = ("import sys, json, tensorflow_datasets as tfds\n"
+            "from amr_jax import tfds_builders\n"
+            "name, manual, data, kwargs = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])\n"
+            "tfds_builders.builder_class(name)(data_dir=data, file_format='tfrecord', **kwargs).download_and_prepare(\n"
+            "    download_config=tfds.download.DownloadConfig(manual_dir=manual))\n")
+  kwargs = json.dumps({key: str(value) for key, value in builder_kwargs.items()})
+  result = subprocess.run([sys.executable, "-c", script, name, str(manual_dir), str(data_dir), kwargs],
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
 
 
 def config(name: str, arg: str | None = None, **overrides):
