@@ -22,10 +22,14 @@ import math
 import os
 import pathlib
 
+from amr_jax import errors
+
 SPLITS = ("train", "valid", "test")
 CROPS = ("face", "whole")
 CSV_COLUMNS = ("file_name", "num_ratings", "apparent_age_avg", "apparent_age_std", "real_age")
 FACE_SUFFIX = "_face.jpg"  # NNNNNN.jpg -> NNNNNN.jpg_face.jpg
+# No one is older than this; an age (or a std of guesses) above it in a CSV is a broken file, not a label.
+MAX_PLAUSIBLE_AGE = 120
 
 DOWNLOAD_URL = "http://158.109.8.102/AppaRealAge/appa-real-release.zip"
 
@@ -78,25 +82,25 @@ def find_root(directory: str | os.PathLike) -> pathlib.Path:
   folder with exactly one such folder below it.
 
   Raises:
-    FileNotFoundError: with the download instructions, when there is none,
+    errors.MissingDataError: with the download instructions, when there is none,
       or naming what is missing from a folder that holds only part of one.
-    ValueError: when there are several.
+    errors.DataError: when there are several.
   """
   directory = pathlib.Path(directory)
   if not directory.is_dir():
-    raise FileNotFoundError(f"{directory}: no such directory.\n{DOWNLOAD_INSTRUCTIONS}")
+    raise errors.MissingDataError(f"{directory}: no such directory.\n{DOWNLOAD_INSTRUCTIONS}")
   candidates = dict.fromkeys(p.parent for p in directory.rglob("gt_avg_*.csv") if p.is_file())
   roots = [p for p in candidates if not _missing_parts(p)]
   if len(roots) > 1:
-    raise ValueError(f"{directory}: holds {len(roots)} CLAP2016 release folders "
+    raise errors.DataError(f"{directory}: holds {len(roots)} CLAP2016 release folders "
                      f"({', '.join(map(str, sorted(roots)))}); keep one.")
   if roots:
     return roots[0]
   if candidates:  # a partial copy: say what is missing rather than "nothing found"
     partial = sorted(candidates)[0]
-    raise FileNotFoundError(f"{partial}: incomplete CLAP2016 release folder, missing "
+    raise errors.MissingDataError(f"{partial}: incomplete CLAP2016 release folder, missing "
                             f"{', '.join(_missing_parts(partial))}.\n{DOWNLOAD_INSTRUCTIONS}")
-  raise FileNotFoundError(f"{directory}: holds no CLAP2016 release folder "
+  raise errors.MissingDataError(f"{directory}: holds no CLAP2016 release folder "
                           f"(train/ valid/ test/ and gt_avg_*.csv).\n{DOWNLOAD_INSTRUCTIONS}")
 
 
@@ -115,8 +119,9 @@ def read_split(root: str | os.PathLike, split: str, crop: str | None = None) -> 
       that file on disk; ``None`` checks nothing on disk.
 
   Raises:
-    ValueError: naming the CSV file and row, for a bad row (see :func:`read_gt_avg_csv`).
-    FileNotFoundError: naming the file, for a listed image missing on disk.
+    ValueError: an unknown ``split``.
+    errors.DataError: naming the CSV file and row, for a bad row (see :func:`read_gt_avg_csv`).
+    errors.MissingDataError: naming the file, for a listed image missing on disk.
   """
   if split not in SPLITS:
     raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}.")
@@ -127,7 +132,7 @@ def read_split(root: str | os.PathLike, split: str, crop: str | None = None) -> 
     image = Clap2016Image(split=split, whole_path=root / split / row["file_name"],
                           face_path=root / split / face_file_name(row["file_name"]), **row)
     if crop is not None and not image.path(crop).is_file():
-      raise FileNotFoundError(f"{image.path(crop)}: missing, but {csv_path}, row {row_number} lists "
+      raise errors.MissingDataError(f"{image.path(crop)}: missing, but {csv_path}, row {row_number} lists "
                               f"{image.file_name} (every listed image needs its {crop} file).")
     images.append(image)
   return images
@@ -142,19 +147,20 @@ def read_gt_avg_csv(path: str | os.PathLike) -> list[tuple[int, dict]]:
   Columns are found by name; extra columns are ignored.
 
   Raises:
-    FileNotFoundError: the file is missing.
-    ValueError: naming the file (and row), for a missing header column, a
-      row with missing fields, an unparsable number, or a repeated file name.
+    errors.MissingDataError: the file is missing.
+    errors.DataError: naming the file (and row), for a missing header column,
+      a row with missing fields, an unparsable number, an age (mean, std or
+      real) outside ``[0, MAX_PLAUSIBLE_AGE]``, or a repeated file name.
   """
   path = pathlib.Path(path)
   if not path.is_file():
-    raise FileNotFoundError(f"{path}: missing (the release has one gt_avg_<split>.csv per split).")
+    raise errors.MissingDataError(f"{path}: missing (the release has one gt_avg_<split>.csv per split).")
   with path.open(newline="", encoding="utf-8-sig") as handle:  # utf-8-sig: tolerate a byte-order mark
     reader = csv.reader(handle)
     header = [name.strip() for name in next(reader, [])]
     missing = [name for name in CSV_COLUMNS if name not in header]
     if missing:
-      raise ValueError(f"{path}: header lacks column(s) {', '.join(missing)}; "
+      raise errors.DataError(f"{path}: header lacks column(s) {', '.join(missing)}; "
                        f"expected the header {','.join(CSV_COLUMNS)}.")
     column = {name: header.index(name) for name in CSV_COLUMNS}
     rows, seen = [], {}
@@ -164,7 +170,7 @@ def read_gt_avg_csv(path: str | os.PathLike) -> list[tuple[int, dict]]:
       where = f"{path}, row {reader.line_num}"
       parsed = _parse_row(fields, column, where)
       if parsed["file_name"] in seen:
-        raise ValueError(f"{where}: {parsed['file_name']} is already listed in row {seen[parsed['file_name']]}.")
+        raise errors.DataError(f"{where}: {parsed['file_name']} is already listed in row {seen[parsed['file_name']]}.")
       seen[parsed["file_name"]] = reader.line_num
       rows.append((reader.line_num, parsed))
   return rows
@@ -175,19 +181,26 @@ def _parse_row(fields: list[str], column: dict[str, int], where: str) -> dict:
   for name, index in column.items():
     value = fields[index].strip() if index < len(fields) else ""
     if not value:
-      raise ValueError(f"{where}: missing field {name!r} (expected {len(column)} comma-separated "
+      raise errors.DataError(f"{where}: missing field {name!r} (expected {len(column)} comma-separated "
                        f"fields: {','.join(CSV_COLUMNS)}; got {','.join(fields)!r}).")
     values[name] = value
   file_name = values["file_name"]
   if "/" in file_name or "\\" in file_name or file_name in (".", ".."):
-    raise ValueError(f"{where}: file_name {file_name!r} is not a plain file name (expected e.g. 000123.jpg).")
+    raise errors.DataError(f"{where}: file_name {file_name!r} is not a plain file name (expected e.g. 000123.jpg).")
   return {
       "file_name": file_name,
       "num_ratings": _parse_int(values["num_ratings"], "num_ratings", where),
-      "apparent_age_mean": _parse_float(values["apparent_age_avg"], "apparent_age_avg", where),
-      "apparent_age_std": _parse_float(values["apparent_age_std"], "apparent_age_std", where),
-      "real_age": _parse_int(values["real_age"], "real_age", where),
+      "apparent_age_mean": _parse_age(values["apparent_age_avg"], "apparent_age_avg", where),
+      "apparent_age_std": _parse_age(values["apparent_age_std"], "apparent_age_std", where),
+      "real_age": _parse_age(values["real_age"], "real_age", where, whole=True),
   }
+
+
+def _parse_age(text: str, name: str, where: str, *, whole: bool = False) -> float | int:
+  value = _parse_float(text, name, where)
+  if not 0 <= value <= MAX_PLAUSIBLE_AGE:
+    raise errors.DataError(f"{where}: {name} {text!r} is out of range (expected 0 to {MAX_PLAUSIBLE_AGE} years).")
+  return _parse_int(text, name, where) if whole else value
 
 
 def _parse_float(text: str, name: str, where: str) -> float:
@@ -196,7 +209,7 @@ def _parse_float(text: str, name: str, where: str) -> float:
   except ValueError:
     value = math.nan
   if not math.isfinite(value):
-    raise ValueError(f"{where}: {name} {text!r} is not a number (expected e.g. 4.2222222).")
+    raise errors.DataError(f"{where}: {name} {text!r} is not a number (expected e.g. 4.2222222).")
   return value
 
 
@@ -204,7 +217,7 @@ def _parse_int(text: str, name: str, where: str) -> int:
   # "36" or "36.0" (a spreadsheet round trip writes the latter); never "36.5".
   value = _parse_float(text, name, where)
   if value != int(value) or value < 0:
-    raise ValueError(f"{where}: {name} {text!r} is not a whole non-negative number (expected e.g. 36).")
+    raise errors.DataError(f"{where}: {name} {text!r} is not a whole non-negative number (expected e.g. 36).")
   return int(value)
 
 
@@ -212,12 +225,12 @@ def read_ignore_list(path: str | os.PathLike) -> IgnoreList:
   """The file names of an ignore list: one name per line; blank lines and surrounding spaces ignored.
 
   Raises:
-    FileNotFoundError: the file is missing.
-    ValueError: naming the file and line, for a line that is not a plain file name.
+    errors.MissingDataError: the file is missing.
+    errors.DataError: naming the file and line, for a line that is not a plain file name.
   """
   path = pathlib.Path(path).expanduser()
   if not path.is_file():
-    raise FileNotFoundError(f"{path}: ignore list missing (expected a text file, one image name such as "
+    raise errors.MissingDataError(f"{path}: ignore list missing (expected a text file, one image name such as "
                             "000025.jpg per line).")
   data = path.read_bytes()
   names = {}
@@ -226,7 +239,7 @@ def read_ignore_list(path: str | os.PathLike) -> IgnoreList:
     if not name:
       continue
     if any(c in name for c in "/\\,\t ") or name in (".", ".."):
-      raise ValueError(f"{path}, line {number}: expected one image name (e.g. 000025.jpg), got {line!r}.")
+      raise errors.DataError(f"{path}, line {number}: expected one image name (e.g. 000025.jpg), got {line!r}.")
     names.setdefault(name, number)
   return IgnoreList(path=path.resolve(), names=tuple(names), sha256=hashlib.sha256(data).hexdigest())
 

@@ -1,32 +1,67 @@
-"""What ``run_train.py`` and ``run_eval.py`` share: flags, the default workdir and multi-process start-up."""
+"""What ``run_train.py`` and ``run_eval.py`` share: flags, one-line errors, the default workdir, multi-process start-up.
+
+JAX is imported only once the flags are parsed, so that a mistake in them is refused at once (JAX takes 2 s to load).
+"""
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import re
 import shutil
 import sys
 
-import jax
 from absl import app, flags, logging
 
+from amr_jax import errors, workdir_config
 
-def run(action, workdir_help: str) -> None:
-  """Defines ``--config`` and ``--workdir`` and runs ``action(config, workdir)`` as an absl program."""
-  from ml_collections import config_flags
 
-  config_flags.DEFINE_config_file("config", None, "Config file, with an optional argument: configs/fgnet_amr.py:17.",
-                                  lock_config=True)
+TRACEBACK_VARIABLE = "AMR_JAX_TRACEBACK"  # =1 shows the traceback of a refusal
+CONFIG_HELP = "Config file, with an optional argument: configs/fgnet_amr.py:17."
+
+
+def run(action, workdir_help: str, *, config_from_workdir: bool = False) -> None:
+  """Runs ``action(config, workdir)`` as an absl program with ``--config`` and ``--workdir``.
+
+  A refusal (:class:`amr_jax.errors.RunError`, or a bad flag) is printed as one line, ``error: <message>``, with
+  exit status 1; its traceback only with ``--verbosity=1`` or ``AMR_JAX_TRACEBACK=1``. Other exceptions are bugs
+  and keep their traceback.
+
+  Args:
+    action: ``train_and_evaluate`` or ``evaluate_workdir``.
+    workdir_help: the ``--workdir`` flag's help.
+    config_from_workdir: without ``--config``, read the config from ``<workdir>/config.json`` (``run_eval.py``).
+  """
   flags.DEFINE_string("workdir", None, workdir_help)
-  flags.mark_flags_as_required(["config"])
 
   def main(argv):
     if len(argv) > 1:
-      raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    action(*setup(flags.FLAGS.config, flags.FLAGS.workdir))
+      _refuse(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+      action(*setup(flags.FLAGS.config, flags.FLAGS.workdir))
+    except errors.RunError as error:
+      if _show_traceback():
+        raise
+      _refuse(str(error), traceback_hint=True)
+    except KeyboardInterrupt:
+      if _show_traceback():
+        raise
+      print("interrupted; the same command continues from the last checkpoint.", file=sys.stderr, flush=True)
+      sys.exit(130)  # the shell's status for a command ended by SIGINT
 
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=functools.partial(parse_flags, config_from_workdir=config_from_workdir))
+
+
+def _show_traceback() -> bool:
+  return os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0") or (
+      flags.FLAGS["verbosity"].present and flags.FLAGS.verbosity >= 1)
+
+
+def _refuse(message: str, *, traceback_hint: bool = False) -> None:
+  hint = f" ({TRACEBACK_VARIABLE}=1 shows the traceback)" if traceback_hint else ""
+  print(f"error: {message}{hint}", file=sys.stderr, flush=True)
+  sys.exit(1)
 
 
 def default_workdir(config) -> str:
@@ -43,6 +78,8 @@ def initialize_distributed() -> None:
   called where JAX detects a cluster by itself (SLURM with several tasks,
   TPU pods); a single process needs nothing.
   """
+  import jax
+
   coordinator = os.environ.get("AMR_JAX_COORDINATOR")
   if coordinator:
     # Cross-process collectives on CPU devices need an implementation; it changes nothing on GPU/TPU.
@@ -55,7 +92,9 @@ def initialize_distributed() -> None:
 
 
 def setup(config, workdir: str | None):
-  """The config (unlocked copy) and workdir of a command-line run, after joining any multi-process run."""
+  """The config and workdir of a command-line run, after joining any multi-process run."""
+  import jax
+
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; --verbosity=0 shows them
   initialize_distributed()
@@ -74,6 +113,8 @@ def cpu_fallback_warning(backend: str) -> str | None:
 
   JAX's own warning about it is one log line among many at start-up.
   """
+  import jax
+
   if backend != "cpu":
     return None
   if glob.glob("/dev/nvidia[0-9]*") or shutil.which("nvidia-smi"):
@@ -86,15 +127,70 @@ def cpu_fallback_warning(backend: str) -> str | None:
           f"it with: pip install -r requirements.txt \"jax[{extra}]=={jax.__version__}\" (README, Install).")
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with an unknown ``--config.FIELD`` reported as one line naming it (no traceback)."""
+def _flag_value(argv: list[str], name: str) -> str | None:
+  """The value of ``--name=V`` or ``--name V`` in ``argv``, before absl parses it."""
+  for i, arg in enumerate(argv[1:], start=1):
+    if arg.startswith(f"--{name}="):
+      return arg.split("=", 1)[1]
+    if arg == f"--{name}" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _config_file_argument(argv: list[str]) -> str | None:
+  """A config file given without ``--config=`` (``run_train.py configs/fgnet_amr.py:17``), if any."""
+  return next((arg for arg in argv[1:] if not arg.startswith("-") and re.search(r"\.py(:|$)", arg)), None)
+
+
+def parse_flags(argv: list[str], *, config_from_workdir: bool = False) -> list[str]:
+  """Defines ``--config`` and parses the flags; every mistake in them is one line naming the flag."""
+  from ml_collections import config_flags
+
+  if _flag_value(argv, "config") is None:
+    bare = _config_file_argument(argv)
+    if bare is not None:
+      _refuse(f"the config file is a flag: did you mean --config={bare}?")
+    if not config_from_workdir:
+      _refuse("give the run's config: --config=configs/<name>.py[:FOLD] (e.g. --config=configs/fgnet_amr.py:17).")
+    workdir = _flag_value(argv, "workdir")
+    if workdir is None:
+      _refuse("give the run to evaluate: --workdir=W (its config.json is the config), or --config=... as well.")
+    try:
+      stored = workdir_config.load(workdir)
+    except errors.RunError as error:
+      _refuse(str(error))
+    config_flags.DEFINE_config_dict("config", stored, f"The config of --workdir ({workdir_config.FILE_NAME}).",
+                                    lock_config=True, sys_argv=argv)
+  else:
+    path = _flag_value(argv, "config").split(":", 1)[0]
+    if not os.path.isfile(path):
+      found = ", ".join(sorted(p for p in glob.glob("configs/*.py") if not re.search(r"(__init__|base)\.py$", p)))
+      _refuse(f"--config={path}: no such file" + (f" (found {found})." if found else "."))
+    config_flags.DEFINE_config_file("config", None, CONFIG_HELP, lock_config=True, sys_argv=argv)
   try:
-    return app.parse_flags_with_usage(argv)
-  except (AttributeError, KeyError) as error:
-    missing = re.findall(r"'([^']+)'", str(error))
-    culprit = next((arg.split("=")[0] for arg in argv[1:] if arg.startswith("--config.") and missing
-                    and missing[-1] in arg.split("=")[0].split(".")), None)
-    if culprit is None:
-      raise
-    sys.exit(f"FATAL flags error: {culprit}: the config has no field {missing[-1]!r}; the fields are those of "
-             "the config file and configs/base.py.")
+    return flags.FLAGS(argv)
+  except flags.Error as error:
+    _refuse(_one_line(str(error)))
+  except (AttributeError, KeyError) as error:  # an override of a field the config does not have
+    _refuse(_unknown_field(argv, str(error)))
+
+
+def _one_line(message: str) -> str:
+  """absl's flag error, with a config file's traceback reduced to its last line."""
+  first, *rest = message.splitlines()
+  if "Traceback" not in message:
+    return first
+  last = next(line.strip() for line in reversed(rest) if line.strip())
+  return f"{first.split(': Error whilst', 1)[0]}: {last.split(': ', 1)[-1]}"
+
+
+def _unknown_field(argv: list[str], message: str) -> str:
+  message = message.replace("\\'", "'")
+  names = re.findall(r"'(\w+)'", message)
+  suggestion = re.search(r'Did you mean "([\w.]+)"', message)
+  culprit = next((arg.split("=")[0] for arg in argv[1:] if arg.startswith("--config.") and names
+                  and names[0] in arg.split("=")[0].split(".")), None)
+  where = f"{culprit}: " if culprit else ""
+  hint = (f"did you mean {suggestion.group(1)!r}?" if suggestion
+          else "the fields are those of the config file and configs/base.py.")
+  return f"{where}the config has no field {names[0] if names else message!r}; {hint}"

@@ -24,6 +24,8 @@ from typing import Callable
 from absl import logging
 import PIL.Image
 
+from amr_jax import errors
+
 FindRoot = Callable[[pathlib.Path], pathlib.Path]
 DOWNLOAD_TIMEOUT_S = 60
 
@@ -39,6 +41,10 @@ def raw_data_root(dl_manager, *, name: str, find_root: FindRoot, instructions: s
       ``FileNotFoundError`` saying what is missing.
     instructions: what to download and where to put it.
     download_url: the public zip archive, tried when the manual directory is missing or empty.
+
+  Raises:
+    errors.MissingDataError: no usable copy, saying why each source failed.
+    errors.DataError: a manual directory holding something unusable (an unreadable zip, several copies).
   """
   work_dir = pathlib.Path(dl_manager.download_dir) / name
   manual_dir = manual_dir_or_none(dl_manager)
@@ -46,7 +52,7 @@ def raw_data_root(dl_manager, *, name: str, find_root: FindRoot, instructions: s
     try:
       return _root_in_folder_or_zip(manual_dir, work_dir / "extracted", find_root)
     except FileNotFoundError as error:
-      raise FileNotFoundError(f"{name}: manual directory {manual_dir} holds no usable copy: "
+      raise errors.MissingDataError(f"{name}: manual directory {manual_dir} holds no usable copy: "
                               f"{_first_line(error)}\n{instructions}") from error
   failures = [f"manual directory {dl_manager._manual_dir} is missing or empty"]  # pylint: disable=protected-access
   if download_url:
@@ -56,7 +62,7 @@ def raw_data_root(dl_manager, *, name: str, find_root: FindRoot, instructions: s
     except Exception as error:  # pylint: disable=broad-except  # any failure ends in the message below
       failures.append(f"download of {download_url} failed: {type(error).__name__}: {_first_line(error)}")
   reasons = "\n".join(f"  - {failure}" for failure in failures)
-  raise FileNotFoundError(f"{name}: no usable copy of the raw data found:\n{reasons}\n{instructions}")
+  raise errors.MissingDataError(f"{name}: no usable copy of the raw data found:\n{reasons}\n{instructions}")
 
 
 def _download(url: str, folder: pathlib.Path) -> pathlib.Path:
@@ -72,7 +78,7 @@ def _download(url: str, folder: pathlib.Path) -> pathlib.Path:
   if not zipfile.is_zipfile(partial):
     size = partial.stat().st_size
     partial.unlink()
-    raise ValueError(f"{url} did not return a zip archive ({size} bytes).")
+    raise errors.DataError(f"{url} did not return a zip archive ({size} bytes).")
   partial.replace(target)  # a killed or failed download never looks complete
   return target
 
@@ -102,7 +108,7 @@ def _root_in_folder_or_zip(folder: pathlib.Path, extract_to: pathlib.Path, find_
       with zipfile.ZipFile(archive) as handle:
         handle.extractall(extract_to)
     except zipfile.BadZipFile as error:
-      raise ValueError(f"{archive}: not a readable zip archive ({error}).") from error
+      raise errors.DataError(f"{archive}: not a readable zip archive ({error}).") from error
   return find_root(extract_to)
 
 
@@ -111,6 +117,9 @@ def rgb_jpeg_bytes(path: pathlib.Path) -> bytes:
 
   Stored encoded so that TFDS builds and reads it without TensorFlow; the
   greyscale, CMYK or PNG files some datasets hold become RGB.
+
+  Raises:
+    errors.DataError: naming the file, when it is not an image PIL can decode.
   """
   data = path.read_bytes()
   try:
@@ -122,4 +131,4 @@ def rgb_jpeg_bytes(path: pathlib.Path) -> bytes:
       image.convert("RGB").save(buffer, format="JPEG", quality=95)
       return buffer.getvalue()
   except (OSError, PIL.UnidentifiedImageError) as error:
-    raise ValueError(f"{path}: cannot decode this image ({error}).") from error
+    raise errors.DataError(f"{path}: cannot decode this image ({error}).") from error

@@ -12,13 +12,20 @@ from __future__ import annotations
 import numpy as np
 import PIL.Image
 
+from amr_jax import errors
+
 # FG-NET's 68-point markup: the pupils of the eye on the image's left and right.
 LEFT_PUPIL, RIGHT_PUPIL = 31, 36
 
 
 def eye_alignment(landmarks: np.ndarray, size: int, *, eye_distance: float = 0.35,
                   eye_y: float = 0.4) -> np.ndarray:
-  """The 2x3 matrix mapping photograph (x, y) to crop (x, y) for these landmarks."""
+  """The 2x3 matrix mapping photograph (x, y) to crop (x, y) for these landmarks.
+
+  Raises:
+    ValueError: bad arguments (fractions outside (0, 1), landmarks not of shape (68, 2)).
+    errors.DataError: landmarks that cannot be aligned (the two pupils at one point): a fault of the data's file.
+  """
   if not 0 < eye_distance < 1 or not 0 < eye_y < 1:
     raise ValueError(f"eye_distance and eye_y are fractions of the crop size in (0, 1); got {eye_distance}, {eye_y}.")
   landmarks = np.asarray(landmarks, np.float64)
@@ -28,7 +35,8 @@ def eye_alignment(landmarks: np.ndarray, size: int, *, eye_distance: float = 0.3
   delta = right - left
   distance = np.hypot(*delta)
   if distance < 1e-6:
-    raise ValueError("the two pupils coincide: cannot align (are these FG-NET's 68 landmarks?).")
+    raise errors.DataError(f"the two pupils (landmarks {LEFT_PUPIL} and {RIGHT_PUPIL}) coincide at "
+                           f"({left[0]:g}, {left[1]:g}): cannot align (are these FG-NET's 68 landmarks?).")
   scale = eye_distance * size / distance
   cos, sin = scale * delta / distance  # rotate the eye line onto the x axis, then scale
   rotation = np.array([[cos, sin], [-sin, cos]])

@@ -25,6 +25,8 @@ import re
 
 import numpy as np
 
+from amr_jax import errors
+
 NUM_LANDMARKS = 68
 _IMAGE_NAME = re.compile(r"^(\d{3})A(\d{2})([ab]?)\.JPG$", re.IGNORECASE)
 
@@ -50,11 +52,11 @@ def parse_image_name(file_name: str) -> tuple[int, int]:
   """``(subject_id, age)`` from an FG-NET image name such as ``078A11.JPG`` or ``013A05a.JPG``.
 
   Raises:
-    ValueError: naming the file, when the name is not ``SSSAyy[a|b].JPG``.
+    errors.DataError: naming the file, when the name is not ``SSSAyy[a|b].JPG``.
   """
   match = _IMAGE_NAME.match(file_name)
   if not match:
-    raise ValueError(f"{file_name}: not an FG-NET image name (expected SSSAyy.JPG, e.g. 078A11.JPG).")
+    raise errors.DataError(f"{file_name}: not an FG-NET image name (expected SSSAyy.JPG, e.g. 078A11.JPG).")
   return int(match.group(1)), int(match.group(2))
 
 
@@ -62,17 +64,17 @@ def read_landmarks(path: str | os.PathLike) -> np.ndarray:
   """The ``[68, 2]`` float32 (x, y) landmarks of a ``.pts`` file.
 
   Raises:
-    FileNotFoundError: the file is missing.
-    ValueError: naming the file and line, when it is not a 68-point ``.pts`` file.
+    errors.MissingDataError: the file is missing.
+    errors.DataError: naming the file and line, when it is not a 68-point ``.pts`` file.
   """
   path = pathlib.Path(path)
   if not path.is_file():
-    raise FileNotFoundError(f"{path}: landmark file missing (every FG-NET image needs points/<name>.pts).")
+    raise errors.MissingDataError(f"{path}: landmark file missing (every FG-NET image needs points/<name>.pts).")
   lines = [line.strip() for line in path.read_text(errors="replace").splitlines()]
   try:
     start, end = lines.index("{"), lines.index("}")
   except ValueError:
-    raise ValueError(f"{path}: not a .pts file (no '{{' ... '}}' block of points).") from None
+    raise errors.DataError(f"{path}: not a .pts file (no '{{' ... '}}' block of points).") from None
   points = []
   for number, line in enumerate(lines[start + 1:end], start=start + 2):
     fields = line.split()
@@ -81,9 +83,9 @@ def read_landmarks(path: str | os.PathLike) -> np.ndarray:
         raise ValueError
       points.append((float(fields[0]), float(fields[1])))
     except ValueError:
-      raise ValueError(f"{path}, line {number}: expected 'x y', got {line!r}.") from None
+      raise errors.DataError(f"{path}, line {number}: expected 'x y', got {line!r}.") from None
   if len(points) != NUM_LANDMARKS:
-    raise ValueError(f"{path}: expected {NUM_LANDMARKS} points, found {len(points)}.")
+    raise errors.DataError(f"{path}: expected {NUM_LANDMARKS} points, found {len(points)}.")
   return np.asarray(points, np.float32)
 
 
@@ -94,17 +96,19 @@ def find_root(directory: str | os.PathLike) -> pathlib.Path:
   folder below it.
 
   Raises:
-    FileNotFoundError: with the download instructions, when there is none.
+    errors.MissingDataError: with the download instructions, when there is none.
+    errors.DataError: when there are several.
   """
   directory = pathlib.Path(directory)
   if not directory.is_dir():
-    raise FileNotFoundError(f"{directory}: no such directory.\n{DOWNLOAD_INSTRUCTIONS}")
+    raise errors.MissingDataError(f"{directory}: no such directory.\n{DOWNLOAD_INSTRUCTIONS}")
   candidates = [directory] + sorted(p.parent for p in directory.rglob("images") if p.is_dir())
   roots = [p for p in dict.fromkeys(candidates) if (p / "images").is_dir() and (p / "points").is_dir()]
   if not roots:
-    raise FileNotFoundError(f"{directory}: holds no FG-NET folder (images/ and points/).\n{DOWNLOAD_INSTRUCTIONS}")
+    raise errors.MissingDataError(
+        f"{directory}: holds no FG-NET folder (images/ and points/).\n{DOWNLOAD_INSTRUCTIONS}")
   if len(roots) > 1:
-    raise ValueError(f"{directory}: holds {len(roots)} FG-NET folders ({', '.join(map(str, roots))}); keep one.")
+    raise errors.DataError(f"{directory}: holds {len(roots)} FG-NET folders ({', '.join(map(str, roots))}); keep one.")
   return roots[0]
 
 
@@ -112,9 +116,9 @@ def index_images(root: str | os.PathLike) -> list[FgnetImage]:
   """Every image of an FG-NET folder, sorted by file name, with its landmark file.
 
   Raises:
-    ValueError: naming the file, for a file in ``images/`` whose name does
-      not parse, or an ``images/`` folder with no images.
-    FileNotFoundError: naming the image, when its landmark file is missing.
+    errors.DataError: naming the file, for a file in ``images/`` whose name
+      does not parse, or an ``images/`` folder with no images.
+    errors.MissingDataError: naming the image, when its landmark file is missing.
   """
   root = pathlib.Path(root)
   points = {p.name.lower(): p for p in (root / "points").iterdir()}
@@ -125,8 +129,8 @@ def index_images(root: str | os.PathLike) -> list[FgnetImage]:
     subject_id, age = parse_image_name(path.name)
     landmarks = points.get(path.stem.lower() + ".pts")
     if landmarks is None:
-      raise FileNotFoundError(f"{path}: no landmark file points/{path.stem.lower()}.pts.")
+      raise errors.MissingDataError(f"{path}: no landmark file points/{path.stem.lower()}.pts.")
     images.append(FgnetImage(path.name, subject_id, age, path, landmarks))
   if not images:
-    raise ValueError(f"{root / 'images'}: no images.\n{DOWNLOAD_INSTRUCTIONS}")
+    raise errors.DataError(f"{root / 'images'}: no images.\n{DOWNLOAD_INSTRUCTIONS}")
   return images

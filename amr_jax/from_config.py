@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from amr_jax import augment, losses, models, optim
+from amr_jax import augment, errors, losses, models, optim
 
 LOSSES: dict[str, Callable[..., losses.LossTerms]] = {
     "amr": losses.adaptive_mean_residue_terms,
@@ -36,12 +36,12 @@ class TrainState(train_state.TrainState):
 def loss_fn(config) -> Callable[[jax.Array, jax.Array], losses.LossTerms]:
   """``terms(logits, ages)`` of ``config.loss`` with ``config.loss_kwargs`` and ``config.start_age``."""
   if config.loss not in LOSSES:
-    raise ValueError(f"config.loss must be one of {', '.join(LOSSES)}; got {config.loss!r}.")
+    raise errors.ConfigError(f"config.loss must be one of {', '.join(LOSSES)}; got {config.loss!r}.")
   kwargs = dict(config.loss_kwargs)
   try:
     LOSSES[config.loss](jnp.zeros((1, config.num_classes)), jnp.zeros((1,)), start_age=config.start_age, **kwargs)
-  except TypeError as error:
-    raise ValueError(f"config.loss_kwargs {kwargs} do not fit loss {config.loss!r}: {error}") from None
+  except (TypeError, ValueError) as error:  # an unknown argument, or a value the loss refuses
+    raise errors.ConfigError(f"config.loss_kwargs {kwargs} do not fit loss {config.loss!r}: {error}") from None
   return functools.partial(LOSSES[config.loss], start_age=config.start_age, **kwargs)
 
 
@@ -50,10 +50,13 @@ def augmentation(config) -> augment.Augmentation:
   known = {field.name for field in dataclasses.fields(augment.Augmentation)}
   unknown = sorted(set(fields) - known)
   if unknown:
-    raise ValueError(f"config.augmentation has unknown fields {unknown}; valid: {sorted(known)}.")
+    raise errors.ConfigError(f"config.augmentation has unknown fields {unknown}; valid: {sorted(known)}.")
   if "scale_range" in fields:
     fields["scale_range"] = tuple(fields["scale_range"])
-  return augment.Augmentation(**fields)
+  try:
+    return augment.Augmentation(**fields)
+  except ValueError as error:  # its messages start with the field's name
+    raise errors.ConfigError(f"config.augmentation.{error}") from None
 
 
 # The model and optimizer are static parts of the training state, so the compiled steps are reused only
@@ -61,11 +64,11 @@ def augmentation(config) -> augment.Augmentation:
 
 def model(config, axis_name: str | None = "batch"):
   if config.dtype not in DTYPES:
-    raise ValueError(f"config.dtype must be one of {', '.join(DTYPES)}; got {config.dtype!r}.")
+    raise errors.ConfigError(f"config.dtype must be one of {', '.join(DTYPES)}; got {config.dtype!r}.")
   if config.dtype == "float64" and not jax.config.jax_enable_x64:
-    raise ValueError("config.dtype='float64' needs 64-bit JAX: set JAX_ENABLE_X64=1 in the environment.")
+    raise errors.ConfigError("config.dtype='float64' needs 64-bit JAX: set JAX_ENABLE_X64=1 in the environment.")
   if config.model not in models.MODELS:
-    raise ValueError(f"config.model must be one of {', '.join(sorted(models.MODELS))}; got {config.model!r}.")
+    raise errors.ConfigError(f"config.model must be one of {', '.join(sorted(models.MODELS))}; got {config.model!r}.")
   return _model(config.model, config.num_classes, config.dtype, axis_name)
 
 
@@ -111,16 +114,16 @@ def initial_variables(config, model) -> dict[str, Any]:
     return with_parameter_dtype(config, variables)
   if config.pretrained == "imagenet":
     if config.model != "efficientnet_lite0":
-      raise ValueError(f"config.pretrained='imagenet' has weights for model efficientnet_lite0 only (got model "
+      raise errors.ConfigError(f"config.pretrained='imagenet' has weights for model efficientnet_lite0 only (got model "
                        f"{config.model!r}); for a ResNet give a torchvision .pth file, or '' for random weights.")
     _, source = pretrained.load("efficientnet_lite0")
   else:
     path = os.path.expanduser(config.pretrained)
     if not config.model.startswith("resnet"):
-      raise ValueError(f"config.pretrained={config.pretrained!r}: a weights file is read for resnet18/34/50 only; "
+      raise errors.ConfigError(f"config.pretrained={config.pretrained!r}: a weights file is read for resnet18/34/50 only; "
                        f"model is {config.model!r}.")
     if not os.path.isfile(path):
-      raise FileNotFoundError(f"config.pretrained={config.pretrained!r}: no such file (expected a torchvision "
+      raise errors.ConfigError(f"config.pretrained={config.pretrained!r}: no such file (expected a torchvision "
                               f"{config.model} state_dict .pth).")
     _, source = pretrained.load_torchvision_resnet(path, config.model)
   new_variables, _ = pretrained.init_from_pretrained(variables, source)

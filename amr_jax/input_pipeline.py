@@ -21,6 +21,8 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
+from amr_jax import errors
+
 Batch = dict[str, np.ndarray]
 
 
@@ -119,8 +121,8 @@ def load_fgnet_arrays(dataset_dir: str, *, crop: str = "aligned", image_size: in
   try:
     builder = tfds.builder_from_directory(dataset_dir)
   except Exception as error:
-    raise FileNotFoundError(f"{dataset_dir}: not a built FG-NET dataset (build it as datasets/fgnet/README.md "
-                            f"shows): {error}") from error
+    raise errors.MissingDataError(f"{dataset_dir}: not a built FG-NET dataset (build it as datasets/fgnet/README.md "
+                                  f"shows): {error}") from error
   tfds_builders.check_file_format(builder, tfds_builders.rebuild_command("fgnet"))
   source = builder.as_data_source()["train"]
   examples = sorted((source[i] for i in range(len(source))), key=lambda e: e["file_name"])

@@ -16,6 +16,10 @@ can log the terms without computing the loss twice::
 
 Conventions shared by all losses:
 
+* ``logits`` need at least 2 classes; arguments whose values are known at
+  trace time (``eps``, a Python-number or concrete ``sigma``) are checked
+  then, and a bad one raises ``ValueError``. A traced ``sigma`` cannot be
+  checked: see :func:`dldl_loss` for what a negative one does.
 * ``labels`` are ages, integer or real. The class of a label is
   ``round(label - start_age)`` (``round`` halves to even, as NumPy and Python
   do). Terms that use the age itself (mean, variance, L1, Gaussian target)
@@ -61,7 +65,8 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------
-# Argument checks: they run at trace time, on shapes and dtypes only.
+# Argument checks: they run at trace time, on shapes and dtypes, and on values known then (Python numbers,
+# concrete arrays); a traced value cannot be checked.
 
 
 def _check_logits(logits: ArrayLike, name: str = "logits") -> Array:
@@ -76,9 +81,60 @@ def _check_logits(logits: ArrayLike, name: str = "logits") -> Array:
         f"{name} must be a floating-point array (float32, bfloat16, ...); "
         f"got dtype {logits.dtype}."
     )
-  if logits.shape[-1] < 1:
-    raise ValueError(f"{name} must have at least one class; got shape {logits.shape}.")
+  if logits.shape[-1] < 2:
+    # With one class the softmax is 1 whatever the logits: every loss is a constant with a zero gradient.
+    raise ValueError(
+        f"{name} must have at least 2 classes (last axis num_classes >= 2); got {logits.shape[-1]} "
+        f"(shape {logits.shape})."
+    )
   return logits
+
+
+def _check_num_classes(num_classes: int) -> int:
+  if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+    raise ValueError(f"num_classes must be an integer >= 2; got {num_classes!r}.")
+  return num_classes
+
+
+def _static_value(value) -> np.ndarray | None:
+  """``value`` as a NumPy array when it is known at trace time, ``None`` when it is traced."""
+  if isinstance(value, jax.core.Tracer):
+    return None
+  return np.asarray(value)
+
+
+def _first_failure(value: np.ndarray, ok: np.ndarray) -> str:
+  """``value`` for a scalar; for an array, its first value that is not ``ok``, where, and how many are not."""
+  if value.ndim == 0:
+    return f"{value.item()!r}"
+  index = tuple(int(i) for i in np.argwhere(~ok)[0])
+  where = index[0] if len(index) == 1 else index
+  return f"{value[index].item()!r} at index {where} ({np.sum(~ok)} of {value.size} values)"
+
+
+def _check_eps(eps: float) -> float:
+  # eps keeps (q + eps) ln(q + eps) finite where q = 0; at eps <= 0 that is ln 0, or the log of a negative number.
+  value = _static_value(eps)
+  if value is not None and not (value.ndim == 0 and value > 0):
+    raise ValueError(f"eps must be a number > 0 (the offset inside the residue's logarithm); got {eps!r}.")
+  return eps
+
+
+def _check_sigma(sigma: ArrayLike, batch_shape: tuple[int, ...]) -> Array:
+  """A scalar or per-example sigma; values known at trace time must be >= 0 (NaN refused too).
+
+  Zero is kept: the target tends to the one-hot as sigma -> 0, and the DLDL-v2 code also makes a one-hot of a
+  CLAP2016 annotator std of 0 (all guesses equal). A negative sigma has no meaning (the Gaussian sees only
+  sigma**2, so it cannot stand for a wider target either), and a NaN one would make the whole target NaN.
+  """
+  value = _static_value(sigma)
+  sigma = _check_per_example(sigma, "sigma", batch_shape)
+  if value is not None:
+    ok = value >= 0
+    if not np.all(ok):
+      raise ValueError(f"sigma must be >= 0 (a standard deviation in years; 0 gives a one-hot target); "
+                       f"got {_first_failure(value, ok)}.")
+  return sigma
 
 
 def _check_labels(labels: ArrayLike, logits: Array) -> Array:
@@ -127,13 +183,14 @@ def label_class(labels: ArrayLike, num_classes: int, *, start_age: float = 0) ->
 
   Args:
     labels: ages, ``[...]``, integer or real.
-    num_classes: number of age classes ``C``.
+    num_classes: number of age classes ``C``, at least 2.
     start_age: the age of class 0.
 
   Returns:
     int32 class indices, ``[...]``. Out-of-range ages are clamped to the
     nearest end class.
   """
+  _check_num_classes(num_classes)
   labels = jnp.asarray(labels)
   offset = jnp.round(labels.astype(jnp.promote_types(labels.dtype, jnp.float32)) - start_age)
   # Clip before the cast: a huge float would overflow int32.
@@ -169,16 +226,18 @@ def gaussian_label_distribution(
 
   Args:
     labels: ages, ``[...]``.
-    num_classes: number of classes ``C``.
-    sigma: standard deviation in years, a scalar or ``[...]`` (one per example).
+    num_classes: number of classes ``C``, at least 2.
+    sigma: standard deviation in years, ``>= 0``, a scalar or ``[...]`` (one
+      per example); a traced sigma is not checked (see :func:`dldl_loss`).
     start_age: the age of class 0.
 
   Returns:
     distributions (at least float32), ``[..., num_classes]``.
   """
+  _check_num_classes(num_classes)
   labels = jnp.asarray(labels)
   _check_real(labels, "labels")
-  sigma = _check_per_example(sigma, "sigma", labels.shape)
+  sigma = _check_sigma(sigma, labels.shape)
   return jnp.exp(_log_gaussian_target(labels, num_classes, sigma, start_age))
 
 
@@ -329,6 +388,7 @@ def adaptive_mean_residue_terms(
     :math:`(m-y)^2/2`), ``residue`` (unweighted :math:`R`), ``top_k`` (the
     adaptive :math:`K_i`, int32) and ``loss`` (the weighted total).
   """
+  _check_eps(eps)
   common = _Common(logits, labels, start_age)
   # p_j >= p_c  <=>  z_j >= z_c. Comparing logits gives the same set without
   # depending on rounding: where float32 probabilities underflow to 0, comparing
@@ -390,7 +450,8 @@ def adaptive_mean_residue_loss(
     start_age: the age of class 0.
     lambda_mean: weight :math:`\lambda_m` of the mean term (0.2 in the paper's scripts).
     lambda_residue: weight :math:`\lambda_r` of the residue term (0.05 in the paper's scripts).
-    eps: :math:`\epsilon` inside the residue's logarithm (``"reference"`` form only).
+    eps: :math:`\epsilon > 0` inside the residue's logarithm (used by the ``"reference"`` form only,
+      but checked for both).
     residue_form: ``"reference"`` (default) or ``"paper"``.
 
   Returns:
@@ -414,6 +475,7 @@ def mean_residue_terms(
     residue_form: ResidueForm = "reference",
 ) -> LossTerms:
   """Terms of :func:`mean_residue_loss`: ``cross_entropy``, ``mean``, ``residue``, ``loss``."""
+  _check_eps(eps)
   common = _Common(logits, labels, start_age)
   if not isinstance(k, (int, np.integer)) or not 1 <= k <= common.num_classes:
     raise ValueError(f"k must be an integer in [1, num_classes={common.num_classes}]; got {k!r}.")
@@ -529,7 +591,7 @@ KLReduction = Literal["sum", "mean"]
 
 
 def _kl_to_gaussian(common: _Common, sigma: ArrayLike, start_age: float) -> Array:
-  sigma = _check_per_example(sigma, "sigma", common.logits.shape[:-1])
+  sigma = _check_sigma(sigma, common.logits.shape[:-1])
   log_target = _log_gaussian_target(common.label_age, common.num_classes, sigma, start_age)
   target = jnp.exp(log_target)
   # 0 * log 0 := 0, written so that no inf or nan is formed even in unused branches.
@@ -556,9 +618,14 @@ def dldl_loss(logits: ArrayLike, labels: ArrayLike, *, sigma: ArrayLike = 2.0, s
   Args:
     logits: ``[..., num_classes]``.
     labels: ages, ``[...]``.
-    sigma: target standard deviation in years: a scalar, or ``[...]`` for one
-      per example (CLAP2016 gives the annotators' standard deviation). ``0``
-      means a one-hot target (the loss is then the cross-entropy).
+    sigma: target standard deviation in years, ``>= 0``: a scalar, or ``[...]``
+      for one per example (CLAP2016 gives the annotators' standard deviation).
+      ``0`` means a one-hot target (the loss is then the cross-entropy). A
+      Python number or concrete array is checked (``ValueError`` if negative
+      or NaN). A traced sigma (an argument of a ``jit``-ed or ``vmap``-ed
+      function) cannot be: there a negative value silently gives the one-hot
+      target, as ``0`` does (loss equal to the cross-entropy, zero gradient
+      with respect to sigma), and NaN gives a NaN loss and NaN gradients.
     start_age: the age of class 0.
 
   Returns:

@@ -5,6 +5,8 @@
 :func:`read_jsonl` reads it back) and to TensorBoard event files in
 ``<workdir>/tensorboard/`` (tensorboardX). It writes wherever it is built: the
 caller decides which process writes (usually ``jax.process_index() == 0``).
+A run resumed from the checkpoint of step N passes ``resume_step=N``: what the
+interrupted run logged after step N is dropped, since it is logged again.
 :class:`ProgressLine` formats one line per logging step with images per second
 and time left::
 
@@ -18,9 +20,13 @@ import json
 import math
 import os
 import pathlib
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from amr_jax import errors
 
 # Non-finite values are stored as these strings so the file stays strict JSON
 # (``NaN``/``Infinity`` are not JSON, and ``null`` would lose which one it was).
@@ -40,17 +46,34 @@ class MetricWriter:
   Non-finite values (a diverged loss) are written to TensorBoard as they are
   (it shows NaN and infinities) and to the JSON file as the strings ``"nan"``,
   ``"inf"`` and ``"-inf"``, which :func:`read_jsonl` turns back into floats.
+
+  Args:
+    workdir: the run's folder (created if missing).
+    tensorboard: also write TensorBoard event files.
+    resume_step: the step a resumed run restarts from: records of ``metrics.jsonl``
+      past it are removed, and TensorBoard hides the events past it. ``None`` keeps all.
+      Either way a last line cut short by a killed run is removed.
+
+  Raises:
+    errors.WorkdirError: ``resume_step`` is given and ``metrics.jsonl`` holds a
+      line that is not a record with a step (the message names the line).
   """
 
-  def __init__(self, workdir: str | os.PathLike, *, tensorboard: bool = True):
+  def __init__(self, workdir: str | os.PathLike, *, tensorboard: bool = True, resume_step: int | None = None):
     self.workdir = pathlib.Path(workdir)
     self.workdir.mkdir(parents=True, exist_ok=True)
+    _truncate_jsonl(self.workdir / "metrics.jsonl", resume_step)
     self._jsonl = open(self.workdir / "metrics.jsonl", "a", encoding="utf-8")
     self._tensorboard = None
     if tensorboard:
       from tensorboardX import SummaryWriter  # imported here: only writers need it
 
-      self._tensorboard = SummaryWriter(str(self.workdir / "tensorboard"))
+      # tensorboardX names the file after the second and the host only, and truncates an existing file of that
+      # name: a run restarted within the same second would erase the events of the one before. The nanosecond
+      # suffix keeps the names distinct and in the order they were written, which TensorBoard reads them in.
+      # TensorBoard hides the events at steps >= purge_step of the files before this one.
+      self._tensorboard = SummaryWriter(str(self.workdir / "tensorboard"), filename_suffix=f".{time.time_ns():020d}",
+                                        purge_step=None if resume_step is None else int(resume_step) + 1)
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any], prefix: str = "") -> None:
     """Appends ``{"step", "time", "<prefix>/<name>": value, ...}`` to the JSON file and to TensorBoard.
@@ -93,6 +116,57 @@ class MetricWriter:
 
   def __exit__(self, *exc_info) -> None:
     self.close()
+
+
+def _truncate_jsonl(path: pathlib.Path, resume_step: int | None) -> None:
+  """Rewrites ``path`` without the records past ``resume_step`` and without a last line cut short by a kill."""
+  try:
+    data = path.read_bytes()
+  except FileNotFoundError:
+    return
+  *lines, tail = data.split(b"\n")
+  if tail and isinstance(_parse(tail), dict):
+    lines.append(tail)  # the kill came between a whole record and its newline
+  if resume_step is not None:
+    lines = [line for number, line in enumerate(lines, 1)
+             if not line.strip() or _step_of(path, number, line) <= resume_step]
+  new = b"".join(line + b"\n" for line in lines)
+  if new == data:
+    return
+  # A kill during the rewrite leaves either the old file or the new one, never a part of either.
+  with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as f:
+    temporary = f.name
+    try:
+      f.write(new)
+      f.flush()
+      os.fsync(f.fileno())
+    except BaseException:
+      os.unlink(temporary)
+      raise
+  try:
+    shutil.copymode(path, temporary)
+    os.replace(temporary, path)
+  except BaseException:
+    os.unlink(temporary)
+    raise
+
+
+def _parse(line: bytes) -> Any:
+  try:
+    return json.loads(line)
+  except ValueError:
+    return None
+
+
+def _step_of(path: pathlib.Path, number: int, line: bytes) -> int:
+  record = _parse(line)
+  step = record.get("step") if isinstance(record, dict) else None
+  if isinstance(step, int) and not isinstance(step, bool):
+    return step
+  raise errors.WorkdirError(
+      f"{path}, line {number}: not a metrics record with an integer step ({line[:80]!r}), so it cannot be told "
+      "whether it was logged after the checkpoint this run resumes from. Delete or fix that line, or use a new "
+      "--workdir.")
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -13,12 +13,15 @@ loaded by path instead, each under a package name nothing else can have
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
 import pathlib
 import sys
 from typing import Any
+
+from amr_jax import errors
 
 DATASETS_DIR = pathlib.Path(__file__).resolve().parents[1] / "datasets"
 NAMES = ("fgnet", "clap2016")
@@ -33,7 +36,7 @@ def builder_class(name: str, datasets_dir: str | os.PathLike | None = None) -> t
   folder = pathlib.Path(datasets_dir) if datasets_dir is not None else DATASETS_DIR
   module_file = folder / name / f"{name}_dataset_builder.py"
   if not module_file.is_file():
-    raise FileNotFoundError(f"{module_file}: builder not found; pass datasets_dir= the repository's "
+    raise errors.MissingDataError(f"{module_file}: builder not found; pass datasets_dir= the repository's "
                             "datasets/ folder (amr_jax must be installed from a checkout, e.g. pip install -e .).")
   package = f"amr_jax_datasets_{name}"
   module_name = f"{package}.{name}_dataset_builder"
@@ -83,20 +86,81 @@ def rebuild_command(name: str, *, manual_dir: str | os.PathLike = "DIR", data_di
 
 
 def check_file_format(builder, rebuild: str) -> None:
-  """Raises ``ValueError`` naming the folder, the format found and ``rebuild`` unless the build is array_record."""
+  """Raises :class:`errors.DataError` naming the folder, the format found and ``rebuild`` unless the build is array_record."""
   found = builder.info.file_format
   found = getattr(found, "value", found)
   if found != FILE_FORMAT:
-    raise ValueError(
+    raise errors.DataError(
         f"{builder.data_dir} holds a {found} build of {builder.name}; amr_jax reads {FILE_FORMAT}. Delete that "
         f"folder and rebuild it with `{rebuild}` (array_record is the default), or use another data_dir.")
 
 
+# A build's record of the raw files it was made from, written by the builders into the dataset's folder.
+SOURCE_FILE = "amr_jax_source.json"
+
+
+def source_record(manual_dir: str | os.PathLike | None) -> dict[str, Any]:
+  """What a manual directory holds: its path, and its file list with sizes (count, bytes, a SHA-256 of the list).
+
+  File names and sizes, not contents: reading 1002 images to hash them would cost more than the check is worth,
+  and a copy that differs from another in a file's bytes but not its size is not a mistake users make.
+  """
+  if manual_dir is None or not os.path.isdir(manual_dir):
+    return {"manual_dir": None}
+  folder = pathlib.Path(manual_dir).resolve()
+  entries = sorted((path.relative_to(folder).as_posix(), path.stat().st_size)
+                   for path in folder.rglob("*") if path.is_file())
+  if not entries:  # an empty manual directory is a missing one, to TFDS too
+    return {"manual_dir": None}
+  listing = "".join(f"{name}\t{size}\n" for name, size in entries)
+  return {"manual_dir": str(folder), "files": len(entries), "bytes": sum(size for _, size in entries),
+          "file_list_sha256": hashlib.sha256(listing.encode()).hexdigest()}
+
+
+def record_source(dataset_dir: str | os.PathLike, manual_dir: str | os.PathLike | None) -> None:
+  """Writes ``SOURCE_FILE`` into the dataset folder being built; the builders call it from ``_split_generators``."""
+  path = pathlib.Path(dataset_dir) / SOURCE_FILE
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(source_record(manual_dir), indent=2) + "\n")
+
+
+def _describe(record: dict[str, Any]) -> str:
+  if record.get("manual_dir") is None:
+    return "no manual directory (a download)"
+  return f"{record['manual_dir']} ({record['files']} files, {record['bytes']} bytes)"
+
+
+def check_source(builder, manual_dir: str | os.PathLike) -> None:
+  """Refuses a build made from other raw files than ``manual_dir`` holds now.
+
+  A build with no record (made before records existed) is not checked.
+
+  Raises:
+    errors.DataError: naming the build, the source it was made from, and ``manual_dir`` with what it holds.
+  """
+  path = pathlib.Path(builder.data_dir) / SOURCE_FILE
+  if not path.is_file():
+    return
+  recorded = json.loads(path.read_text())
+  current = source_record(manual_dir)
+  if recorded.get("file_list_sha256") == current.get("file_list_sha256"):
+    return
+  if current.get("manual_dir") is None:
+    return  # the raw files were removed or moved after the build: the build is all there is
+  changed = "has changed since" if recorded.get("manual_dir") == current["manual_dir"] else "is another source"
+  raise errors.DataError(
+      f"{builder.data_dir} was built from {_describe(recorded)}; the manual directory {_describe(current)} "
+      f"{changed}. Rebuild from it into another data_dir (or delete {builder.data_dir}), or train on the existing "
+      "build as it is by leaving config.data.manual_dir empty.")
+
+
 def build(name: str, *, manual_dir: str | os.PathLike, data_dir: str | os.PathLike,
-          config: str | None = None, datasets_dir: str | os.PathLike | None = None, **builder_kwargs: Any):
+          config: str | None = None, datasets_dir: str | os.PathLike | None = None, check_manual_dir: bool = True,
+          **builder_kwargs: Any):
   """Builds dataset ``name`` (array_record) from ``manual_dir`` into ``data_dir``; returns the builder.
 
-  A dataset already built there is used as it is, if it is array_record.
+  A dataset already built there is used as it is, if it is array_record and, with ``check_manual_dir``, was
+  built from the files ``manual_dir`` holds now (:func:`check_source`).
 
   Args:
     name: ``"fgnet"`` or ``"clap2016"``.
@@ -106,7 +170,7 @@ def build(name: str, *, manual_dir: str | os.PathLike, data_dir: str | os.PathLi
     builder_kwargs: passed to the builder (e.g. ``ignore_list=`` for CLAP2016).
 
   Raises:
-    ValueError: ``data_dir`` holds a build of this dataset in another file format.
+    errors.DataError: ``data_dir`` holds a build of this dataset in another file format, or from other files.
   """
   import tensorflow_datasets as tfds
 
@@ -117,4 +181,6 @@ def build(name: str, *, manual_dir: str | os.PathLike, data_dir: str | os.PathLi
   check_file_format(builder, rebuild_command(name, manual_dir=manual_dir, data_dir=data_dir, config=config,
                                              **builder_kwargs))
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  if check_manual_dir:
+    check_source(builder, manual_dir)
   return builder

@@ -37,10 +37,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from amr_jax import augment, checkpoints, evaluate, from_config, input_pipeline, metric_writers, training_data
+from amr_jax import (augment, checkpoints, config_checks, errors, evaluate, from_config, input_pipeline, metric_writers,
+                     training_data, workdir_config)
 from amr_jax.evaluate import replicate, unreplicate
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(errors.RunError, FloatingPointError):
   """The training loss became NaN or infinite."""
 
 
@@ -128,7 +129,7 @@ def num_steps(config, num_train_examples: int) -> tuple[int, int]:
   """``(steps_per_epoch, num_train_steps)`` for a training set of this size."""
   steps_per_epoch = num_train_examples // config.batch_size
   if steps_per_epoch == 0:
-    raise ValueError(f"config.batch_size={config.batch_size} is larger than the training set "
+    raise errors.ConfigError(f"config.batch_size={config.batch_size} is larger than the training set "
                      f"({num_train_examples} examples).")
   total = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
   return steps_per_epoch, total
@@ -143,8 +144,6 @@ def train_fold(config, workdir: pathlib.Path, fold: training_data.Fold, steps: S
   if evaluate_only:
     return _evaluate_fold(config, workdir, fold, steps, initial_state)
   workdir.mkdir(parents=True, exist_ok=True)
-  if _is_writer():
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
   steps_per_epoch, total_steps = num_steps(config, len(fold.train["age"]))
   schedule = from_config.schedule(config, steps_per_epoch)
   store = checkpoints.Checkpoints(workdir / "checkpoints", max_to_keep=config.max_checkpoints_to_keep)
@@ -154,13 +153,13 @@ def train_fold(config, workdir: pathlib.Path, fold: training_data.Fold, steps: S
     _log(f"{fold.name}: resumed from {store.directory / str(store.latest_step())} at step {int(state.step)}")
   start_step = int(state.step)
   if start_step > total_steps:
-    raise ValueError(f"{workdir}: its checkpoint is at step {start_step}, past this config's {total_steps} steps; "
-                     "use a new --workdir or raise config.num_train_steps / num_epochs.")
+    raise errors.WorkdirError(f"{workdir}: its checkpoint is at step {start_step}, past this config's {total_steps} "
+                              "steps; use a new --workdir or raise config.num_train_steps / num_epochs.")
   _log(f"{fold.name}: {len(fold.train['age'])} training, {len(fold.validation['age'])} validation, "
        f"{len(fold.test['age'])} test images; {total_steps} steps of {config.batch_size} "
        f"({steps_per_epoch} per epoch) on {jax.device_count()} devices")
 
-  writer = metric_writers.MetricWriter(workdir) if _is_writer() else None
+  writer = metric_writers.MetricWriter(workdir, resume_step=start_step) if _is_writer() else None
   progress = metric_writers.ProgressLine(total_steps=total_steps, steps_per_epoch=steps_per_epoch,
                                          global_batch=config.batch_size, start_step=start_step)
   train_arrays = {"image": fold.train["image"], "age": fold.train["age"]}
@@ -225,7 +224,7 @@ def train_fold(config, workdir: pathlib.Path, fold: training_data.Fold, steps: S
 def _evaluate_fold(config, workdir, fold, steps, initial_state):
   store = checkpoints.Checkpoints(workdir / "checkpoints", max_to_keep=config.max_checkpoints_to_keep)
   if store.latest_step() is None:
-    raise FileNotFoundError(f"{fold.name}: no checkpoint in {store.directory}; train first "
+    raise errors.WorkdirError(f"{fold.name}: no checkpoint in {store.directory}; train first "
                             f"(python run_train.py --config=... --workdir={workdir}).")
   state = store.restore(jax.device_get(initial_state))
   _, total_steps = num_steps(config, len(fold.train["age"]))
@@ -249,9 +248,9 @@ def _evaluate_splits(config, workdir, fold, steps, replicated):
 # --------------------------------------------------------------------------
 # The run.
 
-def fold_workdir(config, workdir: pathlib.Path, fold: int, num_folds: int) -> pathlib.Path:
-  """A single-fold run trains in ``workdir``; a run over all folds in ``workdir/folds/<fold>``."""
-  if num_folds == 1 and (config.fold != -1 or config.protocol == "splits"):
+def fold_workdir(config, workdir: pathlib.Path, fold: int, *, all_folds: bool) -> pathlib.Path:
+  """A run over all folds trains each in ``workdir/folds/<fold>``; a single-fold (or splits) run in ``workdir``."""
+  if not all_folds or config.protocol == "splits":
     return workdir
   label = f"subject_{fold:03d}" if config.protocol == "lopo" else f"fold_{fold}"
   return workdir / "folds" / label
@@ -260,18 +259,25 @@ def fold_workdir(config, workdir: pathlib.Path, fold: int, num_folds: int) -> pa
 def check_config(config) -> None:
   """Fails early, naming the field, on values that would fail later."""
   training_data.check_data_config(config.data, config.protocol)
-  for name in ("batch_size", "eval_batch_size", "checkpoint_every_steps", "log_every_steps", "num_classes",
-               "image_size", "max_checkpoints_to_keep"):
-    if not isinstance(config[name], int) or config[name] < 1:
-      raise ValueError(f"config.{name} must be a positive integer; got {config[name]!r}.")
-  if config.image_size < 64:
-    raise ValueError(f"config.image_size must be at least 64 (five 2x poolings); got {config.image_size}.")
-  if config.batch_size % jax.device_count():
-    raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the number of devices "
-                     f"({jax.device_count()}).")
-  if config.eval_batch_size % jax.device_count():
-    raise ValueError(f"config.eval_batch_size={config.eval_batch_size} must be divisible by the number of devices "
-                     f"({jax.device_count()}).")
+  config_checks.check(config, jax.device_count())
+
+
+def check_workdir(workdir: pathlib.Path, *, evaluate_only: bool) -> None:
+  """A workdir must be a folder that exists (evaluation) or can be created (training)."""
+  if workdir.exists() and not workdir.is_dir():
+    raise errors.WorkdirError(f"--workdir={workdir} is a file, not a folder; give a folder for the run.")
+  if evaluate_only:
+    if not workdir.is_dir():
+      raise errors.WorkdirError(f"--workdir={workdir} does not exist; give the workdir of a trained run.")
+    return
+  if _is_writer():
+    try:
+      workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+      raise errors.WorkdirError(f"--workdir={workdir} cannot be created ({error.strerror or error}); give a folder "
+                                "you can write to.") from None
+    if not os.access(workdir, os.W_OK):
+      raise errors.WorkdirError(f"--workdir={workdir} is not writable; give a folder you can write to.")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
@@ -293,9 +299,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   augmentation = from_config.augmentation(config)
   model = from_config.model(config)
   tx = from_config.optimizer(config)
-  if _is_writer() and not evaluate_only:
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+  check_workdir(workdir, evaluate_only=evaluate_only)
+  stored = workdir_config.check(workdir, config, evaluate_only=evaluate_only)
+  all_folds = (stored["fold"] if stored else config.fold) == -1
 
   barrier = None
   if jax.process_count() > 1:
@@ -305,15 +311,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   start = time.perf_counter()
   dataset = training_data.load_arrays(config.data, config.image_size, builder)
   _log(f"{config.data.name}: decoded at {config.image_size} px in {time.perf_counter() - start:.1f} s")
+  training_data.check_labels(config, dataset)
   fold_ids = training_data.fold_ids(config, dataset)
+  for fold in fold_ids:
+    num_steps(config, training_data.num_train_examples(config, dataset, fold))
   initial_state = from_config.initial_train_state(config, model, tx)
   steps = compile_steps(config, loss_fn, augmentation)
+  if _is_writer() and not evaluate_only:  # the config has passed every check
+    for change in workdir_config.write(workdir, config, stored):
+      _log(f"{workdir / workdir_config.FILE_NAME}: {change}")
 
   results = []
   for fold in fold_ids:
     splits = training_data.fold_splits(config, dataset, fold)
-    predictions = train_fold(config, fold_workdir(config, workdir, fold, len(fold_ids)), splits, steps, initial_state,
-                             evaluate_only=evaluate_only)
+    fold_dir = fold_workdir(config, workdir, fold, all_folds=all_folds)
+    if fold_dir != workdir and _is_writer() and not evaluate_only:
+      # A fold's folder knows its fold too: run_eval.py --workdir=<it> evaluates that fold alone.
+      fold_config = config.copy_and_resolve_references()
+      fold_config.fold = fold
+      fold_dir.mkdir(parents=True, exist_ok=True)
+      workdir_config.write(fold_dir, fold_config, workdir_config.read(fold_dir))
+    predictions = train_fold(config, fold_dir, splits, steps, initial_state, evaluate_only=evaluate_only)
     results.append((splits, predictions))
   if len(results) == 1:
     return evaluate.metrics_of(results[0][1])
@@ -323,6 +341,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                                            title=f"{config.name}, {len(results)} folds pooled")
   else:
     summary = evaluate.pooled_metrics(by_fold)
-    _log(f"pooled over {len(results)} folds: MAE {summary['mae']:.3f} over {summary['count']} images, mean of "
-         f"per-fold MAEs {summary['mean_fold_mae']:.3f}, CS(5) {summary['cs'][5]:.3f} -> {workdir / 'summary'}")
+  _log(f"pooled over {len(results)} folds: MAE {summary['mae']:.3f} over {summary['count']} images, mean of "
+       f"per-fold MAEs {summary['mean_fold_mae']:.3f}, CS(5) {summary['cs'][5]:.3f} -> {workdir / 'summary'}")
   return summary

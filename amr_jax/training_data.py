@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from amr_jax import folds as folds_lib
-from amr_jax import input_pipeline, tfds_builders
+from amr_jax import errors, input_pipeline, tfds_builders
 
 Arrays = dict[str, np.ndarray]
 PROTOCOLS = {"fgnet": ("lopo", "kfold"), "clap2016": ("splits",)}
@@ -41,12 +41,12 @@ class Fold:
 def check_data_config(data, protocol: str) -> None:
   """Raises ``ValueError`` naming the config field when ``data.name``, ``data.crop`` or ``protocol`` is invalid."""
   if data.name not in PROTOCOLS:
-    raise ValueError(f"config.data.name must be one of {', '.join(PROTOCOLS)}; got {data.name!r}.")
+    raise errors.ConfigError(f"config.data.name must be one of {', '.join(PROTOCOLS)}; got {data.name!r}.")
   if data.crop not in CROPS[data.name]:
-    raise ValueError(f"config.data.crop for {data.name} must be one of {', '.join(CROPS[data.name])}; "
+    raise errors.ConfigError(f"config.data.crop for {data.name} must be one of {', '.join(CROPS[data.name])}; "
                      f"got {data.crop!r}.")
   if protocol not in PROTOCOLS[data.name]:
-    raise ValueError(f"config.protocol for {data.name} must be one of {', '.join(PROTOCOLS[data.name])}; "
+    raise errors.ConfigError(f"config.protocol for {data.name} must be one of {', '.join(PROTOCOLS[data.name])}; "
                      f"got {protocol!r}.")
 
 
@@ -57,13 +57,14 @@ def _dirs(data) -> tuple[str, str]:
 
 
 def prepare(data, *, is_builder_process: bool = True, barrier=None):
-  """Builds the dataset unless it is already built; returns the TFDS builder.
+  """Builds the dataset unless it is already built from the same raw files; returns the TFDS builder.
 
   With several processes, only the builder process builds; the others wait
   at ``barrier`` (a no-argument callable) and then find it built.
   """
   data_dir, manual_dir = _dirs(data)
-  kwargs: dict[str, Any] = {}
+  # An empty manual_dir means "the build as it is": its source is not compared with the default folder.
+  kwargs: dict[str, Any] = {"check_manual_dir": bool(data.manual_dir)}
   config_name = None
   if data.name == "clap2016":
     config_name = data.crop
@@ -93,7 +94,7 @@ def _clap2016_arrays(builder, split: str, image_size: int) -> Arrays:
   source = builder.as_data_source()[split]
   examples = sorted((source[i] for i in range(len(source))), key=lambda e: e["file_name"])
   if not examples:
-    raise ValueError(f"{builder.data_dir}: split {split!r} is empty.")
+    raise errors.DataError(f"{builder.data_dir}: split {split!r} is empty.")
   return {
       "image": np.stack([face_crop.whole_image(e["image"], image_size) for e in examples]),
       "age": np.array([e["apparent_age_mean"] for e in examples], np.float32),
@@ -101,6 +102,32 @@ def _clap2016_arrays(builder, split: str, image_size: int) -> Arrays:
       "real_age": np.array([e["real_age"] for e in examples], np.int32),
       "file_name": np.array([e["file_name"].decode() for e in examples]),
   }
+
+
+def check_labels(config, dataset: dict[str, Arrays]) -> None:
+  """Refuses ages whose class would be clamped: ``round(age - start_age)`` outside ``0..num_classes - 1``.
+
+  The losses clamp such labels silently (:func:`amr_jax.losses.label_class`); a run must not.
+
+  Raises:
+    errors.DataError: naming the dataset, how many images, the first of them with its age, and the range.
+  """
+  low, high = config.start_age, config.start_age + config.num_classes - 1
+  for split, arrays in dataset.items():
+    ages = np.asarray(arrays["age"], np.float64)
+    classes = np.round(ages - config.start_age)  # half to even, as jnp.round in label_class
+    outside = np.flatnonzero((classes < 0) | (classes > config.num_classes - 1))
+    if outside.size:
+      first = outside[0]
+      name = arrays["file_name"][first] if "file_name" in arrays else f"example {first}"
+      where = config.data.name if split == "all" else f"{config.data.name} {split}"
+      needed = int(np.max(classes)) + 1
+      advice = (f"raise config.num_classes to {needed}" if np.min(classes) >= 0
+                else "lower config.start_age")
+      raise errors.DataError(
+          f"{where}: {outside.size} image(s) have ages outside the {config.num_classes} classes of ages {low:g}..{high:g} "
+          f"(config.start_age, config.num_classes), e.g. {name} with age {ages[first]:g}; their labels would be "
+          f"clamped. To train on them, {advice}.")
 
 
 def fold_ids(config, dataset: dict[str, Arrays]) -> list[int]:
@@ -114,7 +141,7 @@ def fold_ids(config, dataset: dict[str, Arrays]) -> list[int]:
   if config.fold == -1:
     return every
   if config.fold not in every:
-    raise ValueError(f"config.fold={config.fold} is not a fold of protocol {config.protocol!r}; "
+    raise errors.ConfigError(f"config.fold={config.fold} is not a fold of protocol {config.protocol!r}; "
                      f"valid: {every[0]}..{every[-1]} or -1 (all).")
   return [config.fold]
 
@@ -127,15 +154,29 @@ def fold_name(config, fold: int) -> str:
   return "test split"
 
 
+def _fold_indices(config, dataset: dict[str, Arrays], fold: int) -> folds_lib.Split:
+  kwargs = {"num_validation_subjects": config.num_validation_subjects, "seed": config.seed}
+  subject_ids = dataset["all"]["subject_id"]
+  try:
+    if config.protocol == "lopo":
+      return folds_lib.leave_one_subject_out(subject_ids, fold, **kwargs)
+    return folds_lib.grouped_k_fold(subject_ids, config.num_folds, fold, **kwargs)
+  except ValueError as error:  # its messages start with the config field's name
+    raise errors.ConfigError(f"config.{error}") from None
+
+
+def num_train_examples(config, dataset: dict[str, Arrays], fold: int) -> int:
+  """The size of ``fold``'s training set, without gathering its images."""
+  if config.protocol == "splits":
+    return len(dataset["train"]["age"])
+  return len(_fold_indices(config, dataset, fold).train)
+
+
 def fold_splits(config, dataset: dict[str, Arrays], fold: int) -> Fold:
   """Training, validation and test arrays of ``fold``; validation subjects never include the test subjects."""
   if config.protocol == "splits":
     return Fold(fold_name(config, fold), dataset["train"], dataset["valid"], dataset["test"])
   arrays = dataset["all"]
-  kwargs = {"num_validation_subjects": config.num_validation_subjects, "seed": config.seed}
-  if config.protocol == "lopo":
-    split = folds_lib.leave_one_subject_out(arrays["subject_id"], fold, **kwargs)
-  else:
-    split = folds_lib.grouped_k_fold(arrays["subject_id"], config.num_folds, fold, **kwargs)
+  split = _fold_indices(config, dataset, fold)
   take = lambda indices: {name: value[indices] for name, value in arrays.items()}  # noqa: E731
   return Fold(fold_name(config, fold), take(split.train), take(split.validation), take(split.test))

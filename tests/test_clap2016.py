@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from amr_jax import clap2016
+from amr_jax import clap2016, errors
 
 DUMMY = pathlib.Path(__file__).resolve().parents[1] / "datasets" / "clap2016" / "dummy_data"
 RELEASE = DUMMY / "appa-real-release"
@@ -28,9 +28,9 @@ def test_find_root_in_manual_dir_release_folder_or_below(tmp_path):
 
 
 def test_find_root_errors_say_what_is_missing(tmp_path):
-  with pytest.raises(FileNotFoundError, match="(?s)holds no CLAP2016 release folder.*appa-real-release.zip"):
+  with pytest.raises(errors.MissingDataError, match="(?s)holds no CLAP2016 release folder.*appa-real-release.zip"):
     clap2016.find_root(tmp_path)
-  with pytest.raises(FileNotFoundError, match="no such directory"):
+  with pytest.raises(errors.MissingDataError, match="no such directory"):
     clap2016.find_root(tmp_path / "missing")
   shutil.copytree(RELEASE, tmp_path / "a")
   shutil.rmtree(tmp_path / "a" / "test")
@@ -39,7 +39,7 @@ def test_find_root_errors_say_what_is_missing(tmp_path):
     clap2016.find_root(tmp_path)
   shutil.copytree(RELEASE, tmp_path / "b")
   shutil.copytree(RELEASE, tmp_path / "c")
-  with pytest.raises(ValueError, match="holds 2 CLAP2016 release folders"):
+  with pytest.raises(errors.DataError, match="holds 2 CLAP2016 release folders"):
     clap2016.find_root(tmp_path)
 
 
@@ -54,15 +54,18 @@ def test_read_split_follows_the_csv():
   assert [len(clap2016.read_split(RELEASE, split)) for split in ("valid", "test")] == [2, 3]
   with pytest.raises(ValueError, match="unknown crop 'aligned'"):
     first.path("aligned")
-  with pytest.raises(ValueError, match="unknown split 'val'"):
+  with pytest.raises(ValueError, match="unknown split 'val'") as raised:
     clap2016.read_split(RELEASE, "val")
+  # A wrong argument in code is a bug, not bad data: it must not be reported as a one-line RunError.
+  assert not isinstance(raised.value, errors.RunError)
 
 
 def test_read_split_names_a_listed_image_missing_on_disk(tmp_path):
   shutil.copytree(RELEASE, tmp_path / "r")
   (tmp_path / "r" / "valid" / "000006.jpg_face.jpg").unlink()
   assert len(clap2016.read_split(tmp_path / "r", "valid", crop="whole")) == 2  # the whole photo is there
-  with pytest.raises(FileNotFoundError, match=r"000006.jpg_face.jpg: missing, but .*gt_avg_valid.csv, row 3 lists"):
+  with pytest.raises(errors.MissingDataError,
+                     match=r"000006.jpg_face.jpg: missing, but .*gt_avg_valid.csv, row 3 lists"):
     clap2016.read_split(tmp_path / "r", "valid", crop="face")
 
 
@@ -88,14 +91,27 @@ def test_csv_tolerates_bom_blank_lines_column_order_extra_columns_and_whole_floa
     (HEADER + "../000000.jpg,36,4.2,1.1,4\n", "row 2: file_name '../000000.jpg' is not a plain file name"),
     (HEADER + "000000.jpg,36,4.2,1.1,4\n000000.jpg,36,4.2,1.1,4\n", "row 3: 000000.jpg is already listed in row 2"),
     ("", "header lacks column(s) file_name, num_ratings"),
+    (HEADER + "000000.jpg,36,-35,1.1,4\n", "row 2: apparent_age_avg '-35' is out of range (expected 0 to 120 years)."),
+    (HEADER + "000000.jpg,36,161.9,1.1,4\n", "row 2: apparent_age_avg '161.9' is out of range (expected 0 to 120"),
+    (HEADER + "000000.jpg,36,4.2,-0.5,4\n", "row 2: apparent_age_std '-0.5' is out of range (expected 0 to 120"),
+    (HEADER + "000000.jpg,36,4.2,120.5,4\n", "row 2: apparent_age_std '120.5' is out of range (expected 0 to 120"),
+    (HEADER + "000000.jpg,36,4.2,1.1,-4\n", "row 2: real_age '-4' is out of range (expected 0 to 120 years)."),
+    (HEADER + "000000.jpg,36,4.2,1.1,121\n", "row 2: real_age '121' is out of range (expected 0 to 120 years)."),
 ])
 def test_csv_errors_name_file_and_row(tmp_path, text, message):
-  with pytest.raises(ValueError, match=re.escape(message)):
+  with pytest.raises(errors.DataError, match=re.escape(message)):
     clap2016.read_gt_avg_csv(_csv(tmp_path, text))
 
 
+def test_ages_at_the_ends_of_the_plausible_range_are_kept(tmp_path):
+  assert clap2016.MAX_PLAUSIBLE_AGE == 120
+  rows = clap2016.read_gt_avg_csv(_csv(tmp_path, HEADER + "000000.jpg,36,120,0,120\n000001.jpg,3,0,120.0,0\n"))
+  assert [(r["apparent_age_mean"], r["apparent_age_std"], r["real_age"]) for _, r in rows] == [(120, 0, 120),
+                                                                                                 (0, 120, 0)]
+
+
 def test_missing_csv_is_named(tmp_path):
-  with pytest.raises(FileNotFoundError, match="gt_avg_test.csv: missing"):
+  with pytest.raises(errors.MissingDataError, match="gt_avg_test.csv: missing"):
     clap2016.read_gt_avg_csv(tmp_path / "gt_avg_test.csv")
 
 
@@ -107,9 +123,9 @@ def test_read_ignore_list(tmp_path):
   path.write_text("  000001.jpg \r\n000001.jpg\n\n")
   assert clap2016.read_ignore_list(path).names == ("000001.jpg",)  # repeats count once
   path.write_text("000001.jpg\nimg_name,age\n")
-  with pytest.raises(ValueError, match=r"list.txt, line 2: expected one image name \(e.g. 000025.jpg\), got"):
+  with pytest.raises(errors.DataError, match=r"list.txt, line 2: expected one image name \(e.g. 000025.jpg\), got"):
     clap2016.read_ignore_list(path)
-  with pytest.raises(FileNotFoundError, match="nothing.txt: ignore list missing"):
+  with pytest.raises(errors.MissingDataError, match="nothing.txt: ignore list missing"):
     clap2016.read_ignore_list(tmp_path / "nothing.txt")
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from amr_jax import fgnet, folds
+from amr_jax import errors, fgnet, folds
 
 
 @pytest.fixture(scope="module")
@@ -55,25 +55,30 @@ def test_index_of_a_small_tree(tmp_path):
 
 
 def test_bad_input_names_the_file(tmp_path):
-  with pytest.raises(FileNotFoundError, match="(?s)holds no FG-NET folder.*yanweifu.github.io"):
+  with pytest.raises(errors.MissingDataError, match="(?s)holds no FG-NET folder.*yanweifu.github.io"):
     fgnet.find_root(tmp_path)
-  with pytest.raises(FileNotFoundError, match="no such directory"):
+  with pytest.raises(errors.MissingDataError, match="no such directory"):
     fgnet.find_root(tmp_path / "missing")
   root = _tree(tmp_path, ["001A02.JPG"])
   (root / "images" / "extra.JPG").write_bytes(b"x")
-  with pytest.raises(ValueError, match="extra.JPG: not an FG-NET image name"):
+  with pytest.raises(errors.DataError, match="extra.JPG: not an FG-NET image name"):
     fgnet.index_images(root)
   (root / "images" / "extra.JPG").unlink()
   (root / "images" / "003A01.JPG").write_bytes(b"x")
-  with pytest.raises(FileNotFoundError, match=r"003A01.JPG: no landmark file points/003a01.pts"):
+  with pytest.raises(errors.MissingDataError, match=r"003A01.JPG: no landmark file points/003a01.pts"):
     fgnet.index_images(root)
   bad = root / "points" / "bad.pts"
   bad.write_text("version: 1\n{\n1 2\nthree 4\n}\n")
-  with pytest.raises(ValueError, match=r"bad.pts, line 4: expected 'x y'"):
+  with pytest.raises(errors.DataError, match=r"bad.pts, line 4: expected 'x y'"):
     fgnet.read_landmarks(bad)
   bad.write_text("version: 1\n{\n1 2\n}\n")
-  with pytest.raises(ValueError, match="bad.pts: expected 68 points, found 1"):
+  with pytest.raises(errors.DataError, match="bad.pts: expected 68 points, found 1"):
     fgnet.read_landmarks(bad)
+  with pytest.raises(errors.MissingDataError, match="gone.pts: landmark file missing"):
+    fgnet.read_landmarks(root / "points" / "gone.pts")
+  _tree(tmp_path / "second", ["001A02.JPG"])
+  with pytest.raises(errors.DataError, match="holds 2 FG-NET folders"):
+    fgnet.find_root(tmp_path)
 
 
 def test_leave_one_subject_out_on_real_fgnet(real_index):

@@ -325,6 +325,72 @@ def test_bad_arguments_raise_at_trace_time(call, match):
     call()
 
 
+_Z, _Y = np.zeros((4, 10), np.float32), np.zeros(4)
+_ONE_CLASS = np.zeros((4, 1), np.float32)
+_ONE_CLASS_MATCH = r"logits must have at least 2 classes \(last axis num_classes >= 2\); got 1 \(shape \(4, 1\)\)"
+
+
+@pytest.mark.parametrize("call,match", [
+    # eps <= 0: the residue's (q + eps) ln(q + eps) is ln 0 (or the log of a negative number) where q = 0.
+    (lambda: losses.adaptive_mean_residue_loss(_Z, _Y, eps=0), r"eps must be a number > 0 .*; got 0\."),
+    (lambda: losses.adaptive_mean_residue_terms(_Z, _Y, eps=-1e-3), r"eps must be a number > 0 .*; got -0\.001\."),
+    (lambda: losses.adaptive_mean_residue_loss(_Z, _Y, eps=0.0, residue_form="paper"), r"eps must be a number > 0"),
+    (lambda: losses.mean_residue_loss(_Z, _Y, eps=0.0), r"eps must be a number > 0 .*; got 0\.0\."),
+    (lambda: losses.mean_residue_terms(_Z, _Y, eps=-1.0), r"eps must be a number > 0 .*; got -1\.0\."),
+    (lambda: losses.mean_residue_loss(_Z, _Y, eps=float("nan")), r"eps must be a number > 0 .*; got nan\."),
+    # A negative (or NaN) sigma, as a Python number or a concrete array.
+    (lambda: losses.dldl_v2_loss(_Z, _Y, sigma=-2), r"sigma must be >= 0 \(a standard deviation .*\); got -2\."),
+    (lambda: losses.dldl_v2_terms(_Z, _Y, sigma=-0.5), r"sigma must be >= 0 .*; got -0\.5\."),
+    (lambda: losses.dldl_loss(_Z, _Y, sigma=np.float32(-1)), r"sigma must be >= 0 .*; got -1\.0\."),
+    (lambda: losses.dldl_terms(_Z, _Y, sigma=np.array([1.0, 2.0, -3.0, -4.0])),
+     r"sigma must be >= 0 .*; got -3\.0 at index 2 \(2 of 4 values\)\."),
+    (lambda: losses.dldl_loss(_Z, _Y, sigma=jnp.array([1.0, np.nan, 2.0, 0.0])),
+     r"sigma must be >= 0 .*; got nan at index 1 \(1 of 4 values\)\."),
+    (lambda: losses.gaussian_label_distribution(_Y, 10, -1.0), r"sigma must be >= 0 .*; got -1\.0\."),
+    # A sigma closed over by a jitted function is a constant, so it is still checked while tracing.
+    (lambda: jax.jit(lambda z, y: losses.dldl_v2_loss(z, y, sigma=-2.0))(_Z, _Y),
+     r"sigma must be >= 0 .*; got -2\.0\."),
+    # Fewer than 2 classes: every loss would be a constant with a zero gradient.
+    (lambda: losses.cross_entropy_loss(_ONE_CLASS, _Y), _ONE_CLASS_MATCH),
+    (lambda: losses.adaptive_mean_residue_loss(_ONE_CLASS, _Y), _ONE_CLASS_MATCH),
+    (lambda: losses.adaptive_mean_residue_terms(_ONE_CLASS, _Y), _ONE_CLASS_MATCH),
+    (lambda: losses.mean_residue_loss(_ONE_CLASS, _Y, k=1), _ONE_CLASS_MATCH),
+    (lambda: losses.mean_variance_loss(_ONE_CLASS, _Y), _ONE_CLASS_MATCH),
+    (lambda: losses.dldl_loss(_ONE_CLASS, _Y), _ONE_CLASS_MATCH),
+    (lambda: losses.dldl_v2_loss(_ONE_CLASS, _Y), _ONE_CLASS_MATCH),
+    (lambda: losses.dldl_v2_terms(_ONE_CLASS, _Y), _ONE_CLASS_MATCH),
+    (lambda: losses.expected_age(_ONE_CLASS), _ONE_CLASS_MATCH),
+    (lambda: losses.dldl_v2_loss(np.zeros((4, 0), np.float32), _Y), r"at least 2 classes .*; got 0 \(shape \(4, 0\)\)"),
+    (lambda: losses.gaussian_label_distribution(_Y, 1, 2.0), r"num_classes must be an integer >= 2; got 1\."),
+    (lambda: losses.label_class(_Y, 0), r"num_classes must be an integer >= 2; got 0\."),
+])
+def test_meaningless_values_are_refused(call, match):
+  with pytest.raises(ValueError, match=match):
+    call()
+
+
+def test_traced_sigma_is_not_refused_under_jit():
+  logits, labels = _random_case(12, 4, 20, real_labels=True)
+  sigma = np.array([0.0, 0.5, 2.0, 7.0], np.float32)  # zero is a one-hot, not a refusal
+  for fn in (losses.dldl_loss, losses.dldl_v2_loss):
+    traced = jax.jit(fn)  # keyword arguments of a jitted function are traced, so sigma is a tracer here
+    np.testing.assert_allclose(traced(logits, labels, sigma=sigma), fn(logits, labels, sigma=sigma), rtol=1e-6)
+    np.testing.assert_allclose(traced(logits, labels, sigma=2.0), fn(logits, labels, sigma=2.0), rtol=1e-6)
+  per_sigma = jax.vmap(lambda s: losses.gaussian_label_distribution(labels, 20, s))(sigma)
+  np.testing.assert_allclose(per_sigma[2], losses.gaussian_label_distribution(labels, 20, 2.0), rtol=1e-6)
+
+
+def test_traced_negative_sigma_acts_as_zero_as_documented():
+  # Not checkable under jit; this pins down what dldl_loss's docstring promises instead.
+  logits, labels = _random_case(13, 3, 20)
+  fn = jax.jit(lambda z, y, s: losses.dldl_loss(z, y, sigma=s))
+  np.testing.assert_allclose(fn(logits, labels, jnp.array([-2.0, -0.1, -1e9])),
+                             losses.cross_entropy_loss(logits, labels), rtol=1e-6)
+  sigma_grad = jax.grad(lambda s: fn(logits, labels, s).sum())(jnp.array([-2.0, -0.1, -1e9]))
+  np.testing.assert_array_equal(sigma_grad, 0.0)
+  assert np.all(np.isnan(fn(logits, labels, jnp.full(3, np.nan))))
+
+
 def test_shape_errors_raise_under_jit():
   with pytest.raises(ValueError, match=r"labels must have shape \(2,\)"):
     jax.jit(losses.adaptive_mean_residue_loss)(jnp.zeros((2, 5)), jnp.zeros((5,)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 import struct
 import time
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 from tensorboardX.proto import event_pb2
 
+from amr_jax import errors
 from amr_jax.metric_writers import MetricWriter, ProgressLine, format_duration, read_jsonl
 
 
@@ -122,6 +124,108 @@ def test_tensorboard_event_files_hold_the_scalars_and_text(tmp_path):
   assert math.isnan(values[3])
   texts = [(e.step, v.tag, v.tensor.string_val[0]) for e in events for v in e.summary.value if v.HasField("tensor")]
   assert texts == [(0, "config/text_summary", b"batch_size: 64")]
+
+
+def _log_steps(workdir: pathlib.Path, steps, **kwargs) -> bytes:
+  with MetricWriter(workdir, **kwargs) as writer:
+    for step in steps:
+      writer.write_scalars(step, {"loss": step / 10}, prefix="train")
+  return (workdir / "metrics.jsonl").read_bytes()
+
+
+def test_resume_step_drops_what_was_logged_after_the_checkpoint(tmp_path):
+  logged = _log_steps(tmp_path, [10, 20, 30], tensorboard=False)
+  with MetricWriter(tmp_path, tensorboard=False) as writer:
+    writer.write_scalars(20, {"mae": 4.5}, prefix="validation")  # logged at the checkpoint's step: kept
+  before = (tmp_path / "metrics.jsonl").read_bytes()
+  lines = before.splitlines(keepends=True)
+  # A run killed after logging step 30 restarts from the checkpoint of step 20 and logs 21..30 again.
+  resumed = _log_steps(tmp_path, [30], tensorboard=False, resume_step=20)
+  assert resumed == lines[0] + lines[1] + lines[3] + resumed.splitlines(keepends=True)[-1], (
+      "metrics.jsonl: resume_step=20 must drop exactly the records past step 20 and keep the rest byte for byte")
+  assert [(r["step"], list(r)[-1]) for r in read_jsonl(tmp_path / "metrics.jsonl")] == [
+      (10, "train/loss"), (20, "train/loss"), (20, "validation/mae"), (30, "train/loss")]
+  assert logged.splitlines()[2] not in resumed
+  assert os.listdir(tmp_path) == ["metrics.jsonl"], "the rewrite of metrics.jsonl left its temporary file behind"
+
+
+def test_resume_step_past_every_record_leaves_the_file_as_it_was(tmp_path):
+  logged = _log_steps(tmp_path, [10, 20], tensorboard=False)
+  inode = (tmp_path / "metrics.jsonl").stat().st_ino
+  with MetricWriter(tmp_path, tensorboard=False, resume_step=20):
+    pass
+  assert (tmp_path / "metrics.jsonl").read_bytes() == logged
+  assert (tmp_path / "metrics.jsonl").stat().st_ino == inode, "metrics.jsonl was rewritten with nothing to drop"
+  with MetricWriter(tmp_path, tensorboard=False, resume_step=0):  # trained again from the start
+    pass
+  assert (tmp_path / "metrics.jsonl").read_bytes() == b""
+
+
+@pytest.mark.parametrize("resume_step, steps_kept", [(None, [10, 20]), (30, [10, 20]), (10, [10])])
+def test_a_last_line_cut_short_by_a_kill_is_dropped(tmp_path, resume_step, steps_kept):
+  logged = _log_steps(tmp_path, [10, 20], tensorboard=False)
+  with open(tmp_path / "metrics.jsonl", "ab") as f:
+    f.write(b'{"step": 30, "time": 1700000000.5, "train/lo')
+  _log_steps(tmp_path, [30], tensorboard=False, resume_step=resume_step)
+  content = (tmp_path / "metrics.jsonl").read_bytes()
+  assert content.startswith(b"".join(logged.splitlines(keepends=True)[:len(steps_kept)]))
+  assert b"1700000000.5" not in content, "metrics.jsonl: the cut-short line must be dropped, not kept or merged"
+  assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == steps_kept + [30]
+
+
+def test_a_last_record_that_lost_only_its_newline_is_kept(tmp_path):
+  logged = _log_steps(tmp_path, [10, 20], tensorboard=False)
+  (tmp_path / "metrics.jsonl").write_bytes(logged[:-1])
+  _log_steps(tmp_path, [30], tensorboard=False, resume_step=20)
+  assert (tmp_path / "metrics.jsonl").read_bytes().startswith(logged)
+  assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [10, 20, 30]
+
+
+def test_a_line_that_is_not_a_record_stops_a_resume_and_is_named(tmp_path):
+  logged = _log_steps(tmp_path, [10, 20], tensorboard=False)
+  damaged = logged.replace(b"\n", b"\nnot json\n", 1)
+  (tmp_path / "metrics.jsonl").write_bytes(damaged)
+  with pytest.raises(errors.WorkdirError, match=r"metrics\.jsonl, line 2: not a metrics record.*Delete or fix"):
+    MetricWriter(tmp_path, tensorboard=False, resume_step=10)
+  assert (tmp_path / "metrics.jsonl").read_bytes() == damaged
+
+
+def test_a_failed_rewrite_leaves_metrics_jsonl_whole(tmp_path, monkeypatch):
+  logged = _log_steps(tmp_path, [10, 20, 30], tensorboard=False)
+
+  def interrupted(*args):
+    raise KeyboardInterrupt  # as a Ctrl-C between writing the new file and putting it in place
+
+  monkeypatch.setattr(os, "replace", interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    MetricWriter(tmp_path, tensorboard=False, resume_step=10)
+  assert (tmp_path / "metrics.jsonl").read_bytes() == logged
+  assert os.listdir(tmp_path) == ["metrics.jsonl"], "the interrupted rewrite left its temporary file behind"
+
+
+def _visible_scalars(events: list[event_pb2.Event]) -> list[tuple[int, str, float]]:
+  """The scalars TensorBoard shows: a SessionLog START at step s hides the events before it with steps >= s.
+
+  As tensorboard/backend/event_processing/event_accumulator.py, _CheckForRestartAndMaybePurge.
+  """
+  visible = []
+  for event in events:
+    if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
+      visible = [scalar for scalar in visible if scalar[0] < event.step]
+    visible += _scalars([event])
+  return visible
+
+
+def test_tensorboard_hides_the_steps_after_the_resumed_checkpoint(tmp_path):
+  _log_steps(tmp_path, [10, 20, 30])
+  _log_steps(tmp_path, [30], resume_step=20)  # within the same second as the first run, as a quick restart
+  files = sorted((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+  assert len(files) == 2, f"the restarted writer overwrote the first run's event file: {files}"
+  events = _read_events(tmp_path / "tensorboard")
+  assert [(step, tag) for step, tag, _ in _scalars(events)] == [(s, "train/loss") for s in (10, 20, 30, 30)]
+  starts = [e.step for e in events if e.session_log.status == event_pb2.SessionLog.START]
+  assert starts == [21], "the resumed writer must tell TensorBoard to hide the steps after 20"
+  assert [(step, tag) for step, tag, _ in _visible_scalars(events)] == [(s, "train/loss") for s in (10, 20, 30)]
 
 
 def test_format_duration():

@@ -54,28 +54,44 @@ def _state(config, workdir, step):
     return checkpoints.Checkpoints(workdir / "checkpoints").restore(_initial_state(config), step)
 
 
-def test_a_killed_run_restarted_ends_with_the_uninterrupted_parameters(fgnet_dirs, reference, tmp_path):
-  config, reference_dir = reference
-  expected = _state(config, reference_dir, 8)
-  command = _command(fgnet_dirs, tmp_path / "run")
-  env = {**os.environ, **X64}
+def _run_until(command, env, line_wanted: str, sig: int) -> list[str]:
+  """Starts ``command``, sends ``sig`` once it prints ``line_wanted``; returns its output."""
   process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   seen = []
   for line in process.stdout:
     seen.append(line)
-    if "step 5/8" in line:
-      process.send_signal(signal.SIGKILL)  # no chance to clean up, as a pre-empted job
+    if line_wanted in line:
+      process.send_signal(sig)
       break
+  seen += process.stdout.readlines()
   process.wait(timeout=TIMEOUT_S)
-  assert process.returncode == -signal.SIGKILL, "".join(seen)
+  return seen
+
+
+def test_an_interrupted_then_killed_run_restarted_ends_with_the_uninterrupted_parameters(fgnet_dirs, reference,
+                                                                                          tmp_path):
+  """Ctrl-C after step 3, a restart killed (as a pre-empted job, no clean-up) after step 5, a restart to the end."""
+  config, reference_dir = reference
+  expected = _state(config, reference_dir, 8)
+  command = _command(fgnet_dirs, tmp_path / "run")
+  env = {**os.environ, **X64}
+  seen = _run_until(command, env, "step 3/8", signal.SIGINT)
+  assert "interrupted; the same command continues from the last checkpoint." in seen[-1], "".join(seen)
+  assert not any("Traceback" in line for line in seen), "".join(seen)
+  seen = _run_until(command, env, "step 5/8", signal.SIGKILL)
   saved = checkpoints.Checkpoints(tmp_path / "run" / "checkpoints").all_steps()
-  assert saved and max(saved) < 8, saved
+  assert saved and max(saved) < 8, "".join(seen)
   finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
   assert finished.returncode == 0, finished.stdout + finished.stderr
   assert f"resumed from {tmp_path / 'run' / 'checkpoints' / str(max(saved))} at step {max(saved)}" in finished.stdout
   resumed = _state(config, tmp_path / "run", 8)
   for name in ("params", "batch_stats", "opt_state"):
     jax.tree.map(np.testing.assert_array_equal, getattr(resumed, name), getattr(expected, name))
+  # Each step logged once, with the values the uninterrupted run logged (the same computation).
+  logged = metric_writers.read_jsonl(tmp_path / "run" / "metrics.jsonl")
+  reference_logged = metric_writers.read_jsonl(reference_dir / "metrics.jsonl")
+  assert [r["step"] for r in logged] == list(range(1, 9))
+  assert [r["train/loss"] for r in logged] == [r["train/loss"] for r in reference_logged]
 
 
 def _free_port() -> int:

@@ -28,6 +28,7 @@ import tensorflow_datasets as tfds
 
 from amr_jax import clap2016
 from amr_jax import dataset_sources
+from amr_jax import errors
 from amr_jax import tfds_builders
 
 # Tried only when the manual directory holds no copy (see amr_jax.dataset_sources).
@@ -110,6 +111,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     root = dataset_sources.raw_data_root(dl_manager, name="clap2016", find_root=clap2016.find_root,
                                          instructions=clap2016.DOWNLOAD_INSTRUCTIONS, download_url=DOWNLOAD_URL)
+    tfds_builders.record_source(self.data_dir, dataset_sources.manual_dir_or_none(dl_manager))
     config = self.builder_config
     self._announce_unused_ignore_list(dl_manager, root)
     images = {split: clap2016.read_split(root, split, crop=config.crop) for split in clap2016.SPLITS}
@@ -217,6 +219,6 @@ def _pixel_count(path: pathlib.Path) -> int:
     with PIL.Image.open(path) as image:
       width, height = image.size
   except (OSError, PIL.UnidentifiedImageError) as error:
-    raise ValueError(f"{path}: cannot decode this image ({error}).") from error
+    raise errors.DataError(f"{path}: cannot decode this image ({error}).") from error
   return width * height
 

@@ -54,6 +54,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     root = dataset_sources.raw_data_root(dl_manager, name="fgnet", find_root=fgnet.find_root,
                                          instructions=_MANUAL, download_url=DOWNLOAD_URL)
+    tfds_builders.record_source(self.data_dir, dataset_sources.manual_dir_or_none(dl_manager))
     return {"train": self._generate_examples(root)}
 
   def _generate_examples(self, root):

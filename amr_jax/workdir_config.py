@@ -1,0 +1,140 @@
+"""A workdir knows the run that made it: its ``config.json``, written once, and checked by every later run.
+
+The first run on a workdir writes ``config.json`` after the config has passed
+every check. A later run on that workdir (a resume, or ``run_eval.py``) is
+compared with it field by field: only the fields listed here may differ, and
+any other difference is refused by name, with both values. A resume that
+changes an allowed field (``num_epochs``, to extend a run) rewrites
+``config.json`` and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Any
+
+import ml_collections
+
+from amr_jax import errors
+
+FILE_NAME = "config.json"
+
+# Where the data lies, and how a run reports and saves: none changes what a step computes.
+_LOCATION_AND_BOOKKEEPING = ("data.manual_dir", "data.data_dir", "log_every_steps", "checkpoint_every_steps",
+                             "max_checkpoints_to_keep", "eval_batch_size", "eval_every_epochs")
+# A resumed run may also stop later or sooner. The multistep and constant schedules do not depend on the run's
+# length; the cosine one depends on num_epochs, so a change of it is refused there (the steps already taken followed
+# another curve). ``fold`` may pick one fold of a workdir made by a run over all folds.
+RESUME_FIELDS = _LOCATION_AND_BOOKKEEPING + ("num_epochs", "num_train_steps", "fold", "test_time_flip")
+# Evaluation may average the image and its mirror (``test_time_flip``), and evaluate one fold of an all-folds run.
+EVAL_FIELDS = _LOCATION_AND_BOOKKEEPING + ("test_time_flip", "fold")
+_COSINE_LENGTH_FIELDS = ("num_epochs",)
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(tree, dict):
+    flat = {}
+    for key, value in tree.items():
+      flat.update(_flat(value, f"{prefix}{key}."))
+    return flat
+  return {prefix[:-1]: tree}
+
+
+def as_json_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config as ``config.json`` holds it (tuples as lists)."""
+  return json.loads(config.to_json_best_effort())
+
+
+def read(workdir: str | os.PathLike) -> dict[str, Any] | None:
+  """The stored config of ``workdir``, or None when it holds none."""
+  path = pathlib.Path(workdir) / FILE_NAME
+  if not path.exists():
+    return None
+  try:
+    stored = json.loads(path.read_text())
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    raise errors.WorkdirError(f"{path}: cannot be read as the run's config ({error}); restore it, or use a new "
+                              "--workdir.") from None
+  if not isinstance(stored, dict):
+    raise errors.WorkdirError(f"{path}: holds a {type(stored).__name__}, not a run's config; use a new --workdir.")
+  return stored
+
+
+def load(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+  """The config a run was trained with, from its workdir (for ``run_eval.py --workdir=W``)."""
+  stored = read(workdir)
+  if stored is None:
+    raise errors.WorkdirError(f"{os.path.abspath(workdir)} holds no {FILE_NAME}: it is not the workdir of a run "
+                              "(train first, or give the run's --workdir).")
+  return ml_collections.ConfigDict(stored)
+
+
+def differences(stored: dict[str, Any], config: ml_collections.ConfigDict,
+                allowed: tuple[str, ...]) -> tuple[list[str], dict[str, tuple[Any, Any]]]:
+  """``(refused, allowed_changes)``: the differing fields, as messages, and the allowed ones as ``(stored, new)``."""
+  old, new = _flat(stored), _flat(as_json_dict(config))
+  refused, changes = [], {}
+  for field in sorted(set(old) | set(new)):
+    before, after = old.get(field, "<absent>"), new.get(field, "<absent>")
+    if before == after:
+      continue
+    if field in allowed:
+      changes[field] = (before, after)
+    else:
+      refused.append(f"config.{field}: {before!r} in the workdir, {after!r} now")
+  return refused, changes
+
+
+def check(workdir: pathlib.Path, config: ml_collections.ConfigDict, *, evaluate_only: bool) -> dict[str, Any] | None:
+  """Refuses ``config`` on a workdir that holds a run of another config; returns the stored config (or None).
+
+  Raises:
+    errors.WorkdirError: naming every field that differs, with both values.
+  """
+  stored = read(workdir)
+  if stored is None:
+    if evaluate_only:
+      load(workdir)  # raises: nothing to evaluate
+    return None
+  allowed = EVAL_FIELDS if evaluate_only else RESUME_FIELDS
+  refused, changes = differences(stored, config, allowed)
+  if stored.get("schedule") == "cosine" and not evaluate_only:
+    refused += [f"config.{field}: {before!r} in the workdir, {after!r} now (the cosine schedule depends on the run's "
+                "length, so the steps already taken followed another curve)"
+                for field, (before, after) in changes.items() if field in _COSINE_LENGTH_FIELDS]
+  if stored.get("fold", -1) != -1 and "fold" in changes:
+    before, after = changes["fold"]
+    refused.append(f"config.fold: {before!r} in the workdir, {after!r} now (a workdir of one fold holds that fold only)")
+  if refused:
+    if evaluate_only:
+      hint = f"Evaluate the run as it was trained: python run_eval.py --workdir={workdir}, with only these fields set"
+    else:
+      hint = (f"Use a new --workdir for this config (python run_eval.py --workdir={workdir} evaluates the stored run); "
+              "on a resume only these fields may change")
+    raise errors.WorkdirError(
+        f"{workdir} holds a run of another config ({workdir / FILE_NAME}): {'; '.join(refused)}. {hint}: "
+        f"{', '.join(EVAL_FIELDS if evaluate_only else RESUME_FIELDS)}.")
+  return stored
+
+
+def write(workdir: pathlib.Path, config: ml_collections.ConfigDict, stored: dict[str, Any] | None) -> list[str]:
+  """Writes ``config.json`` for a new run, or the allowed changes of a resumed one; returns the changes made.
+
+  A run over all folds keeps ``fold = -1`` in its workdir when one of its folds is run alone. Written atomically,
+  so an interrupted write leaves the previous file.
+  """
+  current = as_json_dict(config)
+  changes: dict[str, tuple[Any, Any]] = {}
+  if stored is not None:
+    _, changes = differences(stored, config, RESUME_FIELDS)
+    if "fold" in changes:  # one fold of an all-folds workdir: the workdir stays the all-folds run's
+      current["fold"] = changes.pop("fold")[0]
+    if not changes:
+      return []
+  path = workdir / FILE_NAME
+  temporary = path.with_name(f".{FILE_NAME}.tmp")
+  temporary.write_text(json.dumps(current, indent=2) + "\n")
+  os.replace(temporary, path)
+  return [f"config.{field}: {before!r} -> {after!r}" for field, (before, after) in changes.items()]
