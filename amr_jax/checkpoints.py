@@ -131,6 +131,16 @@ class Checkpoints:
     return flax.serialization.from_state_dict(template, jax.tree.map(np.asarray, restored))
 
 
+def latest_step_on_disk(directory: str | os.PathLike) -> int | None:
+  """The newest complete checkpoint's step in ``directory``, without opening it (nor creating the folder).
+
+  Orbax names a complete checkpoint by its step and one being written ``<step>.orbax-checkpoint-tmp...``.
+  """
+  directory = pathlib.Path(directory)
+  steps = [int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit()] if directory.is_dir() else []
+  return max(steps, default=None)
+
+
 def _differences(expected: Any, restored: Any, path: str = "") -> list[str]:
   if isinstance(expected, dict):
     if not isinstance(restored, dict):

@@ -91,8 +91,33 @@ def _check_optimisation_names(config) -> None:
                              f"(config.num_epochs={config.num_epochs}).")
 
 
+def parse_folds(text: str) -> list[int]:
+  """``"1-8,20"`` as ``[1, 2, ..., 8, 20]`` (sorted, each once); ``""`` as ``[]`` (every fold).
+
+  Raises:
+    errors.ConfigError: naming ``config.folds`` and the part that is not a number or a range ``a-b`` with a <= b.
+  """
+  folds: set[int] = set()
+  for part in filter(None, (p.strip() for p in str(text).split(","))):
+    bounds = part.split("-")
+    try:
+      low, high = (int(bounds[0]), int(bounds[-1])) if len(bounds) <= 2 else (None, None)
+    except ValueError:
+      low = high = None
+    if low is None or low < 0 or low > high:
+      raise errors.ConfigError(f"config.folds: {part!r} in {text!r} is not a fold number or a range such as 1-8 "
+                               "(expected e.g. \"1-8,20\").")
+    folds.update(range(low, high + 1))
+  return sorted(folds)
+
+
 def _check_folds(config) -> None:
   if not _is_integer(config.fold) or config.fold < -1:
     raise errors.ConfigError(f"config.fold must be a fold number or -1 (every fold); got {config.fold!r}.")
+  if config.get("folds", ""):
+    parse_folds(config.folds)
+    if config.fold != -1:
+      raise errors.ConfigError(f"config.folds={config.folds!r} selects folds of a run over all folds, and "
+                               f"config.fold={config.fold} one fold: give one of them.")
   if not _is_integer(config.num_folds) or config.num_folds < 2:
     raise errors.ConfigError(f"config.num_folds must be an integer >= 2; got {config.num_folds!r}.")

@@ -155,12 +155,19 @@ def pooled_metrics(by_fold: Sequence[tuple[str, Predictions]]) -> dict[str, Any]
 
 
 def write_pooled_report(folder: str | os.PathLike, by_fold: Sequence[tuple[str, Predictions]], *,
-                        title: str = "") -> dict[str, Any]:
-  """The pooled report of a multi-fold run, plus ``per_fold.csv`` (one row per fold)."""
+                        title: str = "", missing: Sequence[str] = ()) -> dict[str, Any]:
+  """The pooled report of a multi-fold run, plus ``per_fold.csv`` (one row per fold).
+
+  ``missing`` names the protocol's folds that are not pooled (not finished): ``metrics.json`` then says
+  ``"complete": false`` with them listed, and the plots' title says INCOMPLETE.
+  """
   folder = pathlib.Path(folder)
   folder.mkdir(parents=True, exist_ok=True)
   pooled = {"fold": np.concatenate([[name] * len(p["age"]) for name, p in by_fold]), **_pooled(by_fold)}
   summary = pooled_metrics(by_fold)
+  summary.update(complete=not missing, missing_folds=list(missing))
+  if missing:
+    title = f"{title} (INCOMPLETE: {len(missing)} folds missing)"
   columns = dict(pooled)
   columns["abs_error"] = np.abs(pooled["predicted_age"] - pooled["age"])
   reports.write_predictions_csv(folder / "predictions.csv", columns)

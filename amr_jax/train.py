@@ -321,10 +321,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     for change in workdir_config.write(workdir, config, stored):
       _log(f"{workdir / workdir_config.FILE_NAME}: {change}")
 
-  results = []
+  # run_eval.py on a workdir of all folds pools the finished ones (array tasks may still be running, or failed).
+  pooling = evaluate_only and all_folds and config.fold == -1 and config.protocol != "splits"
+  results, missing = [], []
+  if pooling and config.get("folds", ""):  # a pool of some folds is not the protocol's: say which are left out
+    missing = [f"{training_data.fold_name(config, fold)} (not in config.folds)"
+               for fold in training_data.all_fold_ids(config, dataset) if fold not in fold_ids]
   for fold in fold_ids:
-    splits = training_data.fold_splits(config, dataset, fold)
     fold_dir = fold_workdir(config, workdir, fold, all_folds=all_folds)
+    if pooling:
+      _, total = num_steps(config, training_data.num_train_examples(config, dataset, fold))
+      latest = checkpoints.latest_step_on_disk(fold_dir / "checkpoints")
+      if latest != total:
+        state = "not started" if latest is None else f"unfinished: step {latest} of {total}"
+        missing.append(f"{training_data.fold_name(config, fold)} ({state})")
+        continue
+    splits = training_data.fold_splits(config, dataset, fold)
     if fold_dir != workdir and _is_writer() and not evaluate_only:
       # A fold's folder knows its fold too: run_eval.py --workdir=<it> evaluates that fold alone.
       fold_config = config.copy_and_resolve_references()
@@ -333,14 +345,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       workdir_config.write(fold_dir, fold_config, workdir_config.read(fold_dir))
     predictions = train_fold(config, fold_dir, splits, steps, initial_state, evaluate_only=evaluate_only)
     results.append((splits, predictions))
-  if len(results) == 1:
+  if not results:
+    raise errors.WorkdirError(f"{workdir}: no fold is finished ({'; '.join(missing)}); train first.")
+  if len(results) == 1 and not missing:
     return evaluate.metrics_of(results[0][1])
   by_fold = [(splits.name, predictions) for splits, predictions in results]
+  if config.get("folds", "") and not evaluate_only:
+    # One slice of an array job: the pool is written once every slice is done, by run_eval.py.
+    _log(f"trained folds {config.folds}; once every slice has finished, pool them all with: "
+         f"python run_eval.py --workdir={workdir}")
+    return evaluate.pooled_metrics(by_fold)
   if _is_writer():
-    summary = evaluate.write_pooled_report(workdir / "summary", by_fold,
+    summary = evaluate.write_pooled_report(workdir / "summary", by_fold, missing=missing,
                                            title=f"{config.name}, {len(results)} folds pooled")
   else:
     summary = evaluate.pooled_metrics(by_fold)
-  _log(f"pooled over {len(results)} folds: MAE {summary['mae']:.3f} over {summary['count']} images, mean of "
+  listed = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+  extent = f"{len(results)} folds" if not missing else (
+      f"{len(results)} of {len(results) + len(missing)} folds, INCOMPLETE (missing: {listed})")
+  _log(f"pooled over {extent}: MAE {summary['mae']:.3f} over {summary['count']} images, mean of "
        f"per-fold MAEs {summary['mean_fold_mae']:.3f}, CS(5) {summary['cs'][5]:.3f} -> {workdir / 'summary'}")
   return summary

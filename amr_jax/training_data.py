@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from amr_jax import folds as folds_lib
-from amr_jax import errors, input_pipeline, tfds_builders
+from amr_jax import config_checks, errors, input_pipeline, tfds_builders
 
 Arrays = dict[str, np.ndarray]
 PROTOCOLS = {"fgnet": ("lopo", "kfold"), "clap2016": ("splits",)}
@@ -131,19 +131,30 @@ def check_labels(config, dataset: dict[str, Arrays]) -> None:
 
 
 def fold_ids(config, dataset: dict[str, Arrays]) -> list[int]:
-  """The folds a run covers: ``[config.fold]``, or all of them when it is -1."""
+  """The folds a run covers: ``[config.fold]``; those of ``config.folds``; or all of them."""
   if config.protocol == "splits":
     return [-1]
-  if config.protocol == "lopo":
-    every = [int(s) for s in np.unique(dataset["all"]["subject_id"])]
-  else:
-    every = list(range(config.num_folds))
-  if config.fold == -1:
+  every = all_fold_ids(config, dataset)
+  if config.fold != -1:
+    if config.fold not in every:
+      raise errors.ConfigError(f"config.fold={config.fold} is not a fold of protocol {config.protocol!r}; "
+                               f"valid: {every[0]}..{every[-1]} or -1 (all).")
+    return [config.fold]
+  if not config.get("folds", ""):
     return every
-  if config.fold not in every:
-    raise errors.ConfigError(f"config.fold={config.fold} is not a fold of protocol {config.protocol!r}; "
-                     f"valid: {every[0]}..{every[-1]} or -1 (all).")
-  return [config.fold]
+  wanted = config_checks.parse_folds(config.folds)
+  unknown = sorted(set(wanted) - set(every))
+  if unknown:
+    raise errors.ConfigError(f"config.folds={config.folds!r} names folds that protocol {config.protocol!r} does not "
+                             f"have: {', '.join(map(str, unknown))} (valid: {every[0]}..{every[-1]}).")
+  return wanted
+
+
+def all_fold_ids(config, dataset: dict[str, Arrays]) -> list[int]:
+  """Every fold of the protocol: the subject ids (``lopo``), or ``0..num_folds - 1`` (``kfold``)."""
+  if config.protocol == "lopo":
+    return [int(s) for s in np.unique(dataset["all"]["subject_id"])]
+  return list(range(config.num_folds))
 
 
 def fold_name(config, fold: int) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import tempfile
 from typing import Any
 
 import ml_collections
@@ -26,10 +27,11 @@ _LOCATION_AND_BOOKKEEPING = ("data.manual_dir", "data.data_dir", "log_every_step
                              "max_checkpoints_to_keep", "eval_batch_size", "eval_every_epochs")
 # A resumed run may also stop later or sooner. The multistep and constant schedules do not depend on the run's
 # length; the cosine one depends on num_epochs, so a change of it is refused there (the steps already taken followed
-# another curve). ``fold`` may pick one fold of a workdir made by a run over all folds.
-RESUME_FIELDS = _LOCATION_AND_BOOKKEEPING + ("num_epochs", "num_train_steps", "fold", "test_time_flip")
+# another curve). ``fold`` may pick one fold of a workdir made by a run over all folds, and ``folds`` a slice of them
+# (array jobs sharing the workdir).
+RESUME_FIELDS = _LOCATION_AND_BOOKKEEPING + ("num_epochs", "num_train_steps", "fold", "folds", "test_time_flip")
 # Evaluation may average the image and its mirror (``test_time_flip``), and evaluate one fold of an all-folds run.
-EVAL_FIELDS = _LOCATION_AND_BOOKKEEPING + ("test_time_flip", "fold")
+EVAL_FIELDS = _LOCATION_AND_BOOKKEEPING + ("test_time_flip", "fold", "folds")
 _COSINE_LENGTH_FIELDS = ("num_epochs",)
 
 
@@ -122,19 +124,22 @@ def check(workdir: pathlib.Path, config: ml_collections.ConfigDict, *, evaluate_
 def write(workdir: pathlib.Path, config: ml_collections.ConfigDict, stored: dict[str, Any] | None) -> list[str]:
   """Writes ``config.json`` for a new run, or the allowed changes of a resumed one; returns the changes made.
 
-  A run over all folds keeps ``fold = -1`` in its workdir when one of its folds is run alone. Written atomically,
-  so an interrupted write leaves the previous file.
+  A run over all folds keeps ``fold = -1`` and ``folds = ""`` in its workdir when one fold or a slice of them is run.
+  Written atomically, so an interrupted write leaves the previous file.
   """
   current = as_json_dict(config)
+  if stored is None and "folds" in current:
+    current["folds"] = ""  # array tasks share the workdir: it holds the whole protocol, whichever slice came first
   changes: dict[str, tuple[Any, Any]] = {}
   if stored is not None:
     _, changes = differences(stored, config, RESUME_FIELDS)
-    if "fold" in changes:  # one fold of an all-folds workdir: the workdir stays the all-folds run's
-      current["fold"] = changes.pop("fold")[0]
+    for field in ("fold", "folds"):  # one fold or a slice of an all-folds workdir: it stays the all-folds run's
+      if field in changes:
+        current[field] = changes.pop(field)[0]
     if not changes:
       return []
-  path = workdir / FILE_NAME
-  temporary = path.with_name(f".{FILE_NAME}.tmp")
-  temporary.write_text(json.dumps(current, indent=2) + "\n")
-  os.replace(temporary, path)
+  # A temporary file of its own, renamed: array tasks starting together on one workdir each write a whole file.
+  with tempfile.NamedTemporaryFile("w", dir=workdir, prefix=f".{FILE_NAME}.", suffix=".tmp", delete=False) as f:
+    f.write(json.dumps(current, indent=2) + "\n")
+  os.replace(f.name, workdir / FILE_NAME)
   return [f"config.{field}: {before!r} -> {after!r}" for field, (before, after) in changes.items()]

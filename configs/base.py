@@ -72,6 +72,9 @@ def get_config() -> ml_collections.ConfigDict:
   # CLAP2016: its train/valid/test splits (fold unused).
   config.protocol = "lopo"
   config.fold = -1
+  # With fold = -1: the folds this run trains, e.g. "1-8,20" (one slice per array job, all sharing one
+  # --workdir; run_eval.py --workdir pools them); "" = every fold.
+  config.folds = ""
   config.num_folds = 5
   # Subjects taken out of the training subjects to watch during training (never the test subject).
   config.num_validation_subjects = 0

@@ -104,6 +104,20 @@ def test_readme_quick_training_commands_run_as_written(shared_dir, tmp_path):
   assert (tmp_path / "tensorflow_datasets" / "fgnet" / "1.0.0").is_dir()
 
 
+def test_readme_slurm_array_slices_cover_every_fold_once():
+  """The README's array-job arithmetic, run by bash for each task id: the slices are 1..82, each fold once."""
+  script = _code_block_after("<!-- example: slurm-array -->")
+  arithmetic = next(line for line in script.splitlines() if line.startswith("first="))
+  covered = []
+  for task in range(10):
+    result = subprocess.run(["bash", "-c", f"SLURM_ARRAY_TASK_ID={task}; {arithmetic}; echo $first $last"],
+                            capture_output=True, text=True, check=True)
+    first, last = map(int, result.stdout.split())
+    covered += range(first, last + 1)
+  assert covered == list(range(1, 83))
+  assert "#SBATCH --array=0-9" in script and "--config.folds=$first-$last" in script
+
+
 def test_public_api_is_importable():
   from amr_jax.losses import (  # noqa: F401
       adaptive_mean_residue_loss, cross_entropy_loss, dldl_loss, dldl_v2_loss, expected_age,
