@@ -84,6 +84,26 @@ def train_step(state: from_config.TrainState, batch: dict[str, jax.Array], learn
   return state, metrics
 
 
+def folds_train_step(states: from_config.TrainState, batches: dict[str, jax.Array], learning_rates: jax.Array,
+                     active: jax.Array, **step_kwargs):
+  """:func:`train_step` for several folds at once; call under ``pmap(axis_name="batch")``.
+
+  Every argument has a leading fold axis: ``states`` are the folds' states stacked, ``batches`` each fold's part
+  of its own global batch, ``learning_rates`` each fold's rate. Each fold's update, BatchNorm statistics, keys and
+  averages over devices are those it gets trained alone. A fold whose ``active`` is False keeps its state as it
+  is (a fold that has finished while longer ones go on).
+
+  Returns:
+    ``(new_states, metrics)``, both with the fold axis first.
+  """
+  new_states, metrics = jax.vmap(functools.partial(train_step, **step_kwargs))(states, batches, learning_rates)
+
+  def keep_finished(new, old):
+    return jnp.where(active.reshape(active.shape + (1,) * (new.ndim - 1)), new, old)
+
+  return jax.tree.map(keep_finished, new_states, states), metrics
+
+
 @dataclasses.dataclass
 class Steps:
   """The compiled steps shared by every fold of a run."""

@@ -1,0 +1,77 @@
+"""Several folds in one step (``train.folds_train_step``): each fold gets the update it gets when trained alone."""
+
+import functools
+
+import flax.jax_utils
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from amr_jax import evaluate, from_config, input_pipeline, train
+import training_setup
+
+NUM_STEPS = 3
+
+
+def _config():
+  # As the pmap identity test (tests/test_train.py): cross-entropy and SGD in float64, augmentation on.
+  return training_setup.config("fgnet_ce", "3", batch_size=8, optimizer="sgd", dtype="float64")
+
+
+def _fold_data(num_folds):
+  rng = np.random.default_rng(1)
+  return [{"image": rng.integers(0, 256, (8 + 4 * f, 64, 64, 3), dtype=np.uint8),
+           "age": rng.integers(0, 70, 8 + 4 * f).astype(np.float64)} for f in range(num_folds)]
+
+
+def _step_kwargs(config):
+  return dict(loss_fn=from_config.loss_fn(config), augmentation=from_config.augmentation(config), seed=config.seed,
+              global_batch=config.batch_size)
+
+
+def _learning_rate(fold, step):
+  return 1e-3 * (fold + 1) / (step + 1)  # each fold its own schedule
+
+
+def _alone(config, state, arrays, fold, num_steps, devices):
+  step = jax.pmap(functools.partial(train.train_step, **_step_kwargs(config)), axis_name="batch", devices=devices)
+  replicated = evaluate.replicate(state, devices=devices)
+  batches = input_pipeline.train_batches(arrays, global_batch=config.batch_size, seed=0, num_devices=len(devices))
+  for i in range(num_steps):
+    lr = flax.jax_utils.replicate(jnp.float64(_learning_rate(fold, i)), devices=devices)
+    replicated, _ = step(replicated, next(batches), lr)
+  return jax.device_get(train.unreplicate(replicated))
+
+
+@pytest.mark.parametrize("num_devices", [1, 2])
+def test_folds_at_once_equal_each_fold_alone_and_a_finished_fold_stays_as_it_is(num_devices):
+  devices = jax.devices()[:num_devices]
+  with jax.enable_x64(True):
+    config = _config()
+    state = jax.device_get(from_config.initial_train_state(config, from_config.model(config),
+                                                            from_config.optimizer(config)))
+    folds = _fold_data(3)
+    steps_of = [NUM_STEPS, NUM_STEPS - 1, NUM_STEPS]  # fold 1 finishes a step early
+    step = jax.pmap(functools.partial(train.folds_train_step, **_step_kwargs(config)), axis_name="batch",
+                    devices=devices)
+    stacked = evaluate.replicate(jax.tree.map(lambda x: np.stack([x] * len(folds)), state), devices=devices)
+    batches = [input_pipeline.train_batches(arrays, global_batch=config.batch_size, seed=0, num_devices=num_devices)
+               for arrays in folds]
+    for i in range(NUM_STEPS):
+      batch = jax.tree.map(lambda *xs: np.stack(xs, axis=1), *[next(b) for b in batches])  # [devices, folds, ...]
+      lrs = np.array([_learning_rate(f, i) for f in range(len(folds))])
+      active = np.array([i < steps_of[f] for f in range(len(folds))])
+      stacked, metrics = step(stacked, batch, flax.jax_utils.replicate(lrs, devices=devices),
+                              flax.jax_utils.replicate(active, devices=devices))
+      if i == steps_of[1] - 1:
+        fold_1_when_done = jax.device_get(jax.tree.map(lambda x: x[1], train.unreplicate(stacked)))
+    together = jax.device_get(train.unreplicate(stacked))
+    assert train.unreplicate(metrics)["loss"].shape == (len(folds),)
+    for f, arrays in enumerate(folds):
+      alone = _alone(config, state, arrays, f, steps_of[f], devices)
+      mine = jax.tree.map(lambda x: x[f], together)
+      assert int(mine.step) == steps_of[f]
+      if f == 1:  # finished: kept bit for bit while the others trained on
+        jax.tree.map(np.testing.assert_array_equal, mine, fold_1_when_done)
+      training_setup.assert_same_training_result(mine, alone, state)
