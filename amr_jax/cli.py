@@ -14,7 +14,7 @@ import sys
 
 from absl import app, flags, logging
 
-from amr_jax import errors, workdir_config
+from amr_jax import errors, interruption, workdir_config
 
 
 TRACEBACK_VARIABLE = "AMR_JAX_TRACEBACK"  # =1 shows the traceback of a refusal
@@ -38,8 +38,12 @@ def run(action, workdir_help: str, *, config_from_workdir: bool = False) -> None
   def main(argv):
     if len(argv) > 1:
       _refuse(f"unexpected arguments: {' '.join(argv[1:])}")
+    interruption.install()
     try:
       action(*setup(flags.FLAGS.config, flags.FLAGS.workdir))
+    except errors.Interrupted as stop:
+      print(f"interrupted: {stop}", file=sys.stderr, flush=True)
+      sys.exit(130)  # the shell's status for a command ended by SIGINT
     except errors.RunError as error:
       if _show_traceback():
         raise
@@ -47,8 +51,8 @@ def run(action, workdir_help: str, *, config_from_workdir: bool = False) -> None
     except KeyboardInterrupt:
       if _show_traceback():
         raise
-      print("interrupted; the same command continues from the last checkpoint.", file=sys.stderr, flush=True)
-      sys.exit(130)  # the shell's status for a command ended by SIGINT
+      print("interrupted at once; the same command continues from the last checkpoint.", file=sys.stderr, flush=True)
+      sys.exit(130)
 
   app.run(main, flags_parser=functools.partial(parse_flags, config_from_workdir=config_from_workdir))
 

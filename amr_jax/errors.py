@@ -24,3 +24,7 @@ class MissingDataError(DataError, FileNotFoundError):
 
 class WorkdirError(RunError, ValueError):
   """A workdir that cannot be used: not a folder, not writable, or holding another run."""
+
+
+class Interrupted(RunError):
+  """A run stopped at the user's request (Ctrl-C) after saving its checkpoint; the command line exits with 130."""

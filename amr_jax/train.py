@@ -37,8 +37,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from amr_jax import (augment, checkpoints, config_checks, errors, evaluate, from_config, input_pipeline, metric_writers,
-                     training_data, workdir_config)
+from amr_jax import (augment, checkpoints, config_checks, errors, evaluate, from_config, input_pipeline, interruption,
+                     metric_writers, training_data, workdir_config)
 from amr_jax.evaluate import replicate, unreplicate
 
 class NonFiniteLossError(errors.RunError, FloatingPointError):
@@ -219,11 +219,15 @@ def train_fold(config, workdir: pathlib.Path, fold: training_data.Fold, steps: S
       while len(pending) > 1:  # one step behind, so the host never waits for the device
         check(*pending.popleft())
       done = step + 1
-      if done % config.checkpoint_every_steps == 0 or done == total_steps:
+      stop = interruption.requested() and done < total_steps
+      if done % config.checkpoint_every_steps == 0 or done == total_steps or stop:
         while pending:
           check(*pending.popleft())
         store.save(done, unreplicate(replicated))
         last_saved = done
+      if stop:
+        raise errors.Interrupted(f"{fold.name} stopped after step {done}, its checkpoint saved in {store.directory}; "
+                                 "the same command continues from there.")
       if eval_every and done % eval_every == 0 and done < total_steps and len(fold.validation["age"]):
         result = evaluate.predict(steps.eval, replicated, fold.validation, config.eval_batch_size)
         metrics_ = evaluate.metrics_of(result)

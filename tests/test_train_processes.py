@@ -54,8 +54,8 @@ def _state(config, workdir, step):
     return checkpoints.Checkpoints(workdir / "checkpoints").restore(_initial_state(config), step)
 
 
-def _run_until(command, env, line_wanted: str, sig: int) -> list[str]:
-  """Starts ``command``, sends ``sig`` once it prints ``line_wanted``; returns its output."""
+def _run_until(command, env, line_wanted: str, sig: int) -> tuple[list[str], int]:
+  """Starts ``command``, sends ``sig`` once it prints ``line_wanted``; returns its output and exit status."""
   process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   seen = []
   for line in process.stdout:
@@ -65,20 +65,27 @@ def _run_until(command, env, line_wanted: str, sig: int) -> list[str]:
       break
   seen += process.stdout.readlines()
   process.wait(timeout=TIMEOUT_S)
-  return seen
+  return seen, process.returncode
 
 
 def test_an_interrupted_then_killed_run_restarted_ends_with_the_uninterrupted_parameters(fgnet_dirs, reference,
                                                                                           tmp_path):
-  """Ctrl-C after step 3, a restart killed (as a pre-empted job, no clean-up) after step 5, a restart to the end."""
+  """Ctrl-C after step 3 (the run stops after its step, with a checkpoint), a restart killed (as a pre-empted job,
+  no clean-up) after step 5, a restart to the end."""
   config, reference_dir = reference
   expected = _state(config, reference_dir, 8)
   command = _command(fgnet_dirs, tmp_path / "run")
   env = {**os.environ, **X64}
-  seen = _run_until(command, env, "step 3/8", signal.SIGINT)
-  assert "interrupted; the same command continues from the last checkpoint." in seen[-1], "".join(seen)
+  seen, status = _run_until(command, env, "step 3/8", signal.SIGINT)
+  assert status == 130, "".join(seen)
+  stopped = re.search(r"interrupted: subject 3 stopped after step (\d), its checkpoint saved in .*; the same command "
+                      "continues from there.", seen[-1])
+  assert stopped, "".join(seen)
   assert not any("Traceback" in line for line in seen), "".join(seen)
-  seen = _run_until(command, env, "step 5/8", signal.SIGKILL)
+  stopped_at = int(stopped.group(1))
+  assert checkpoints.Checkpoints(tmp_path / "run" / "checkpoints").latest_step() == stopped_at
+  seen, status = _run_until(command, env, "step 5/8", signal.SIGKILL)
+  assert status == -signal.SIGKILL, "".join(seen)
   saved = checkpoints.Checkpoints(tmp_path / "run" / "checkpoints").all_steps()
   assert saved and max(saved) < 8, "".join(seen)
   finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
