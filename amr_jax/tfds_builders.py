@@ -141,7 +141,11 @@ def check_source(builder, manual_dir: str | os.PathLike) -> None:
   path = pathlib.Path(builder.data_dir) / SOURCE_FILE
   if not path.is_file():
     return
-  recorded = json.loads(path.read_text())
+  try:
+    recorded = json.loads(path.read_text())
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    raise errors.DataError(f"{path}: the build's record of its source cannot be read ({error}); delete "
+                           f"{builder.data_dir} and rebuild it.") from None
   current = source_record(manual_dir)
   if recorded.get("file_list_sha256") == current.get("file_list_sha256"):
     return

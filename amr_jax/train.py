@@ -337,8 +337,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   _log(f"{config.data.name}: decoded at {config.image_size} px in {time.perf_counter() - start:.1f} s")
   training_data.check_labels(config, dataset)
   fold_ids = training_data.fold_ids(config, dataset)
-  for fold in fold_ids:
-    num_steps(config, training_data.num_train_examples(config, dataset, fold))
+  # Checked for every fold before anything is written; the pool below reads the totals.
+  total_steps = {fold: num_steps(config, training_data.num_train_examples(config, dataset, fold))[1]
+                 for fold in fold_ids}
   initial_state = from_config.initial_train_state(config, model, tx)
   steps = compile_steps(config, loss_fn, augmentation)
   if _is_writer() and not evaluate_only:  # the config has passed every check
@@ -354,7 +355,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   for fold in fold_ids:
     fold_dir = fold_workdir(config, workdir, fold, all_folds=all_folds)
     if pooling:
-      _, total = num_steps(config, training_data.num_train_examples(config, dataset, fold))
+      total = total_steps[fold]
       latest = checkpoints.latest_step_on_disk(fold_dir / "checkpoints")
       if latest != total:
         state = "not started" if latest is None else f"unfinished: step {latest} of {total}"
