@@ -39,12 +39,14 @@ def _interval(low: float, high: float, low_in: bool, high_in: bool) -> str:
   return f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
 
 
-def check(config, num_devices: int) -> None:
+def check(config, num_devices: int, num_processes: int = 1, *, training: bool = True) -> None:
   """Raises :class:`errors.ConfigError` naming the first field whose value a run cannot use.
 
   Args:
     config: the run's config (``configs/base.py``'s fields).
     num_devices: the devices of all processes, which must divide the batch sizes.
+    num_processes: the processes of the run.
+    training: False for evaluation, which trains no fold and so ignores how folds would be spread over devices.
   """
   for name in POSITIVE_INTEGERS:
     if not _is_integer(config[name]) or config[name] < 1:
@@ -70,7 +72,10 @@ def check(config, num_devices: int) -> None:
       raise errors.ConfigError(f"config.{name} must be a number in {_interval(*bounds)}; got {value!r}.")
   _check_optimisation_names(config)
   _check_folds(config)
-  for name in ("batch_size", "eval_batch_size"):
+  _check_parallel_folds(config, num_devices, num_processes, training)
+  # Folds over devices: a device holds its folds' whole batches; evaluation still splits its batches.
+  split = ("eval_batch_size",) if config.get("folds_over_devices", False) else ("batch_size", "eval_batch_size")
+  for name in split:
     if config[name] % num_devices:
       raise errors.ConfigError(f"config.{name}={config[name]} must be divisible by the number of devices "
                                f"({num_devices}).")
@@ -109,6 +114,22 @@ def parse_folds(text: str) -> list[int]:
                                "(expected e.g. \"1-8,20\").")
     folds.update(range(low, high + 1))
   return sorted(folds)
+
+
+def _check_parallel_folds(config, num_devices: int, num_processes: int, training: bool) -> None:
+  parallel, over_devices = config.get("parallel_folds", 1), config.get("folds_over_devices", False)
+  if not _is_integer(parallel) or parallel < 1:
+    raise errors.ConfigError(f"config.parallel_folds must be a positive integer (folds trained at once); "
+                             f"got {parallel!r}.")
+  if not isinstance(over_devices, bool):
+    raise errors.ConfigError(f"config.folds_over_devices must be True or False; got {over_devices!r}.")
+  if over_devices and training:
+    if num_processes > 1:
+      raise errors.ConfigError("config.folds_over_devices=True runs in one process: across hosts, give each its "
+                               "own slice of folds (config.folds, as an array job) instead.")
+    if parallel % num_devices:
+      raise errors.ConfigError(f"config.folds_over_devices=True gives each of the {num_devices} devices its own "
+                               f"folds: config.parallel_folds={parallel} must be a multiple of {num_devices}.")
 
 
 def _check_folds(config) -> None:

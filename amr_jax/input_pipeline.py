@@ -67,20 +67,34 @@ def train_batches(arrays: Mapping[str, np.ndarray], *, global_batch: int, seed: 
     process_index, process_count: this process's slice of each global batch.
   """
   length = _check(arrays)
+  for batch in train_batch_indices(length, global_batch=global_batch, seed=seed, start_step=start_step,
+                                   num_devices=num_devices, process_index=process_index,
+                                   process_count=process_count):
+    index = batch.pop("index")
+    yield {**{name: value[index] for name, value in arrays.items()}, **batch}
+
+
+def train_batch_indices(length: int, *, global_batch: int, seed: int, start_step: int = 0, num_devices: int = 1,
+                        process_index: int = 0, process_count: int = 1) -> Iterator[Batch]:
+  """The batches of :func:`train_batches` as ``index`` (into the ``length`` examples) and ``position``.
+
+  Folds trained at once gather their batches from images held once, by these indices.
+  """
+  if length <= 0:
+    raise ValueError("the dataset is empty.")
   per_process, per_device = _shard_shape(global_batch, num_devices, process_count)
   steps_per_epoch = length // global_batch
   if steps_per_epoch == 0:
     raise ValueError(f"global batch size {global_batch} is larger than the dataset ({length} examples).")
+  position = np.arange(process_index * per_process, (process_index + 1) * per_process, dtype=np.int32)
   step, order, order_epoch = start_step, None, None
   while True:
-    epoch, position = divmod(step, steps_per_epoch)
+    epoch, place = divmod(step, steps_per_epoch)
     if epoch != order_epoch:
       order, order_epoch = np.random.default_rng([seed, epoch]).permutation(length), epoch
-    start = position * global_batch + process_index * per_process
-    indices = order[start:start + per_process]
-    batch = {name: value[indices] for name, value in arrays.items()}
-    batch["position"] = np.arange(process_index * per_process, (process_index + 1) * per_process, dtype=np.int32)
-    yield {name: value.reshape(num_devices, per_device, *value.shape[1:]) for name, value in batch.items()}
+    start = place * global_batch + process_index * per_process
+    index = order[start:start + per_process]
+    yield {"index": index.reshape(num_devices, per_device), "position": position.reshape(num_devices, per_device)}
     step += 1
 
 

@@ -17,6 +17,12 @@ checkpoint and ends with the parameters an uninterrupted run ends with.
 The learning rate is computed on the host from the step and fed to the step
 (``optax.inject_hyperparams``), so the optimizer, and with it the compiled
 step, does not depend on a fold's number of steps per epoch.
+
+Folds are trained ``config.parallel_folds`` at a time (:func:`train_folds`):
+the compiled step is :func:`folds_train_step` over the group's stacked
+states, each fold gathering its batch by index from the images held once on
+each device. A single fold is a group of one. Where the folds live on the
+devices is :mod:`amr_jax.fold_layout`'s business.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import math
 import os
 import pathlib
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import flax.jax_utils
 import jax
@@ -37,7 +43,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from amr_jax import (augment, checkpoints, config_checks, errors, evaluate, from_config, input_pipeline, interruption,
+from amr_jax import (augment, checkpoints, config_checks, errors, evaluate, fold_layout, from_config, interruption,
                      metric_writers, training_data, workdir_config)
 from amr_jax.evaluate import replicate, unreplicate
 
@@ -49,13 +55,16 @@ class NonFiniteLossError(errors.RunError, FloatingPointError):
 # The step.
 
 def train_step(state: from_config.TrainState, batch: dict[str, jax.Array], learning_rate: jax.Array, *,
-               loss_fn: Callable, augmentation: augment.Augmentation, seed: int, global_batch: int):
+               loss_fn: Callable, augmentation: augment.Augmentation, seed: int, global_batch: int,
+               axis_name: str | None = "batch"):
   """One optimizer step on one device's part of the global batch; call under ``pmap(axis_name="batch")``.
 
   Args:
     state: the replicated training state.
     batch: ``image`` (uint8), ``age`` and ``position`` (each example's place in the global batch).
     learning_rate: this step's learning rate.
+    axis_name: the ``pmap`` axis the batch is split over, whose gradients and metrics are averaged; None when the
+      device holds the whole batch (folds over devices).
 
   Returns:
     ``(new_state, metrics)``: the mean loss terms over the global batch and the learning rate.
@@ -72,14 +81,16 @@ def train_step(state: from_config.TrainState, batch: dict[str, jax.Array], learn
     return jnp.mean(terms["loss"]), (terms, updates["batch_stats"])
 
   (_, (terms, batch_stats)), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
-  grads = jax.lax.pmean(grads, axis_name="batch")
+  if axis_name:
+    grads = jax.lax.pmean(grads, axis_name=axis_name)
   hyperparams = state.opt_state.hyperparams
   # In the dtype the optimizer state was created with, so the state's types (and the compiled step) never change.
   learning_rate = learning_rate.astype(hyperparams["learning_rate"].dtype)
   opt_state = state.opt_state._replace(hyperparams={**hyperparams, "learning_rate": learning_rate})
   state = state.replace(opt_state=opt_state).apply_gradients(grads=grads, batch_stats=batch_stats)
   metrics = {name: jnp.mean(value.astype(jnp.promote_types(value.dtype, jnp.float32))) for name, value in terms.items()}
-  metrics = jax.lax.pmean(metrics, axis_name="batch")
+  if axis_name:
+    metrics = jax.lax.pmean(metrics, axis_name=axis_name)
   metrics["learning_rate"] = learning_rate
   return state, metrics
 
@@ -104,37 +115,56 @@ def folds_train_step(states: from_config.TrainState, batches: dict[str, jax.Arra
   return jax.tree.map(keep_finished, new_states, states), metrics
 
 
+def gathered_train_step(states: from_config.TrainState, data: dict[str, jax.Array], batches: dict[str, jax.Array],
+                        learning_rates: jax.Array, active: jax.Array, **step_kwargs):
+  """:func:`folds_train_step` on batches each fold gathers, on the device, from the images held there once.
+
+  Args:
+    data: ``image`` and ``age`` of every training example of the run, ``[examples, ...]``.
+    batches: per fold, ``index`` (into ``data``) and ``position``, ``[folds, per_device_batch]``.
+
+  Returns:
+    As :func:`folds_train_step`.
+  """
+  index = batches["index"]
+  gathered = {"image": data["image"][index], "age": data["age"][index], "position": batches["position"]}
+  return folds_train_step(states, gathered, learning_rates, active, **step_kwargs)
+
+
 @dataclasses.dataclass
 class Steps:
   """The compiled steps shared by every fold of a run."""
 
-  train: Callable
+  train: Callable  # gathered_train_step, pmapped as the layout lays a group out
   eval: Callable
 
 
 _STEPS: dict[str, Steps] = {}
 
 
-def compile_steps(config, loss_fn, augmentation) -> Steps:
+def compile_steps(config, loss_fn, augmentation, layout: fold_layout.FoldLayout) -> Steps:
   """The pmapped steps; one pair per distinct setting in a process, so XLA compiles each once."""
   key = json.dumps([config.loss, config.loss_kwargs.to_dict(), config.start_age, config.seed, config.batch_size,
-                    config.test_time_flip, config.augmentation.to_dict()], sort_keys=True, default=str)
+                    config.test_time_flip, config.augmentation.to_dict(), layout.axis_name,
+                    [str(d) for d in layout.pmap_devices or []]], sort_keys=True, default=str)
   if key not in _STEPS:
-    _STEPS[key] = _compile_steps(config, loss_fn, augmentation)
+    _STEPS[key] = _compile_steps(config, loss_fn, augmentation, layout)
   return _STEPS[key]
 
 
-def _compile_steps(config, loss_fn, augmentation) -> Steps:
-  train = jax.pmap(functools.partial(train_step, loss_fn=loss_fn, augmentation=augmentation, seed=config.seed,
-                                     global_batch=config.batch_size),
-                   axis_name="batch", donate_argnums=(0,))
+def _compile_steps(config, loss_fn, augmentation, layout) -> Steps:
+  # Folds over devices: each device holds its folds' whole batches, so the step averages over no axis.
+  step_axis = None if layout.over_devices else "batch"
+  train = jax.pmap(functools.partial(gathered_train_step, loss_fn=loss_fn, augmentation=augmentation,
+                                     seed=config.seed, global_batch=config.batch_size, axis_name=step_axis),
+                   axis_name=layout.axis_name, devices=layout.pmap_devices, donate_argnums=(0,))
   eval_ = jax.pmap(functools.partial(evaluate.eval_step, start_age=config.start_age,
                                      test_time_flip=config.test_time_flip), axis_name="batch")
   return Steps(train, eval_)
 
 
 # --------------------------------------------------------------------------
-# One fold.
+# Folds in training.
 
 def _is_writer() -> bool:
   return jax.process_index() == 0
@@ -155,94 +185,169 @@ def num_steps(config, num_train_examples: int) -> tuple[int, int]:
   return steps_per_epoch, total
 
 
-def train_fold(config, workdir: pathlib.Path, fold: training_data.Fold, steps: Steps,
-               initial_state: from_config.TrainState, *, evaluate_only: bool = False):
-  """Trains one fold (resuming from ``workdir``'s checkpoint) and evaluates it; returns the test predictions.
+@dataclasses.dataclass
+class FoldRun:
+  """A fold being trained: its folder, plan, checkpoints, log, and the step it (re)starts from."""
 
-  With ``evaluate_only``, the last checkpoint is evaluated as it is.
-  """
-  if evaluate_only:
-    return _evaluate_fold(config, workdir, fold, steps, initial_state)
+  fold: training_data.Fold
+  workdir: pathlib.Path
+  steps_per_epoch: int
+  total_steps: int
+  start_step: int
+  state: Any  # the host state of start_step (None once on the devices)
+  schedule: Callable[[int], float]
+  store: checkpoints.Checkpoints
+  batches: Iterator[dict]
+  progress: metric_writers.ProgressLine
+  writer: metric_writers.MetricWriter | None
+  last_saved: int | None
+  interval: dict[str, list[float]] = dataclasses.field(default_factory=lambda: collections.defaultdict(list))
+
+  def remaining(self, i: int) -> bool:
+    """Whether the group's ``i``-th step is a step of this fold."""
+    return self.start_step + i < self.total_steps
+
+
+def open_fold(config, workdir: pathlib.Path, fold: training_data.Fold, initial_state: from_config.TrainState,
+              layout: fold_layout.FoldLayout) -> FoldRun:
+  """A fold ready to train from ``workdir``'s last checkpoint (or from ``initial_state``)."""
   workdir.mkdir(parents=True, exist_ok=True)
-  steps_per_epoch, total_steps = num_steps(config, len(fold.train["age"]))
-  schedule = from_config.schedule(config, steps_per_epoch)
+  steps_per_epoch, total_steps = num_steps(config, fold.num_train)
   store = checkpoints.Checkpoints(workdir / "checkpoints", max_to_keep=config.max_checkpoints_to_keep)
-  state = initial_state
+  state = jax.device_get(initial_state)
   if store.latest_step() is not None:
-    state = store.restore(jax.device_get(initial_state))
+    state = store.restore(state)
     _log(f"{fold.name}: resumed from {store.directory / str(store.latest_step())} at step {int(state.step)}")
   start_step = int(state.step)
   if start_step > total_steps:
     raise errors.WorkdirError(f"{workdir}: its checkpoint is at step {start_step}, past this config's {total_steps} "
                               "steps; use a new --workdir or raise config.num_train_steps / num_epochs.")
-  _log(f"{fold.name}: {len(fold.train['age'])} training, {len(fold.validation['age'])} validation, "
+  count = jax.device_count()
+  where = "on one device" if layout.over_devices or count == 1 else f"on {count} devices"
+  _log(f"{fold.name}: {fold.num_train} training, {len(fold.validation['age'])} validation, "
        f"{len(fold.test['age'])} test images; {total_steps} steps of {config.batch_size} "
-       f"({steps_per_epoch} per epoch) on {jax.device_count()} devices")
+       f"({steps_per_epoch} per epoch) {where}")
+  return FoldRun(
+      fold=fold, workdir=workdir, steps_per_epoch=steps_per_epoch, total_steps=total_steps, start_step=start_step,
+      state=state, schedule=from_config.schedule(config, steps_per_epoch), store=store,
+      batches=layout.batch_indices(fold.num_train, global_batch=config.batch_size, seed=config.seed,
+                                   start_step=start_step),
+      progress=metric_writers.ProgressLine(total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+                                           global_batch=config.batch_size, start_step=start_step),
+      writer=metric_writers.MetricWriter(workdir, resume_step=start_step) if _is_writer() else None,
+      last_saved=store.latest_step())
 
-  writer = metric_writers.MetricWriter(workdir, resume_step=start_step) if _is_writer() else None
-  progress = metric_writers.ProgressLine(total_steps=total_steps, steps_per_epoch=steps_per_epoch,
-                                         global_batch=config.batch_size, start_step=start_step)
-  train_arrays = {"image": fold.train["image"], "age": fold.train["age"]}
-  batches = input_pipeline.train_batches(train_arrays, global_batch=config.batch_size, seed=config.seed,
-                                         start_step=start_step, num_devices=jax.local_device_count(),
-                                         process_index=jax.process_index(), process_count=jax.process_count())
-  replicated = replicate(state)
-  del state
-  pending: collections.deque = collections.deque()
-  interval: dict[str, list[float]] = collections.defaultdict(list)
-  last_saved = store.latest_step()
-  eval_every = config.eval_every_epochs * steps_per_epoch
 
-  def check(step: int, metrics) -> None:
-    values = {name: float(value) for name, value in jax.device_get(unreplicate(metrics)).items()}
-    if not math.isfinite(values["loss"]):
-      where = (f"the last good checkpoint is step {last_saved} in {store.directory}" if last_saved is not None
-               else "no checkpoint was written before it")
-      raise NonFiniteLossError(
-          f"{fold.name}: the training loss is {values['loss']} at step {step} "
-          f"(epoch {(step - 1) // steps_per_epoch + 1}); "
-          f"{where}. Lower config.learning_rate, set config.gradient_clip_norm, or check the data.")
-    for name, value in values.items():
-      interval[name].append(value)
-    if step % config.log_every_steps == 0 or step == total_steps:
-      means = {name: float(np.mean(v)) for name, v in interval.items()}
-      interval.clear()
-      _log(f"{fold.name}: {progress.format(step, means)}")
-      if writer:
-        writer.write_scalars(step, means, prefix="train")
+def _record(config, run: FoldRun, step: int, scalars: dict[str, float]) -> None:
+  """Refuses a non-finite loss; logs and writes the means of each ``log_every_steps`` steps."""
+  if not math.isfinite(scalars["loss"]):
+    where = (f"the last good checkpoint is step {run.last_saved} in {run.store.directory}"
+             if run.last_saved is not None else "no checkpoint was written before it")
+    raise NonFiniteLossError(
+        f"{run.fold.name}: the training loss is {scalars['loss']} at step {step} "
+        f"(epoch {(step - 1) // run.steps_per_epoch + 1}); "
+        f"{where}. Lower config.learning_rate, set config.gradient_clip_norm, or check the data.")
+  for name, value in scalars.items():
+    run.interval[name].append(value)
+  if step % config.log_every_steps == 0 or step == run.total_steps:
+    means = {name: float(np.mean(v)) for name, v in run.interval.items()}
+    run.interval.clear()
+    _log(f"{run.fold.name}: {run.progress.format(step, means)}")
+    if run.writer:
+      run.writer.write_scalars(step, means, prefix="train")
 
+
+def _validation_due(config, run: FoldRun, step: int) -> bool:
+  every = config.eval_every_epochs * run.steps_per_epoch
+  return bool(every) and step % every == 0 and step < run.total_steps and len(run.fold.validation["age"]) > 0
+
+
+def _validate(config, run: FoldRun, steps: Steps, replicated, step: int) -> None:
+  metrics = evaluate.metrics_of(evaluate.predict(steps.eval, replicated, run.fold.validation, config.eval_batch_size))
+  _log(f"{run.fold.name}: validation at step {step}: MAE {metrics['mae']:.3f} over {metrics['count']} images")
+  if run.writer:
+    run.writer.write_scalars(step, {"mae": metrics["mae"], "cs5": metrics["cs"][5]}, prefix="validation")
+
+
+def _interrupted(stopped: list[tuple[FoldRun, int]]) -> errors.Interrupted:
+  if len(stopped) == 1:
+    ((run, done),) = stopped
+    return errors.Interrupted(f"{run.fold.name} stopped after step {done}, its checkpoint saved in "
+                              f"{run.store.directory}; the same command continues from there.")
+  return errors.Interrupted(
+      f"{', '.join(f'{run.fold.name} after step {done}' for run, done in stopped)} stopped, each with its "
+      "checkpoint saved in its folder; the same command continues from there.")
+
+
+def train_folds(config, runs: list[FoldRun], steps: Steps, layout: fold_layout.FoldLayout, data: Any,
+                initial_state: from_config.TrainState) -> list[dict[str, np.ndarray] | None]:
+  """Trains ``runs`` at once, each to its own last step, and evaluates each; returns their test predictions.
+
+  ``data`` is the training images and ages on the devices (``layout.everywhere``), which every fold's training
+  examples index. A fold that reaches its last step is saved and then kept as it is while the others go on.
+  """
+  slots: list[FoldRun | None] = list(runs) + [None] * (layout.num_slots(len(runs)) - len(runs))
+  longest = max(run.total_steps - run.start_step for run in runs)
   try:
-    for step in range(start_step, total_steps):
-      learning_rate = flax.jax_utils.replicate(np.float32(schedule(step)))
-      replicated, metrics = steps.train(replicated, next(batches), learning_rate)
-      pending.append((step + 1, metrics))
+    if longest == 0:  # every fold finished: evaluate its checkpoint
+      return [_evaluate_splits(config, run.workdir, run.fold, steps, replicate(run.state)) for run in runs]
+    idle_state = jax.device_get(initial_state)
+    states = layout.states([run.state if run else idle_state for run in slots])
+    for run in runs:
+      run.state = None
+    # What an idle slot (a finished fold, a padding slot) is fed: any valid indices, its result is discarded.
+    idle_batch = jax.tree.map(np.zeros_like, next(layout.batch_indices(
+        config.batch_size, global_batch=config.batch_size, seed=0, start_step=0)))
+    pending: collections.deque = collections.deque()
+
+    def check(i: int, metrics) -> None:
+      values = layout.values(metrics)
+      for slot, run in enumerate(slots):
+        if run is not None and run.remaining(i):
+          _record(config, run, run.start_step + i + 1, {name: float(value[slot]) for name, value in values.items()})
+
+    def save(slot: int, step: int) -> None:
+      while pending:
+        check(*pending.popleft())
+      run = slots[slot]
+      run.store.save(step, layout.fold(states, slot))
+      run.last_saved = step
+
+    for i in range(longest):
+      active = [run is not None and run.remaining(i) for run in slots]
+      batches = [next(run.batches) if on else idle_batch for run, on in zip(slots, active)]
+      learning_rates = [np.float32(run.schedule(run.start_step + i) if on else 0.0) for run, on in zip(slots, active)]
+      states, metrics = steps.train(states, data, layout.batches(batches), layout.per_slot(learning_rates),
+                                    layout.per_slot(active))
+      pending.append((i, metrics))
       while len(pending) > 1:  # one step behind, so the host never waits for the device
         check(*pending.popleft())
-      done = step + 1
-      stop = interruption.requested() and done < total_steps
-      if done % config.checkpoint_every_steps == 0 or done == total_steps or stop:
-        while pending:
-          check(*pending.popleft())
-        store.save(done, unreplicate(replicated))
-        last_saved = done
-      if stop:
-        raise errors.Interrupted(f"{fold.name} stopped after step {done}, its checkpoint saved in {store.directory}; "
-                                 "the same command continues from there.")
-      if eval_every and done % eval_every == 0 and done < total_steps and len(fold.validation["age"]):
-        result = evaluate.predict(steps.eval, replicated, fold.validation, config.eval_batch_size)
-        metrics_ = evaluate.metrics_of(result)
-        _log(f"{fold.name}: validation at step {done}: MAE {metrics_['mae']:.3f} over {metrics_['count']} images")
-        if writer:
-          writer.write_scalars(done, {"mae": metrics_["mae"], "cs5": metrics_["cs"][5]}, prefix="validation")
+      stopping = interruption.requested() and any(run.remaining(i + 1) for run in runs)
+      stopped = []
+      for slot, run in enumerate(slots):
+        if not active[slot]:
+          continue
+        done = run.start_step + i + 1
+        if done % config.checkpoint_every_steps == 0 or done == run.total_steps or stopping:
+          save(slot, done)
+        if stopping and done < run.total_steps:
+          stopped.append((run, done))
+      if stopped:
+        raise _interrupted(stopped)
+      for slot, run in enumerate(slots):
+        if active[slot] and _validation_due(config, run, run.start_step + i + 1):
+          _validate(config, run, steps, replicate(layout.fold(states, slot)), run.start_step + i + 1)
     while pending:
       check(*pending.popleft())
-    if store.latest_step() != total_steps:
-      store.save(total_steps, unreplicate(replicated))
+    for slot, run in enumerate(runs):
+      if run.store.latest_step() != run.total_steps:
+        save(slot, run.total_steps)
   finally:
-    if writer:
-      writer.close()
-
-  return _evaluate_splits(config, workdir, fold, steps, replicated)
+    for run in runs:
+      if run.writer:
+        run.writer.close()
+  return [_evaluate_splits(config, run.workdir, run.fold, steps, replicate(layout.fold(states, slot)))
+          for slot, run in enumerate(runs)]
 
 
 def _evaluate_fold(config, workdir, fold, steps, initial_state):
@@ -251,7 +356,7 @@ def _evaluate_fold(config, workdir, fold, steps, initial_state):
     raise errors.WorkdirError(f"{fold.name}: no checkpoint in {store.directory}; train first "
                             f"(python run_train.py --config=... --workdir={workdir}).")
   state = store.restore(jax.device_get(initial_state))
-  _, total_steps = num_steps(config, len(fold.train["age"]))
+  _, total_steps = num_steps(config, fold.num_train)
   note = "" if int(state.step) == total_steps else f" (the run is unfinished: {total_steps} steps planned)"
   _log(f"{fold.name}: evaluating the checkpoint of step {int(state.step)}{note}")
   return _evaluate_splits(config, workdir, fold, steps, replicate(state))
@@ -280,10 +385,10 @@ def fold_workdir(config, workdir: pathlib.Path, fold: int, *, all_folds: bool) -
   return workdir / "folds" / label
 
 
-def check_config(config) -> None:
+def check_config(config, *, training: bool = True) -> None:
   """Fails early, naming the field, on values that would fail later."""
   training_data.check_data_config(config.data, config.protocol)
-  config_checks.check(config, jax.device_count())
+  config_checks.check(config, jax.device_count(), jax.process_count(), training=training)
 
 
 def check_workdir(workdir: pathlib.Path, *, evaluate_only: bool) -> None:
@@ -310,18 +415,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
   ``workdir`` receives ``config.json``, and per fold: ``checkpoints/``,
   ``metrics.jsonl``, ``tensorboard/`` and ``test/`` (``predictions.csv``,
-  ``metrics.json``, PNG plots). A run over several folds trains them in
-  turn under ``workdir/folds/`` (a fold whose final checkpoint exists is only
-  evaluated) and writes the pooled results to ``workdir/summary/``.
+  ``metrics.json``, PNG plots). A run over several folds trains them under
+  ``workdir/folds/``, ``config.parallel_folds`` at once (a fold whose final
+  checkpoint exists is only evaluated), and writes the pooled results to
+  ``workdir/summary/``. Each fold's checkpoints are its own, so a run may be
+  resumed with another ``parallel_folds`` or layout.
 
   With ``evaluate_only`` (``run_eval.py``), nothing is trained: the last
   checkpoint of every fold is evaluated and the reports are rewritten.
   """
   workdir = pathlib.Path(workdir).absolute()
-  check_config(config)
+  check_config(config, training=not evaluate_only)
   loss_fn = from_config.loss_fn(config)
   augmentation = from_config.augmentation(config)
-  model = from_config.model(config)
+  layout = fold_layout.FoldLayout(config.get("folds_over_devices", False) and not evaluate_only)
+  # Folds over devices: a fold's BatchNorm statistics are its own device's batch's, averaged over no axis.
+  model = from_config.model(config, axis_name=None if layout.over_devices else "batch")
   tx = from_config.optimizer(config)
   check_workdir(workdir, evaluate_only=evaluate_only)
   stored = workdir_config.check(workdir, config, evaluate_only=evaluate_only)
@@ -341,7 +450,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   total_steps = {fold: num_steps(config, training_data.num_train_examples(config, dataset, fold))[1]
                  for fold in fold_ids}
   initial_state = from_config.initial_train_state(config, model, tx)
-  steps = compile_steps(config, loss_fn, augmentation)
+  steps = compile_steps(config, loss_fn, augmentation, layout)
   if _is_writer() and not evaluate_only:  # the config has passed every check
     for change in workdir_config.write(workdir, config, stored):
       _log(f"{workdir / workdir_config.FILE_NAME}: {change}")
@@ -352,24 +461,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   if pooling and config.get("folds", ""):  # a pool of some folds is not the protocol's: say which are left out
     missing = [f"{training_data.fold_name(config, fold)} (not in config.folds)"
                for fold in training_data.all_fold_ids(config, dataset) if fold not in fold_ids]
-  for fold in fold_ids:
-    fold_dir = fold_workdir(config, workdir, fold, all_folds=all_folds)
-    if pooling:
-      total = total_steps[fold]
-      latest = checkpoints.latest_step_on_disk(fold_dir / "checkpoints")
-      if latest != total:
-        state = "not started" if latest is None else f"unfinished: step {latest} of {total}"
-        missing.append(f"{training_data.fold_name(config, fold)} ({state})")
-        continue
-    splits = training_data.fold_splits(config, dataset, fold)
-    if fold_dir != workdir and _is_writer() and not evaluate_only:
-      # A fold's folder knows its fold too: run_eval.py --workdir=<it> evaluates that fold alone.
-      fold_config = config.copy_and_resolve_references()
-      fold_config.fold = fold
-      fold_dir.mkdir(parents=True, exist_ok=True)
-      workdir_config.write(fold_dir, fold_config, workdir_config.read(fold_dir))
-    predictions = train_fold(config, fold_dir, splits, steps, initial_state, evaluate_only=evaluate_only)
-    results.append((splits, predictions))
+  if evaluate_only:
+    for fold in fold_ids:
+      fold_dir = fold_workdir(config, workdir, fold, all_folds=all_folds)
+      if pooling:
+        total = total_steps[fold]
+        latest = checkpoints.latest_step_on_disk(fold_dir / "checkpoints")
+        if latest != total:
+          state = "not started" if latest is None else f"unfinished: step {latest} of {total}"
+          missing.append(f"{training_data.fold_name(config, fold)} ({state})")
+          continue
+      splits = training_data.fold_splits(config, dataset, fold)
+      results.append((splits, _evaluate_fold(config, fold_dir, splits, steps, initial_state)))
+  else:
+    data = None  # the training images on the devices, put there once for every group
+    parallel = config.get("parallel_folds", 1)
+    for first in range(0, len(fold_ids), parallel):
+      group = fold_ids[first:first + parallel]
+      runs = []
+      for fold in group:
+        fold_dir = fold_workdir(config, workdir, fold, all_folds=all_folds)
+        if fold_dir != workdir and _is_writer():
+          # A fold's folder knows its fold too: run_eval.py --workdir=<it> evaluates that fold alone.
+          fold_config = config.copy_and_resolve_references()
+          fold_config.fold = fold
+          fold_dir.mkdir(parents=True, exist_ok=True)
+          workdir_config.write(fold_dir, fold_config, workdir_config.read(fold_dir))
+        runs.append(open_fold(config, fold_dir, training_data.fold_splits(config, dataset, fold), initial_state,
+                              layout))
+      if parallel > 1:
+        _log(f"training {', '.join(run.fold.name for run in runs)} at once ({layout.describe()})")
+      if data is None and any(run.start_step < run.total_steps for run in runs):
+        source = runs[0].fold.train_source  # every fold's training examples index the same arrays
+        data = layout.everywhere({"image": source["image"], "age": source["age"]})
+      predictions = train_folds(config, runs, steps, layout, data, initial_state)
+      results += [(run.fold, p) for run, p in zip(runs, predictions)]
   if not results:
     raise errors.WorkdirError(f"{workdir}: no fold is finished ({'; '.join(missing)}); train first.")
   if len(results) == 1 and not missing:

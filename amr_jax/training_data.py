@@ -30,12 +30,26 @@ CROPS = {"fgnet": ("whole", "aligned"), "clap2016": ("face", "whole")}
 
 @dataclasses.dataclass
 class Fold:
-  """One fold's training, validation (possibly empty) and test examples."""
+  """One fold's training, validation (possibly empty) and test examples.
+
+  The training examples are ``train_indices`` into ``train_source``, the arrays every fold of a run shares, so
+  folds trained at once hold the images once and each gathers its own batches by index.
+  """
 
   name: str  # e.g. "subject 17", "fold 2 of 5", "test split"
-  train: Arrays
+  train_source: Arrays
+  train_indices: np.ndarray
   validation: Arrays
   test: Arrays
+
+  @property
+  def train(self) -> Arrays:
+    """The training examples as arrays of their own (a copy)."""
+    return {name: value[self.train_indices] for name, value in self.train_source.items()}
+
+  @property
+  def num_train(self) -> int:
+    return len(self.train_indices)
 
 
 def check_data_config(data, protocol: str) -> None:
@@ -186,8 +200,9 @@ def num_train_examples(config, dataset: dict[str, Arrays], fold: int) -> int:
 def fold_splits(config, dataset: dict[str, Arrays], fold: int) -> Fold:
   """Training, validation and test arrays of ``fold``; validation subjects never include the test subjects."""
   if config.protocol == "splits":
-    return Fold(fold_name(config, fold), dataset["train"], dataset["valid"], dataset["test"])
+    train = dataset["train"]
+    return Fold(fold_name(config, fold), train, np.arange(len(train["age"])), dataset["valid"], dataset["test"])
   arrays = dataset["all"]
   split = _fold_indices(config, dataset, fold)
   take = lambda indices: {name: value[indices] for name, value in arrays.items()}  # noqa: E731
-  return Fold(fold_name(config, fold), take(split.train), take(split.validation), take(split.test))
+  return Fold(fold_name(config, fold), arrays, split.train, take(split.validation), take(split.test))

@@ -29,9 +29,13 @@ _LOCATION_AND_BOOKKEEPING = ("data.manual_dir", "data.data_dir", "log_every_step
 # length; the cosine one depends on num_epochs, so a change of it is refused there (the steps already taken followed
 # another curve). ``fold`` may pick one fold of a workdir made by a run over all folds, and ``folds`` a slice of them
 # (array jobs sharing the workdir).
-RESUME_FIELDS = _LOCATION_AND_BOOKKEEPING + ("num_epochs", "num_train_steps", "fold", "folds", "test_time_flip")
+# How many folds train at once, and where: each fold's checkpoints are its own and its result is the same (to float
+# rounding) in every arrangement, so a run may go on in another.
+_ARRANGEMENT = ("parallel_folds", "folds_over_devices")
+RESUME_FIELDS = _LOCATION_AND_BOOKKEEPING + _ARRANGEMENT + ("num_epochs", "num_train_steps", "fold", "folds",
+                                                            "test_time_flip")
 # Evaluation may average the image and its mirror (``test_time_flip``), and evaluate one fold of an all-folds run.
-EVAL_FIELDS = _LOCATION_AND_BOOKKEEPING + ("test_time_flip", "fold", "folds")
+EVAL_FIELDS = _LOCATION_AND_BOOKKEEPING + _ARRANGEMENT + ("test_time_flip", "fold", "folds")
 _COSINE_LENGTH_FIELDS = ("num_epochs",)
 
 

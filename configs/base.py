@@ -76,6 +76,13 @@ def get_config() -> ml_collections.ConfigDict:
   # --workdir; run_eval.py --workdir pools them); "" = every fold.
   config.folds = ""
   config.num_folds = 5
+  # Folds trained at once, in one compiled step (each with its own parameters, optimizer, schedule and batches;
+  # the images are held once). 1: one fold after another.
+  config.parallel_folds = 1
+  # With several devices: False splits each fold's batch over all devices (data parallel; for large per-fold
+  # batches and single-fold runs); True gives each device its own folds, with no traffic between devices
+  # (parallel_folds must then be a multiple of the device count; one process only).
+  config.folds_over_devices = False
   # Subjects taken out of the training subjects to watch during training (never the test subject).
   config.num_validation_subjects = 0
 

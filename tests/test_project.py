@@ -127,3 +127,18 @@ def test_public_api_is_importable():
 
   for name in amr_jax.losses.__all__:
     assert getattr(amr_jax.losses, name).__doc__, f"{name} has no docstring"
+
+
+def test_accelerator_check_script_parses_and_names_tests_and_limits_that_exist():
+  """benchmarks/accelerator_check.sh runs where no CI does: what can be checked without a GPU is checked here."""
+  script_path = ROOT / "benchmarks" / "accelerator_check.sh"
+  subprocess.run(["bash", "-n", str(script_path)], check=True)
+  script = script_path.read_text()
+  for node in re.findall(r"(tests/test_\w+\.py(?:::\w+(?:\[\w+\])?)?)", script):
+    path, _, name = node.partition("::")
+    assert (ROOT / path).is_file(), node
+    if name:
+      assert f"def {name.split('[')[0]}(" in (ROOT / path).read_text(), node
+  # Each stage's limit: together within the 8 minutes the check is sized for.
+  limits = [int(limit) for limit in re.findall(r"\bstage \w+ (\d+) ", script)]
+  assert len(limits) == 5 and sum(limits) <= 8 * 60, limits

@@ -20,14 +20,19 @@ TINY = {"model": "tiny_age_net", "pretrained": "", "image_size": 64, "batch_size
         "num_train_steps": 2, "log_every_steps": 1, "checkpoint_every_steps": 100}
 
 
-def make_synthetic_fgnet(folder: pathlib.Path, subjects: int = 4, images_per_subject: int = 4) -> pathlib.Path:
-  """An FG-NET tree (``FGNET/images``, ``FGNET/points``) of copies of the dummy images under new names."""
+def make_synthetic_fgnet(folder: pathlib.Path, subjects: int = 4, images_per_subject: int | list[int] = 4
+                         ) -> pathlib.Path:
+  """An FG-NET tree (``FGNET/images``, ``FGNET/points``) of copies of the dummy images under new names.
+
+  ``images_per_subject``: one count for every subject, or a count per subject.
+  """
+  counts = images_per_subject if isinstance(images_per_subject, list) else [images_per_subject] * subjects
   sources = sorted((DUMMY_FGNET / "images").glob("*.JPG"))
   (folder / "FGNET" / "images").mkdir(parents=True)
   (folder / "FGNET" / "points").mkdir(parents=True)
   rng = np.random.default_rng(0)
-  for subject in range(1, subjects + 1):
-    for age in sorted(rng.choice(70, images_per_subject, replace=False)):
+  for subject, count in enumerate(counts, start=1):
+    for age in sorted(rng.choice(70, count, replace=False)):
       source = sources[(subject * 7 + int(age)) % len(sources)]
       name = f"{subject:03d}A{int(age):02d}"
       shutil.copy(source, folder / "FGNET" / "images" / f"{name}.JPG")
