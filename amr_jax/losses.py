@@ -25,9 +25,15 @@ Conventions shared by all losses:
   do). Terms that use the age itself (mean, variance, L1, Gaussian target)
   use the unrounded label.
 * A label outside ``[start_age, start_age + num_classes - 1]`` is not an
-  error (it cannot be, under ``jit``): its class is clamped to the nearest end
-  class, while the age terms still use the label as given. Check the label
-  range when you load data.
+  error for the losses: its class is clamped to the nearest end class, while
+  the age terms still use the label as given. :func:`check_label_range`
+  refuses such labels, on the host when data is loaded, or inside ``jit``
+  under ``jax.experimental.checkify.checkify``.
+* Logits of several models for one batch, ``[models, batch, C]``, with
+  labels ``[batch]``: ``jax.vmap(loss, in_axes=(0, None))(logits, labels)``
+  gives ``[models, batch]``. Bind keyword arguments before, since ``vmap``
+  maps every keyword argument over its first axis:
+  ``jax.vmap(functools.partial(loss, start_age=16), in_axes=(0, None))``.
 * Computation is done in at least float32 whatever the logits' dtype
   (bfloat16 logits give float32 losses and bfloat16 gradients; float64 stays
   float64), which keeps values and gradients finite for logits up to +-1e4.
@@ -40,6 +46,7 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import checkify
 import numpy as np
 
 Array = jax.Array
@@ -47,8 +54,10 @@ ArrayLike = jax.typing.ArrayLike
 LossTerms = dict[str, Array]
 
 __all__ = [
+    "LabelRangeError",
     "adaptive_mean_residue_loss",
     "adaptive_mean_residue_terms",
+    "check_label_range",
     "cross_entropy_loss",
     "dldl_loss",
     "dldl_terms",
@@ -197,6 +206,54 @@ def label_class(labels: ArrayLike, num_classes: int, *, start_age: float = 0) ->
   return jnp.clip(offset, 0, num_classes - 1).astype(jnp.int32)
 
 
+class LabelRangeError(ValueError):
+  """Labels outside the classes; ``count`` of them, the first ``label`` at flat ``index`` of the labels."""
+
+  def __init__(self, message: str, *, count: int, index: int, label: float):
+    super().__init__(message)
+    self.count, self.index, self.label = count, index, label
+
+
+def check_label_range(labels: ArrayLike, num_classes: int, *, start_age: float = 0) -> None:
+  """Refuses labels whose class :func:`label_class` would clamp: ``round(label - start_age)`` outside ``0..C-1``.
+
+  On concrete arrays (data being loaded) it raises at once. Inside ``jit``, ``vmap`` or ``grad`` it records a
+  :mod:`jax.experimental.checkify` check, so the function must be transformed by ``checkify.checkify``::
+
+    checked = jax.jit(checkify.checkify(step))   # step calls check_label_range(batch["age"], 70)
+    error, out = checked(state, batch)
+    error.throw()                                # raises naming the first bad label
+
+  Args:
+    labels: ages, ``[...]``.
+    num_classes: number of age classes ``C``, at least 2.
+    start_age: the age of class 0.
+
+  Raises:
+    LabelRangeError: (a ``ValueError``; concrete labels) naming how many labels are outside, the first of them
+      and the range.
+  """
+  _check_num_classes(num_classes)
+  high = start_age + num_classes - 1
+  if isinstance(labels, jax.core.Tracer):
+    labels = jnp.asarray(labels)
+    classes = jnp.round(labels.astype(jnp.promote_types(labels.dtype, jnp.float32)) - start_age)
+    outside = (classes < 0) | (classes > num_classes - 1)
+    first = jnp.ravel(labels)[jnp.argmax(jnp.ravel(outside))]
+    checkify.check(~jnp.any(outside), f"label {{first}} is outside the {num_classes} classes of ages "
+                   f"{start_age:g}..{high:g} (start_age, num_classes): its class would be clamped", first=first)
+    return
+  values = np.asarray(labels, dtype=np.float64)
+  classes = np.round(values - start_age)  # half to even, as jnp.round in label_class
+  outside = np.flatnonzero((classes < 0) | (classes > num_classes - 1))
+  if outside.size:
+    first = float(values.flat[outside[0]])
+    raise LabelRangeError(f"{outside.size} of {values.size} labels are outside the {num_classes} classes of ages "
+                          f"{start_age:g}..{high:g} (start_age, num_classes), e.g. label {first:g} at flat index "
+                          f"{outside[0]}: their class would be clamped.", count=int(outside.size),
+                          index=int(outside[0]), label=first)
+
+
 def expected_age(logits: ArrayLike, *, start_age: float = 0) -> Array:
   r"""Expectation of the predicted age distribution (the read-out of every loss).
 
@@ -336,7 +393,7 @@ def cross_entropy_loss(logits: ArrayLike, labels: ArrayLike, *, start_age: float
   r"""Softmax cross-entropy against the label's age class.
 
   :math:`\mathrm{CE}_i = -\log \mathrm{softmax}(z_i)_{c_i}`, with
-  :math:`c_i = \mathrm{round}(y_i) - \mathrm{start\_age}`.
+  :math:`c_i = \mathrm{round}(y_i - \mathrm{start\_age})` (:func:`label_class`).
 
   Args:
     logits: ``[..., num_classes]``.

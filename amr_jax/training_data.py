@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from amr_jax import folds as folds_lib
-from amr_jax import config_checks, errors, input_pipeline, tfds_builders
+from amr_jax import config_checks, errors, input_pipeline, losses, tfds_builders
 
 Arrays = dict[str, np.ndarray]
 PROTOCOLS = {"fgnet": ("lopo", "kfold"), "clap2016": ("splits",)}
@@ -121,27 +121,26 @@ def _clap2016_arrays(builder, split: str, image_size: int) -> Arrays:
 def check_labels(config, dataset: dict[str, Arrays]) -> None:
   """Refuses ages whose class would be clamped: ``round(age - start_age)`` outside ``0..num_classes - 1``.
 
-  The losses clamp such labels silently (:func:`amr_jax.losses.label_class`); a run must not.
+  The losses clamp such labels silently (:func:`amr_jax.losses.label_class`); a run must not. The test is
+  :func:`amr_jax.losses.check_label_range`'s; this names the image.
 
   Raises:
     errors.DataError: naming the dataset, how many images, the first of them with its age, and the range.
   """
   low, high = config.start_age, config.start_age + config.num_classes - 1
   for split, arrays in dataset.items():
-    ages = np.asarray(arrays["age"], np.float64)
-    classes = np.round(ages - config.start_age)  # half to even, as jnp.round in label_class
-    outside = np.flatnonzero((classes < 0) | (classes > config.num_classes - 1))
-    if outside.size:
-      first = outside[0]
-      name = arrays["file_name"][first] if "file_name" in arrays else f"example {first}"
+    try:
+      losses.check_label_range(arrays["age"], config.num_classes, start_age=config.start_age)
+    except losses.LabelRangeError as error:
+      name = arrays["file_name"][error.index] if "file_name" in arrays else f"example {error.index}"
       where = config.data.name if split == "all" else f"{config.data.name} {split}"
-      needed = int(np.max(classes)) + 1
-      advice = (f"raise config.num_classes to {needed}" if np.min(classes) >= 0
+      classes = np.round(np.asarray(arrays["age"], np.float64) - config.start_age)
+      advice = (f"raise config.num_classes to {int(np.max(classes)) + 1}" if np.min(classes) >= 0
                 else "lower config.start_age")
       raise errors.DataError(
-          f"{where}: {outside.size} image(s) have ages outside the {config.num_classes} classes of ages {low:g}..{high:g} "
-          f"(config.start_age, config.num_classes), e.g. {name} with age {ages[first]:g}; their labels would be "
-          f"clamped. To train on them, {advice}.")
+          f"{where}: {error.count} image(s) have ages outside the {config.num_classes} classes of ages "
+          f"{low:g}..{high:g} (config.start_age, config.num_classes), e.g. {name} with age {error.label:g}; their "
+          f"labels would be clamped. To train on them, {advice}.") from None
 
 
 def fold_ids(config, dataset: dict[str, Arrays]) -> list[int]:

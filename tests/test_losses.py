@@ -414,3 +414,55 @@ def test_float32_stays_float32_when_x64_is_enabled(name):
   with jax.enable_x64(True):
     loss, grad = jax.value_and_grad(lambda z: ALL_LOSSES[name](z, labels).mean())(jnp.asarray(logits))
     assert loss.dtype == jnp.float32 and grad.dtype == jnp.float32
+
+
+# --------------------------------------------------------------------------
+# The label guard and the several-models idiom.
+
+def test_label_range_check_refuses_exactly_the_labels_whose_class_is_clamped():
+  # C = 70: class round(label) must be 0..69. 69.5 rounds (half to even) to 70, -0.6 to -1; -0.5 to -0, 69.4 to 69.
+  losses.check_label_range(np.array([0, 69, 69.4, -0.5, 34.5]), 70)
+  with pytest.raises(losses.LabelRangeError, match=r"2 of 5 labels are outside the 70 classes of ages 0..69 "
+                     r"\(start_age, num_classes\), e.g. label 69.5 at flat index 2") as error:
+    losses.check_label_range(np.array([0, 69, 69.5, -0.6, 3]), 70)
+  assert (error.value.count, error.value.index, error.value.label) == (2, 2, 69.5)
+  with pytest.raises(ValueError, match="classes of ages 16..85"):
+    losses.check_label_range([[20.0, 15.4]], 70, start_age=16)  # 15.4 - 16 rounds to -1
+  grid = np.arange(-3.0, 74.0, 0.25)
+  for label in grid:  # refused if and only if label_class clamps it
+    clamped = int(losses.label_class(label, 70)) != np.round(label)
+    try:
+      losses.check_label_range([label], 70)
+      refused = False
+    except losses.LabelRangeError:
+      refused = True
+    assert refused == clamped, label
+
+
+def test_label_range_check_inside_jit_reports_through_checkify():
+  from jax.experimental import checkify
+
+  def step(logits, labels):
+    losses.check_label_range(labels, 70, start_age=1)
+    return losses.cross_entropy_loss(logits, labels, start_age=1).mean()
+
+  checked = jax.jit(checkify.checkify(step))
+  logits = jnp.zeros((3, 70))
+  error, value = checked(logits, jnp.array([3.0, 80.0, 5.0]))
+  with pytest.raises(checkify.JaxRuntimeError, match=r"label 80.0 is outside the 70 classes of ages 1..70"):
+    error.throw()
+  error, value = checked(logits, jnp.array([3.0, 70.0, 5.0]))
+  assert error.get() is None
+  np.testing.assert_allclose(value, np.log(70), rtol=1e-6)
+
+
+def test_several_models_logits_with_one_batch_of_labels_vmap_as_documented():
+  rng = np.random.default_rng(3)
+  logits = rng.normal(size=(3, 5, 70)).astype(np.float32)  # [models, batch, C]
+  labels = rng.uniform(16, 80, size=5).astype(np.float32)
+  loss = functools.partial(losses.adaptive_mean_residue_loss, start_age=16)
+  together = jax.vmap(loss, in_axes=(0, None))(logits, labels)
+  assert together.shape == (3, 5)
+  for model in range(3):
+    # The same float32 sums over 70 classes, maybe in another order: 70 x 6e-8 apart at most.
+    np.testing.assert_allclose(together[model], loss(logits[model], labels), rtol=1e-5)
