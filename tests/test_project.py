@@ -142,3 +142,13 @@ def test_accelerator_check_script_parses_and_names_tests_and_limits_that_exist()
   # Each stage's limit: together within the 8 minutes the check is sized for.
   limits = [int(limit) for limit in re.findall(r"\bstage \w+ (\d+) ", script)]
   assert len(limits) == 5 and sum(limits) <= 8 * 60, limits
+
+
+def test_readme_start_age_binding_example_runs(tmp_path):
+  script = tmp_path / "bind_example.py"
+  script.write_text(_code_block_after("<!-- example: bind-start-age -->"))
+  result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  predicted, cross_entropy = map(float, result.stdout.split())
+  assert result.stdout.split() == ["50.50", "4.2485"]  # the mean of 16..85 and ln 70, by hand, as the comment says
+  assert predicted == 50.5 and cross_entropy == round(np.log(70), 4)
