@@ -1,5 +1,6 @@
 """The project's promises to a new user: README commands = CI commands, the README example runs."""
 
+import ast
 import os
 import pathlib
 import re
@@ -152,3 +153,28 @@ def test_readme_start_age_binding_example_runs(tmp_path):
   predicted, cross_entropy = map(float, result.stdout.split())
   assert result.stdout.split() == ["50.50", "4.2485"]  # the mean of 16..85 and ln 70, by hand, as the comment says
   assert predicted == 50.5 and cross_entropy == round(np.log(70), 4)
+
+
+def test_readme_nnx_sharded_jit_example_runs_on_two_devices_as_on_one(tmp_path):
+  script = tmp_path / "nnx_example.py"
+  script.write_text(_code_block_after("<!-- example: nnx-sharded-jit -->"))
+  outputs = {}
+  for devices in (1, 2):
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    outputs[devices] = result.stdout.splitlines()
+    assert outputs[devices][-1].startswith(f"{devices} device(s): MAE ")
+  # The same training and metrics: equal up to float32 summation order (~1e-6 relative), so each printed value
+  # is within one unit of its last printed decimal (4 for the logs; 2 for MAE, 3 for CS(5)).
+  for one, two in zip(outputs[1][:3], outputs[2][:3]):
+    logs_one, logs_two = (ast.literal_eval(line.split(" ", 1)[1]) for line in (one, two))
+    assert logs_one.keys() == logs_two.keys() and "top_k" in logs_one
+    for name in logs_one:
+      assert abs(logs_one[name] - logs_two[name]) <= 1e-4 + 1e-9, (name, one, two)
+  pattern = r"MAE ([\d.]+), CS\(5\) ([\d.]+) over (\d+) images"
+  (mae_1, cs_1, count_1), (mae_2, cs_2, count_2) = (re.search(pattern, lines[-1]).groups()
+                                                    for lines in (outputs[1], outputs[2]))
+  assert abs(float(mae_1) - float(mae_2)) <= 0.01 + 1e-9 and abs(float(cs_1) - float(cs_2)) <= 0.001 + 1e-9
+  assert count_1 == count_2 == "64"
