@@ -37,7 +37,6 @@ import pathlib
 import time
 from typing import Any, Callable, Iterator
 
-import flax.jax_utils
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -45,7 +44,7 @@ import numpy as np
 
 from amr_jax import (augment, checkpoints, config_checks, errors, evaluate, fold_layout, from_config, interruption,
                      metric_writers, training_data, workdir_config)
-from amr_jax.evaluate import replicate, unreplicate
+from amr_jax.evaluate import replicate
 
 class NonFiniteLossError(errors.RunError, FloatingPointError):
   """The training loss became NaN or infinite."""

@@ -44,11 +44,17 @@ if [[ "${1:-}" == "--download-wheels" ]]; then
 fi
 
 OUT="${1:?usage: bash benchmarks/accelerator_check.sh OUT_DIR (or --download-wheels DIR)}"
-mkdir -p "$OUT"
+mkdir -p "$OUT" 2> /dev/null && [[ -w "$OUT" ]] || { echo "error: OUT_DIR $OUT is not a folder this can write to" >&2; exit 1; }
 OUT="$(cd "$OUT" && pwd)"
 SMOKE="${AMR_JAX_CHECK_SMOKE:-0}"
 AMR_JAX_WHEELS="${AMR_JAX_WHEELS:-}"
 export AMR_JAX_WHEELS
+if [[ -n "$AMR_JAX_WHEELS" ]] && ! compgen -G "$AMR_JAX_WHEELS/*.whl" > /dev/null; then
+  echo "error: AMR_JAX_WHEELS=$AMR_JAX_WHEELS holds no .whl files (make them with --download-wheels DIR)" >&2
+  exit 1
+fi
+# Outputs of an earlier check in the same folder are replaced, never mixed with this one's.
+rm -f "$OUT"/{summary.txt,environment.txt,install.log,tests.log,speed.md,speed.log,lopo_speed.md,lopo_speed.log}
 export PYTHONUNBUFFERED=1
 SUMMARY="$OUT/summary.txt"
 echo "accelerator check, $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \

@@ -201,26 +201,40 @@ def report(args, rows, bounds) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _fold_counts(text: str) -> list[int]:
+  try:
+    counts = [int(part) for part in text.split(",")]
+  except ValueError:
+    counts = []
+  if not counts or min(counts) < 1:
+    raise argparse.ArgumentTypeError(f"expected positive fold counts separated by commas (e.g. 1,2,4,8); got {text!r}")
+  return counts
+
+
 def main(argv=None):
+  from amr_jax import models
+
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--model", default="tiny_age_net")
+  parser.add_argument("--model", default="tiny_age_net", choices=sorted(models.MODELS))
   parser.add_argument("--image_size", type=int, default=64)
   parser.add_argument("--batch", type=int, default=16, help="images per fold and step")
-  parser.add_argument("--dtype", default="float32")
-  parser.add_argument("--folds", default="1,2,4,8")
+  parser.add_argument("--dtype", default="float32", choices=sorted(from_config.DTYPES))
+  parser.add_argument("--folds", type=_fold_counts, default="1,2,4,8", help="fold counts, e.g. 1,2,4,8")
   parser.add_argument("--warmup", type=int, default=1)
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--no_bound", action="store_true", help="skip the H100 bound of the recipe's step")
   parser.add_argument("--launch_us", type=float, default=4.0, help="assumed cost of one kernel launch (microseconds)")
   parser.add_argument("--out", default="")
   args = parser.parse_args(argv)
+  if args.out and not pathlib.Path(args.out).resolve().parent.is_dir():
+    parser.error(f"--out {args.out}: its folder does not exist")
   config = _config(args.model, args.image_size, args.batch, args.dtype)
   rows = []
-  for n in map(int, args.folds.split(",")):
+  for n in args.folds:
     rows.append(measure(config, n, args.warmup, args.steps))
     print(f"{n} folds: {rows[-1]['at_once_s']:.3f} s at once, {rows[-1]['sequence_s']:.3f} s in sequence",
           flush=True)
-  bounds = [] if args.no_bound else recipe_bounds(list(map(int, args.folds.split(","))), args.launch_us * 1e-6)
+  bounds = [] if args.no_bound else recipe_bounds(args.folds, args.launch_us * 1e-6)
   text = report(args, rows, bounds)
   print(text)
   if args.out:
@@ -228,4 +242,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  from amr_jax import errors
+
+  try:
+    main()
+  except errors.RunError as error:  # a config the step cannot be built for: one line
+    sys.exit(f"error: {error}")

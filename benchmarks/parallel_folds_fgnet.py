@@ -107,7 +107,7 @@ def report(args, seconds: dict, result: dict) -> str:
       f"Command (`python benchmarks/parallel_folds_fgnet.py --config={args.config}`), for `parallel_folds` 8 and 1:",
       "",
       "```", "JAX_ENABLE_X64=1 python " + " ".join(_shown(_command(pathlib.Path("W"), args, 8)[1:], args)), "```", "",
-      f"| | one by one | 8 at once |", "|---|---:|---:|",
+      "| | one by one | 8 at once |", "|---|---:|---:|",
       f"| folds trained | {alone['num_folds']} | {together['num_folds']} |",
       f"| pooled MAE | {alone['mae']:.6f} | {together['mae']:.6f} |",
       f"| mean of per-fold MAEs | {alone['mean_fold_mae']:.6f} | {together['mean_fold_mae']:.6f} |",
@@ -131,11 +131,21 @@ def main(argv=None):
   parser.add_argument("--workdir", default="", help="where both runs write (default: a temporary folder)")
   parser.add_argument("--out", default="")
   args = parser.parse_args(argv)
+  if not (ROOT / "configs" / f"{args.config}.py").is_file():
+    parser.error(f"--config={args.config}: no configs/{args.config}.py")
+  if args.out and not pathlib.Path(args.out).resolve().parent.is_dir():
+    parser.error(f"--out {args.out}: its folder does not exist")
   workdir = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="parallel_folds_fgnet_"))
+  # Runs already there would be resumed, not timed, and compared as they are.
+  if any((workdir / name).exists() for name in ("one_by_one", "at_once")):
+    parser.error(f"--workdir {workdir} already holds runs of this script; give a new folder")
   args.data_dir = args.data_dir or str(workdir / "tfds")
-  from amr_jax import tfds_builders
+  from amr_jax import errors, tfds_builders
 
-  tfds_builders.build("fgnet", manual_dir=args.manual_dir, data_dir=args.data_dir)  # built once, not timed
+  try:
+    tfds_builders.build("fgnet", manual_dir=args.manual_dir, data_dir=args.data_dir)  # built once, not timed
+  except errors.RunError as error:
+    sys.exit(f"error: {error}")
   seconds = {}
   for name, parallel in (("one_by_one", 1), ("at_once", 8)):
     print(f"training all folds, {name.replace('_', ' ')} -> {workdir / name} (log: {workdir / name}.log)", flush=True)

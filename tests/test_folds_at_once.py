@@ -41,7 +41,7 @@ def _alone(config, state, arrays, fold, num_steps, devices):
   for i in range(num_steps):
     lr = flax.jax_utils.replicate(jnp.float64(_learning_rate(fold, i)), devices=devices)
     replicated, _ = step(replicated, next(batches), lr)
-  return jax.device_get(train.unreplicate(replicated))
+  return jax.device_get(evaluate.unreplicate(replicated))
 
 
 # On one device; the whole driver of folds at once on 1 and 4 devices is tests/test_parallel_folds.py.
@@ -66,9 +66,9 @@ def test_folds_at_once_equal_each_fold_alone_and_a_finished_fold_stays_as_it_is(
       stacked, metrics = step(stacked, batch, flax.jax_utils.replicate(lrs, devices=devices),
                               flax.jax_utils.replicate(active, devices=devices))
       if i == steps_of[1] - 1:
-        fold_1_when_done = jax.device_get(jax.tree.map(lambda x: x[1], train.unreplicate(stacked)))
-    together = jax.device_get(train.unreplicate(stacked))
-    assert train.unreplicate(metrics)["loss"].shape == (len(folds),)
+        fold_1_when_done = jax.device_get(jax.tree.map(lambda x: x[1], evaluate.unreplicate(stacked)))
+    together = jax.device_get(evaluate.unreplicate(stacked))
+    assert evaluate.unreplicate(metrics)["loss"].shape == (len(folds),)
     for f, arrays in enumerate(folds):
       alone = _alone(config, state, arrays, f, steps_of[f], devices)
       mine = jax.tree.map(lambda x: x[f], together)
