@@ -100,7 +100,7 @@ def _pmapped_updates(config, num_devices, arrays, num_steps=2):
   for i in range(num_steps):
     lr = flax.jax_utils.replicate(jnp.float32(1e-3 / (i + 1)), devices=jax.devices()[:num_devices])
     replicated, metrics = step(replicated, next(batches), lr)
-  return jax.device_get(train.unreplicate(replicated)), jax.device_get(train.unreplicate(metrics))
+  return jax.device_get(evaluate.unreplicate(replicated)), jax.device_get(evaluate.unreplicate(metrics))
 
 
 def test_pmap_step_on_2_and_4_devices_equals_one_device():
