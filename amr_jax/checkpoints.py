@@ -14,7 +14,7 @@ intact. Saving is synchronous: a checkpoint reported as written is on disk.
 A checkpoint that cannot be read or written raises one :class:`CheckpointError`
 that says what to do. Importing this module makes Orbax wait for all of its
 reads and writes before it closes an event loop (see
-:func:`_run_sync_with_stragglers_awaited`); without that, one failed read or
+``_run_sync_with_stragglers_awaited``); without that, one failed read or
 write was followed by dozens of ``RuntimeError: Event loop is closed`` tracebacks.
 """
 

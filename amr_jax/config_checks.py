@@ -24,6 +24,7 @@ REAL_RANGES = {
     "decay_factor": (0.0, 1.0, False, True),
     "warmup_epochs": (0.0, math.inf, True, False),
 }
+HEAD_BIASES = ("zeros", "age_prior")
 MIN_IMAGE_SIZE = 64  # five 2x poolings leave a 2x2 feature map
 
 
@@ -40,7 +41,7 @@ def _interval(low: float, high: float, low_in: bool, high_in: bool) -> str:
 
 
 def check(config, num_devices: int, num_processes: int = 1, *, training: bool = True) -> None:
-  """Raises :class:`errors.ConfigError` naming the first field whose value a run cannot use.
+  """Raises :class:`~amr_jax.errors.ConfigError` naming the first field whose value a run cannot use.
 
   Args:
     config: the run's config (``configs/base.py``'s fields).
@@ -70,6 +71,8 @@ def check(config, num_devices: int, num_processes: int = 1, *, training: bool = 
     if not _is_real(value) or value < low or value > high or (value == low and not low_in) or (
         value == high and not high_in):
       raise errors.ConfigError(f"config.{name} must be a number in {_interval(*bounds)}; got {value!r}.")
+  if config.get("head_bias", "zeros") not in HEAD_BIASES:
+    raise errors.ConfigError(f"config.head_bias must be one of {', '.join(HEAD_BIASES)}; got {config.head_bias!r}.")
   _check_optimisation_names(config)
   _check_folds(config)
   _check_parallel_folds(config, num_devices, num_processes, training)

@@ -218,7 +218,7 @@ def check_label_range(labels: ArrayLike, num_classes: int, *, start_age: float =
   """Refuses labels whose class :func:`label_class` would clamp: ``round(label - start_age)`` outside ``0..C-1``.
 
   On concrete arrays (data being loaded) it raises at once. Inside ``jit``, ``vmap`` or ``grad`` it records a
-  :mod:`jax.experimental.checkify` check, so the function must be transformed by ``checkify.checkify``::
+  ``jax.experimental.checkify`` check, so the function must be transformed by ``checkify.checkify``::
 
     checked = jax.jit(checkify.checkify(step))   # step calls check_label_range(batch["age"], 70)
     error, out = checked(state, batch)

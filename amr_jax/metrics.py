@@ -12,8 +12,8 @@ addition; :meth:`AgeMetricSums.compute` divides once at the end::
 
 Metrics:
 
-* MAE = mean |yhat - y|.
-* CS(theta) = fraction of examples with |yhat - y| <= theta, theta = 0..max_theta
+* MAE = mean ``|yhat - y|``.
+* CS(theta) = fraction of examples with ``|yhat - y| <= theta``, theta = 0..max_theta
   (the cumulative score curve).
 * epsilon-error (ChaLearn LAP) = mean 1 - exp(-(yhat - mu)^2 / (2 sigma^2)), with
   mu and sigma the mean and standard deviation of the apparent-age votes.
@@ -41,8 +41,8 @@ class AgeMetricSums:
 
   Attributes:
     count: number of (unmasked) examples.
-    abs_error_sum: sum of |yhat - y|.
-    cs_count: ``[max_theta + 1]``, number of examples with |yhat - y| <= theta.
+    abs_error_sum: sum of ``|yhat - y|``.
+    cs_count: ``[max_theta + 1]``, number of examples with ``|yhat - y| <= theta``.
     eps_error_sum: sum of the per-example epsilon-errors (examples with a sigma).
     eps_count: number of examples that contributed to ``eps_error_sum``.
   """

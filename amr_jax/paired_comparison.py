@@ -198,9 +198,10 @@ def markdown_table(comparisons: list[tuple[str, str, PairedDifference, float]], 
            f"{group_name}) | Holm p | {group_name} a better / b better |", "|---|---:|---:|---:|---:|---:|"]
   for a, b, r, adjusted in comparisons:
     lines.append(f"| {a} vs {b} | {r.mae_difference:+.2f} | [{r.interval[0]:+.2f}, {r.interval[1]:+.2f}] | "
-                 f"{_p(r.p_value)} | {_p(adjusted)} | {r.groups_a_better} / {r.groups_b_better} |")
+                 f"{format_p_value(r.p_value)} | {format_p_value(adjusted)} | {r.groups_a_better} / {r.groups_b_better} |")
   return "\n".join(lines)
 
 
-def _p(p: float) -> str:
+def format_p_value(p: float) -> str:
+  """A p-value to 4 decimals, or in scientific notation below 1e-4."""
   return f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}"

@@ -42,8 +42,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from amr_jax import (augment, checkpoints, config_checks, errors, evaluate, fold_layout, from_config, interruption,
-                     metric_writers, training_data, workdir_config)
+from amr_jax import (augment, checkpoints, config_checks, errors, evaluate, fold_layout, from_config, head_init,
+                     interruption, metric_writers, training_data, workdir_config)
 from amr_jax.evaluate import replicate
 
 class NonFiniteLossError(errors.RunError, FloatingPointError):
@@ -217,6 +217,13 @@ def open_fold(config, workdir: pathlib.Path, fold: training_data.Fold, initial_s
   if store.latest_step() is not None:
     state = store.restore(state)
     _log(f"{fold.name}: resumed from {store.directory / str(store.latest_step())} at step {int(state.step)}")
+  elif config.get("head_bias", "zeros") == "age_prior":
+    bias = head_init.prior_bias(fold.train_source["age"][fold.train_indices], config.num_classes,
+                                start_age=config.start_age)
+    state = state.replace(params=head_init.with_head_bias(state.params, bias))
+    prior = np.exp(bias) / np.exp(bias).sum()
+    _log(f"{fold.name}: head bias set to the training ages' prior (its mean age "
+         f"{config.start_age + prior @ np.arange(config.num_classes):.1f})")
   start_step = int(state.step)
   if start_step > total_steps:
     raise errors.WorkdirError(f"{workdir}: its checkpoint is at step {start_step}, past this config's {total_steps} "

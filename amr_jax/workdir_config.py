@@ -37,6 +37,8 @@ RESUME_FIELDS = _LOCATION_AND_BOOKKEEPING + _ARRANGEMENT + ("num_epochs", "num_t
 # Evaluation may average the image and its mirror (``test_time_flip``), and evaluate one fold of an all-folds run.
 EVAL_FIELDS = _LOCATION_AND_BOOKKEEPING + _ARRANGEMENT + ("test_time_flip", "fold", "folds")
 _COSINE_LENGTH_FIELDS = ("num_epochs",)
+# Fields added to the config after runs were made with it: a config.json without one ran with this value.
+ADDED_FIELDS = {"head_bias": "zeros"}
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -83,7 +85,7 @@ def differences(stored: dict[str, Any], config: ml_collections.ConfigDict,
   old, new = _flat(stored), _flat(as_json_dict(config))
   refused, changes = [], {}
   for field in sorted(set(old) | set(new)):
-    before, after = old.get(field, "<absent>"), new.get(field, "<absent>")
+    before, after = (side.get(field, ADDED_FIELDS.get(field, "<absent>")) for side in (old, new))
     if before == after:
       continue
     if field in allowed:

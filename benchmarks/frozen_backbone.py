@@ -3,10 +3,12 @@
 Fine-tuning a backbone per (loss, seed, fold) costs hours per fold on a CPU; with the backbone frozen, every fold
 of every run shares one pass of the backbone over the dataset, and the losses differ only where they act: on the
 logits of the head. The head is the model's own last layer (``_fc`` of EfficientNet-Lite0, ``fc`` of the others,
-after the model's dropout), initialised as the full model's initialisation with the run's seed does, trained with the
-run config's optimizer, schedule, batch size, epochs and horizontal flip (a flipped image's features are computed
-once too; the config's other augmentations, which would need the backbone at every step, are not applied).
-All folds of a run train at once (``vmap`` over folds); each reports its last step, nothing is selected on test data.
+after the model's dropout), initialised as the full model's initialisation with the run's seed does (its bias as
+``config.head_bias`` says: zeros, or the fold's training-age prior), trained with the run config's optimizer,
+schedule, batch size, epochs and horizontal flip (a flipped image's features are computed once too; the config's
+other augmentations, which would need the backbone at every step, are not applied). All folds of a run train at
+once (``vmap`` over folds); each reports its last step, nothing is selected on test data. ``train_loss.json`` holds
+the mean training loss over the folds' first and last 10 steps.
 """
 
 from __future__ import annotations
@@ -20,16 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from amr_jax import augment, evaluate, folds, from_config, optim, train, training_data
-
-HEAD_NAMES = ("fc", "_fc")
-
-
-def _head_name(params) -> str:
-  names = [name for name in HEAD_NAMES if name in params]
-  if len(names) != 1:
-    raise ValueError(f"the model's head layer must be one of {HEAD_NAMES}; its top-level layers are {list(params)}.")
-  return names[0]
+from amr_jax import augment, evaluate, folds, from_config, head_init, optim, train, training_data
 
 
 def head_inputs(model, variables, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
@@ -37,7 +30,7 @@ def head_inputs(model, variables, images: np.ndarray, batch_size: int = 32) -> n
 
   float32, or float64 where the model computes in float64.
   """
-  head = _head_name(variables["params"])
+  head = head_init.head_name(variables["params"])
 
   @jax.jit
   def features(batch):
@@ -95,18 +88,29 @@ def mean_age_baseline(config, data: dict[str, np.ndarray]) -> dict:
   return evaluate.pooled_metrics(by_fold)
 
 
+def initial_biases(config, bias: np.ndarray, ages: np.ndarray, train_indices: list[np.ndarray]) -> np.ndarray:
+  """``[folds, classes]``: each fold's starting head bias, as ``config.head_bias`` says (the model's ``bias``, or
+  the prior of the fold's training ages)."""
+  if config.get("head_bias", "zeros") == "age_prior":
+    return np.stack([head_init.prior_bias(ages[t], config.num_classes, start_age=config.start_age)
+                     for t in train_indices])
+  return np.broadcast_to(np.asarray(bias), (len(train_indices), *np.shape(bias)))
+
+
 def train_heads(config, data: dict[str, np.ndarray], train_indices: list[np.ndarray]):
   """Trains one head per fold on the features of its training images; returns the stacked head params."""
   model = from_config.model(config, axis_name=None)
   init = jax.jit(model.init, static_argnames="train")
   variables = init(jax.random.key(config.seed), jnp.zeros((1, config.image_size, config.image_size, 3)), train=False)
   head_module = nn.Dense(config.num_classes)
-  head_params = from_config.with_parameter_dtype(config, variables["params"][_head_name(variables["params"])])
+  head_params = from_config.with_parameter_dtype(config, variables["params"][head_init.head_name(variables["params"])])
   features = jnp.asarray(data["features"], jax.tree.leaves(head_params)[0].dtype)
   dropout_rate = float(getattr(model, "dropout_rate", 0.0))
   terms = from_config.loss_fn(config)
   flip_probability = 0.5 if config.augmentation.get("flip", False) else 0.0
 
+  biases = jnp.asarray(initial_biases(config, head_params["bias"], data["age"], train_indices),
+                       head_params["bias"].dtype)
   counts = np.array([len(t) for t in train_indices])
   padded = np.stack([np.resize(t, counts.max()) for t in train_indices])
   batch = config.batch_size
@@ -145,14 +149,15 @@ def train_heads(config, data: dict[str, np.ndarray], train_indices: list[np.ndar
 
     return jax.lax.scan(step, carry, jnp.arange(steps_per_epoch))
 
-  def train_fold(key, indices, count):
-    carry = (head_params, tx.init(head_params))
+  def train_fold(key, indices, count, bias):
+    params = {**head_params, "bias": bias}
+    carry = (params, tx.init(params))
     (params, _), values = jax.lax.scan(lambda c, e: fold_epoch(c, e, key, indices, count), carry,
                                        jnp.arange(num_epochs))
     return params, values.reshape(-1)
 
   keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(config.seed), i))(jnp.arange(len(train_indices)))
-  params, values = jax.jit(jax.vmap(train_fold))(keys, jnp.asarray(padded), jnp.asarray(counts))
+  params, values = jax.jit(jax.vmap(train_fold))(keys, jnp.asarray(padded), jnp.asarray(counts), biases)
   return head_module, params, np.asarray(values)
 
 
@@ -193,6 +198,7 @@ def run(config, cache_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
   if not np.isfinite(values).all():
     raise FloatingPointError(f"{config.name} seed {config.seed}: a non-finite loss while training the heads.")
   workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "train_loss.json").write_text(json.dumps({"first_10_steps": float(first), "last_10_steps": float(last)}))
   (workdir / "config.json").write_text(settings)
   return evaluate.write_pooled_report(workdir / "summary", by_fold,
                                       title=f"{config.name}, frozen {config.model}, seed {config.seed}")

@@ -54,6 +54,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss_kwargs = ml_collections.ConfigDict({"lambda_mean": 0.2, "lambda_residue": 0.05})
   config.num_classes = FGNET_NUM_CLASSES
   config.start_age = 0  # the age of class 0
+  # The head's starting bias: "age_prior", the log of the fold's training ages' distribution smoothed by a
+  # Gaussian of 2 years (amr_jax.head_init), so training starts from the prior; or "zeros" (a near-uniform
+  # first distribution, its expected age mid-range; the default before, and the workdirs made then).
+  # The prior was better for all four losses on the frozen-backbone FG-NET comparisons (benchmarks/head_bias.py);
+  # training a network from random weights, it was worse for cross-entropy: use "zeros" there (README, Results).
+  config.head_bias = "age_prior"
 
   # Data.
   config.data = ml_collections.ConfigDict()

@@ -15,7 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 # Test-only packages: large, and each would replace a user's own copy in an existing environment.
 TEST_ONLY = {"torch", "tensorflow", "apache-beam", "mlcroissant", "datasets", "pytest", "pytest-xdist", "hypothesis",
-             "scikit-image"}
+             "scikit-image", *("sphinx", "myst-parser", "furo")}  # the last three: the docs build (requirements-docs.txt)
 # Imports that are optional where they appear: the code runs without them.
 OPTIONAL_IMPORTS = {"torch": "amr_jax/pretrained.py reads .pth files with torch when it is installed, else without"}
 

@@ -1,4 +1,5 @@
-"""The project's promises to a new user: README commands = CI commands, the README example runs."""
+"""The project's promises to a new user: README commands = CI commands, the examples of the README and the reference
+site (docs/) run as written, their results tables are the benchmarks' outputs, and every module has an API page."""
 
 import ast
 import os
@@ -13,44 +14,67 @@ from amr_jax import reports
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
+# The README and the reference site's pages: where the examples and quoted results live.
+DOCUMENTS = {path.relative_to(ROOT).as_posix(): path.read_text()
+             for path in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))] if "_build" not in path.parts}
 
 
 def _code_block_after(marker):
-  """The first fenced code block after the line containing ``marker``."""
-  start = README.index(marker)
-  match = re.search(r"```[a-z]*\n(.*?)```", README[start:], re.S)
-  assert match, f"no code block after {marker!r} in README.md"
+  """The first fenced code block after the line containing ``marker``, in the one document that has it."""
+  holders = [name for name, text in DOCUMENTS.items() if marker in text]
+  assert len(holders) == 1 and DOCUMENTS[holders[0]].count(marker) == 1, f"{marker!r} must occur once; in {holders}"
+  text = DOCUMENTS[holders[0]]
+  match = re.search(r"```[a-z]*\n(.*?)```", text[text.index(marker):], re.S)
+  assert match, f"no code block after {marker!r} in {holders[0]}"
   return match.group(1)
 
 
-def _table_after(marker_end: int) -> list[str]:
-  """The lines of the first Markdown table after position ``marker_end`` of the README."""
-  lines = README[marker_end:].splitlines()
+def _table_after(text: str, marker_end: int) -> list[str]:
+  """The lines of the first Markdown table after position ``marker_end`` of ``text``."""
+  lines = text[marker_end:].splitlines()
   start = next(i for i, line in enumerate(lines) if line.startswith("|"))
   end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
   return lines[start:end]
 
 
-def test_readme_results_tables_are_the_benchmark_outputs():
+def test_results_tables_are_the_benchmark_outputs():
   """Each table after a ``<!-- results: FILE -->`` marker is, row for row, in FILE (a benchmark's output)."""
-  markers = list(re.finditer(r"<!-- results: (\S+) -->", README))
+  markers = [(name, text, m) for name, text in DOCUMENTS.items() for m in re.finditer(r"<!-- results: (\S+) -->", text)]
   assert len(markers) >= 3
-  for marker in markers:
+  for name, text, marker in markers:
     output = (ROOT / marker.group(1)).read_text().splitlines()
-    table = _table_after(marker.end())
-    assert len(table) >= 3, f"no table after {marker.group(0)}"
+    table = _table_after(text, marker.end())
+    assert len(table) >= 3, f"{name}: no table after {marker.group(0)}"
     missing = [row for row in table if row not in output]
-    assert not missing, f"README rows not in {marker.group(1)}: {missing}"
+    assert not missing, f"{name}: rows not in {marker.group(1)}: {missing}"
 
 
-def test_ci_runs_exactly_the_readme_install_and_test_commands():
+def test_readme_links_to_files_that_exist():
+  links = re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", README)
+  assert "docs/losses.md" in links
+  missing = [link for link in links if not (ROOT / link).exists()]
+  assert not missing, f"README links to missing files: {missing}"
+
+
+def test_every_module_has_an_api_page():
+  """Each amr_jax module is documented by an ``automodule`` in docs/api/ (the docs build renders its docstrings)."""
+  documented = set(re.findall(r"\.\. automodule:: (\S+)", "".join(
+      text for name, text in DOCUMENTS.items() if name.startswith("docs/api/"))))
+  modules = {".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+             for path in (ROOT / "amr_jax").rglob("*.py")} - {"amr_jax"}
+  assert modules - documented == set(), f"modules without an API page: {sorted(modules - documented)}"
+  assert documented - modules == set(), f"API pages of modules that do not exist: {sorted(documented - modules)}"
+
+
+def test_ci_runs_exactly_the_readme_install_test_and_docs_commands():
   commands = [line.split("#")[0].strip() for line in _code_block_after("<!-- setup-commands -->").splitlines()]
   commands = [c for c in commands if c]
-  assert len(commands) == 2, f"README must give exactly two set-up commands, got {commands}"
+  assert len(commands) == 3, f"README must give exactly three set-up commands, got {commands}"
+  assert "sphinx -W" in commands[2], "the docs build must turn warnings into errors"
   ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
   for command in commands:
     assert command in ci_lines, f".ci/run does not run the README command {command!r}"
-  assert ci_lines.index(commands[0]) < ci_lines.index(commands[1])
+  assert [ci_lines.index(c) for c in commands] == sorted(ci_lines.index(c) for c in commands)
 
 
 def test_readme_paired_comparison_example_runs(tmp_path):

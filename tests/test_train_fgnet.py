@@ -16,9 +16,13 @@ def fgnet_data_dir(shared_dir, tmp_path_factory):
 
 def test_training_on_real_fgnet_lowers_the_loss_and_writes_the_reports(fgnet_data_dir, tmp_path):
   manual, data_dir = fgnet_data_dir
+  # The zero head start, with which the figures below were measured. A small network from scratch moves by years
+  # between nearby steps (with the age-prior start, fold 0 gave MAE 10.2 after 100 steps here, and 6.1 after 125 in
+  # benchmarks/head_bias.py --backbone=finetune at the same learning rate), so which start is better is that
+  # benchmark's question, over folds and seeds, not this test's.
   config = training_setup.config(
       "fgnet_mv", None, protocol="kfold", fold=0, num_folds=5, batch_size=32, eval_batch_size=64,
-      num_train_steps=100, log_every_steps=10, checkpoint_every_steps=50,
+      num_train_steps=100, log_every_steps=10, checkpoint_every_steps=50, head_bias="zeros",
       **{"data.manual_dir": str(manual), "data.data_dir": str(data_dir), "data.crop": "aligned"})
   workdir = tmp_path / "run"
   result = train.train_and_evaluate(config, workdir)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from amr_jax.models.layers import batch_norm, conv, global_average_pool
 
 # (repeats, kernel, stride, expand ratio, output channels) per stage: EfficientNet-B0's, depth and width 1.0.
-# The TensorFlow Lite models' input scaling: (255 x - 127) / 128 for x in [0, 1].
+#: The TensorFlow Lite models' input scaling ``(mean, std)``: ``(255 x - 127) / 128`` for ``x`` in [0, 1].
 LITE_IMAGENET_NORMALIZATION = (127.0 / 255.0, 128.0 / 255.0)
 
 LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
@@ -80,7 +80,7 @@ class EfficientNetLite0(nn.Module):
     dropout_rate: dropout before ``_fc`` in training (needs a ``dropout`` rng).
     input_normalization: ``(mean, std)`` subtracted from and divided into the
       input, or ``None`` to use inputs as given. The ImageNet weights expect
-      RGB in [0, 1] normalised with :data:`LITE_IMAGENET_NORMALIZATION`, i.e.
+      RGB in [0, 1] normalised with :data:`~amr_jax.models.efficientnet_lite.LITE_IMAGENET_NORMALIZATION`, i.e.
       ``(255 x - 127) / 128``.
   """
 

@@ -16,6 +16,8 @@ from amr_jax.models.layers import batch_norm, conv, global_average_pool
 
 
 class BasicBlock(nn.Module):
+  """ResNet-18/34's block: two 3x3 convolutions and a shortcut."""
+
   features: int
   stride: int = 1
   dtype: Any = jnp.float32
@@ -31,6 +33,8 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
+  """ResNet-50's block: 1x1, 3x3 (strided, v1.5) and 1x1 convolutions at 4x width, and a shortcut."""
+
   features: int
   stride: int = 1
   dtype: Any = jnp.float32
@@ -87,7 +91,7 @@ class ResNet(nn.Module):
 
   Attributes:
     stage_sizes: blocks per stage (``layer1`` .. ``layer4``).
-    block: :class:`BasicBlock` or :class:`Bottleneck`.
+    block: :class:`~amr_jax.models.resnet.BasicBlock` or :class:`~amr_jax.models.resnet.Bottleneck`.
     num_classes: outputs of the final ``fc`` layer.
     dtype: computation dtype (parameters stay float32); bfloat16 on GPU/TPU.
     axis_name: a ``pmap`` axis name to average BatchNorm statistics over devices.
