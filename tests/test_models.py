@@ -31,6 +31,8 @@ def _count(tree):
     ("resnet34", 1000, 21_797_672),     # torchvision
     ("resnet50", 1000, 25_557_032),     # torchvision
     ("efficientnet_lite0", 1000, 4_652_008),  # TensorFlow's EfficientNet-Lite0
+    ("efficientnet_lite1", 1000, 5_416_680),  # TensorFlow's 5.4 M
+    ("efficientnet_lite2", 1000, 6_092_072),  # TensorFlow's 6.1 M
 ])
 def test_trainable_parameter_counts(name, num_classes, want):
   module = models.create_model(name, num_classes)

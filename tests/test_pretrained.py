@@ -144,15 +144,28 @@ def _photo(image, size=224):
   return jax.image.resize(square, (size, size, 3), "bicubic", antialias=True).clip(0, 1)
 
 
-def test_efficientnet_lite0_imagenet_weights_recognise_real_photographs():
+@pytest.mark.parametrize("name, size", [("efficientnet_lite0", 224), ("efficientnet_lite1", 240),
+                                        ("efficientnet_lite2", 260)])
+def test_efficientnet_lite_imagenet_weights_recognise_real_photographs(name, size):
   skimage_data = pytest.importorskip("skimage.data")
-  module, variables = pretrained.load("efficientnet_lite0")
-  images = jnp.stack([_photo(skimage_data.chelsea()), _photo(skimage_data.coffee())])
+  module, variables = pretrained.load(name)
+  images = jnp.stack([_photo(skimage_data.chelsea(), size), _photo(skimage_data.coffee(), size)])
   probs = jax.nn.softmax(jax.jit(functools.partial(module.apply, train=False))(variables, images))
   top5 = np.argsort(-np.asarray(probs), axis=-1)[:, :5]
   assert TABBY_CAT in top5[0], top5[0]    # chelsea: a tabby cat
   assert top5[1][0] == ESPRESSO, top5[1]  # coffee: a cup of espresso
   assert probs[1, ESPRESSO] > 0.5
+
+
+@pytest.mark.parametrize("name", pretrained.PRETRAINED)
+def test_parameter_counts_are_those_of_the_packages_checkpoints(name):
+  """Every trainable tensor of the package's file (BatchNorm's running statistics are not trainable) is counted."""
+  state_dict = torch_pickle.load_state_dict(pretrained.imagenet_weights_path(name))
+  trainable = sum(np.asarray(value).size for key, value in state_dict.items()
+                  if not key.endswith(("running_mean", "running_var", "num_batches_tracked")))
+  module = models.create_model(name, 1000)
+  shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
+  assert sum(leaf.size for leaf in jax.tree.leaves(shapes["params"])) == trainable
 
 
 def test_age_model_from_efficientnet_lite0():

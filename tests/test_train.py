@@ -296,7 +296,7 @@ def test_missing_dataset_error_names_the_manual_dir(tmp_path):
     ("protocol", "splits", "config.protocol for fgnet"),
     ("fold", 99, "config.fold=99 is not a fold"),
     ("loss_kwargs", {"lambda_variance": 0.1}, "do not fit loss 'amr'"),
-    ("pretrained", "imagenet", "efficientnet_lite0 only"),
+    ("pretrained", "imagenet", "efficientnet_lite2 only"),
     ("dtype", "float16", "config.dtype must be one of"),
 ])
 def test_bad_config_values_name_the_field(field, value, message, fgnet_dirs, tmp_path):

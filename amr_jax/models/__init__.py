@@ -7,7 +7,7 @@ float32) and ``axis_name`` averages BatchNorm statistics across ``pmap`` devices
 """
 
 from amr_jax.models.age_net import ThinAgeNet, TinyAgeNet, VGGAgeNet
-from amr_jax.models.efficientnet_lite import EfficientNetLite0
+from amr_jax.models.efficientnet_lite import EfficientNetLite, EfficientNetLite0, EfficientNetLite1, EfficientNetLite2
 from amr_jax.models.resnet import ResNet, ResNet18, ResNet34, ResNet50
 
 MODELS = {
@@ -17,6 +17,8 @@ MODELS = {
     "thin_age_net": ThinAgeNet,
     "tiny_age_net": TinyAgeNet,
     "efficientnet_lite0": EfficientNetLite0,
+    "efficientnet_lite1": EfficientNetLite1,
+    "efficientnet_lite2": EfficientNetLite2,
 }
 
 
@@ -34,5 +36,5 @@ def create_model(name: str, num_classes: int, **kwargs):
   return MODELS[name](num_classes=num_classes, **kwargs)
 
 
-__all__ = ["EfficientNetLite0", "MODELS", "ResNet", "ResNet18", "ResNet34", "ResNet50", "ThinAgeNet", "TinyAgeNet", "VGGAgeNet",
-           "create_model"]
+__all__ = ["EfficientNetLite", "EfficientNetLite0", "EfficientNetLite1", "EfficientNetLite2", "MODELS", "ResNet",
+           "ResNet18", "ResNet34", "ResNet50", "ThinAgeNet", "TinyAgeNet", "VGGAgeNet", "create_model"]
