@@ -19,14 +19,17 @@ So the augmented batch does not depend on how the batch is split over devices
 or processes, and a resumed run sees exactly what an uninterrupted run sees.
 
 The operations, each off unless its field is set (off costs nothing: the
-choice is made when tracing):
+choice is made when tracing), in the order they run:
 
-- horizontal flip with probability 1/2;
+- DLDL-v2's loss of resolution (:func:`down_and_up`): shrunk to a random whole
+  number of rows in ``downscale_range`` (fractions of the side), enlarged back;
+  its key is folded in apart, so the other operations draw as they did before it;
 - one affine warp (bilinear, black outside) combining scale jitter (zoom
   ``s ~ U[scale_range]``, ``s > 1`` zooms in, the random-resized-crop of a
   square face crop), rotation (``U[-max_rotation_degrees, +...]``, positive is
   counter-clockwise on screen) and translation (``U[-max_translation,
   +max_translation]`` of the side, each axis);
+- horizontal flip with probability 1/2;
 - colour jitter as torchvision's ``ColorJitter`` (without hue): brightness,
   contrast and saturation factors ``U[1 - x, 1 + x]``; brightness multiplies,
   contrast blends with the mean grey level, saturation with the image's grey
@@ -67,11 +70,17 @@ class Augmentation:
   contrast: float = 0.0
   saturation: float = 0.0
   greyscale_probability: float = 0.0
+  # DLDL-v2's resolution loss: the image shrunk to a side drawn from this range (fractions of its side; the
+  # official (112, 224) of 224 px is (0.5, 1.0)), then enlarged back; (1, 1) is off.
+  downscale_range: tuple[float, float] = (1.0, 1.0)
 
   def __post_init__(self):
     low, high = self.scale_range
     if not 0 < low <= high:
       raise ValueError(f"scale_range must be (low, high) with 0 < low <= high; got {self.scale_range}.")
+    low, high = self.downscale_range
+    if not 0 < low <= high <= 1:
+      raise ValueError(f"downscale_range must be (low, high) with 0 < low <= high <= 1; got {self.downscale_range}.")
     for name in ("max_rotation_degrees", "max_translation", "brightness", "contrast", "saturation"):
       if getattr(self, name) < 0:
         raise ValueError(f"{name} must be >= 0; got {getattr(self, name)}.")
@@ -125,6 +134,9 @@ def augment_image(key: jax.Array, image: jax.Array, augmentation: Augmentation) 
   uniform = functools.partial(jax.random.uniform, dtype=image.dtype)
   (flip_key, scale_key, angle_key, shift_key, brightness_key, contrast_key, saturation_key,
    grey_key) = jax.random.split(key, 8)
+  if a.downscale_range != (1.0, 1.0):
+    # A key of its own, folded in: the other operations keep the keys they had before this one existed.
+    image = down_and_up(image, jax.random.fold_in(key, 8), a.downscale_range)
   if a.warps:
     scale = uniform(scale_key, minval=a.scale_range[0], maxval=a.scale_range[1])
     angle = uniform(angle_key, minval=-1.0, maxval=1.0) * math.radians(a.max_rotation_degrees)
@@ -148,6 +160,28 @@ def augment_image(key: jax.Array, image: jax.Array, augmentation: Augmentation) 
     image = jnp.where(jax.random.bernoulli(grey_key, a.greyscale_probability),
                       jnp.broadcast_to(greyscale(image), image.shape), image)
   return jnp.clip(image, 0.0, 1.0)
+
+
+def down_and_up(image: jax.Array, key: jax.Array, side_range: tuple[float, float]) -> jax.Array:
+  """Shrinks a ``[H, W, C]`` image to a random whole number of rows ``n`` and back (bicubic, antialiased).
+
+  ``n`` is uniform over the whole numbers in ``[side_range[0] * H, side_range[1] * H]`` (at least 1), as DLDL-v2's
+  code draws the short side; the columns shrink by the same factor ``n / H``. The array keeps its shape (``jit``
+  needs it): the small image fills its top-left corner, its last row and column are repeated beyond, and the
+  enlargement reads that corner only.
+  """
+  height, width = image.shape[:2]
+  low = max(1, math.ceil(side_range[0] * height - 1e-9))
+  high = max(low, math.floor(side_range[1] * height + 1e-9))
+  rows = jax.random.randint(key, (), low, high + 1)
+  factor = rows.astype(image.dtype) / height
+  spatial = (0, 1)
+  small = jax.image.scale_and_translate(image, image.shape, spatial, jnp.stack([factor, factor]),
+                                        jnp.zeros(2, image.dtype), "cubic", antialias=True)
+  columns = jnp.maximum(1, jnp.floor(factor * width).astype(jnp.int32))
+  small = small[jnp.minimum(jnp.arange(height), rows - 1)][:, jnp.minimum(jnp.arange(width), columns - 1)]
+  return jax.image.scale_and_translate(small, image.shape, spatial, jnp.stack([1 / factor, 1 / factor]),
+                                       jnp.zeros(2, image.dtype), "cubic", antialias=True)
 
 
 def greyscale(image: jax.Array) -> jax.Array:

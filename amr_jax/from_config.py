@@ -51,8 +51,9 @@ def augmentation(config) -> augment.Augmentation:
   unknown = sorted(set(fields) - known)
   if unknown:
     raise errors.ConfigError(f"config.augmentation has unknown fields {unknown}; valid: {sorted(known)}.")
-  if "scale_range" in fields:
-    fields["scale_range"] = tuple(fields["scale_range"])
+  for name in ("scale_range", "downscale_range"):
+    if name in fields:
+      fields[name] = tuple(fields[name])
   try:
     return augment.Augmentation(**fields)
   except ValueError as error:  # its messages start with the field's name

@@ -38,7 +38,7 @@ RESUME_FIELDS = _LOCATION_AND_BOOKKEEPING + _ARRANGEMENT + ("num_epochs", "num_t
 EVAL_FIELDS = _LOCATION_AND_BOOKKEEPING + _ARRANGEMENT + ("test_time_flip", "fold", "folds")
 _COSINE_LENGTH_FIELDS = ("num_epochs",)
 # Fields added to the config after runs were made with it: a config.json without one ran with this value.
-ADDED_FIELDS = {"head_bias": "zeros"}
+ADDED_FIELDS = {"head_bias": "zeros", "augmentation.downscale_range": [1.0, 1.0]}
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:

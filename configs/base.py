@@ -118,6 +118,7 @@ def get_config() -> ml_collections.ConfigDict:
       "contrast": 0.0,
       "saturation": 0.0,
       "greyscale_probability": 0.0,
+      "downscale_range": (1.0, 1.0),  # DLDL-v2's shrink-and-enlarge: (0.5, 1.0) is its 112..224 of 224 px
   })
 
   # Evaluation.

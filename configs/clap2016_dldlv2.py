@@ -4,8 +4,7 @@ Differences from the paper: no face-identity (MS-Celeb-1M) pretraining, which
 is not available offline, so ThinAgeNet starts from random weights; one
 phase of KL + L1 throughout instead of 60 epochs of KL alone then 60 of
 KL + L1; the label distribution's sigma is a constant 2 rather than each
-image's vote spread; no random downscale-and-back (amr_jax.augment has no
-resolution degradation).
+image's vote spread.
 """
 
 from configs import clap2016_base
@@ -27,6 +26,7 @@ def get_config():
   config.milestone_epochs = (30, 60, 90)
   config.augmentation.update({
       "flip": True, "greyscale_probability": 0.5, "max_rotation_degrees": 15.0,
-      "brightness": 0.4, "contrast": 0.4, "saturation": 0.4})
+      "brightness": 0.4, "contrast": 0.4, "saturation": 0.4,
+      "downscale_range": (0.5, 1.0)})  # the official code's short side drawn from 112..224, then back to 224
   config.test_time_flip = True
   return config

@@ -105,7 +105,29 @@ def test_greyscale_gives_rec601_luma_in_every_channel():
 
 
 FULL = Augmentation(flip=True, scale_range=(0.9, 1.2), max_rotation_degrees=15, max_translation=0.05,
-                    brightness=0.4, contrast=0.4, saturation=0.4, greyscale_probability=0.2)
+                    brightness=0.4, contrast=0.4, saturation=0.4, greyscale_probability=0.2,
+                    downscale_range=(0.5, 1.0))
+
+
+def test_down_and_up_keeps_flat_images_and_full_size_and_loses_fine_detail():
+  flat = jnp.full((SIZE, SIZE, 3), 0.7)
+  keys = augment.example_keys(0, 0, jnp.arange(4))
+  with jax.enable_x64(True):
+    for key in keys:  # no dark border: the small image's edge is repeated, not zeros
+      np.testing.assert_allclose(augment.down_and_up(flat.astype(jnp.float64), key, (0.5, 1.0)), 0.7, atol=1e-12)
+    image = jnp.asarray(np.random.default_rng(0).random((SIZE, SIZE, 3)))
+    np.testing.assert_allclose(augment.down_and_up(image, keys[0], (1.0, 1.0)), image, atol=1e-12)
+    # At half of 32 px (exactly 16 rows) a pixel-wide checkerboard, the finest detail there is, keeps under a tenth
+    # of its contrast, and the result is a plain bicubic resize to half and back, away from the border the two
+    # handle differently (repeated edge here, renormalised weights there).
+    board = jnp.asarray(np.indices((32, 32)).sum(0) % 2, jnp.float64)[..., None] * jnp.ones(3)
+    assert float(jnp.abs(augment.down_and_up(board, keys[0], (0.5, 0.5)) - 0.5).max()) < 0.05
+    smooth = jnp.asarray(np.random.default_rng(1).random((16, 16, 3)))
+    big = jax.image.resize(smooth, (32, 32, 3), "cubic")
+    expected = jax.image.resize(jax.image.resize(big, smooth.shape, "cubic", antialias=True), big.shape, "cubic")
+    inner = slice(4, 28)
+    np.testing.assert_allclose(augment.down_and_up(big, keys[0], (0.5, 0.5))[inner, inner], expected[inner, inner],
+                               atol=1e-12)
 
 
 def test_everything_together_is_deterministic_in_range_and_depends_on_seed_step_position():
@@ -167,6 +189,8 @@ def test_bad_arguments_are_named():
     Augmentation(brightness=1.5)
   with pytest.raises(ValueError, match="greyscale_probability"):
     Augmentation(greyscale_probability=2)
+  with pytest.raises(ValueError, match=r"downscale_range must be \(low, high\) with 0 < low <= high <= 1"):
+    Augmentation(downscale_range=(0.5, 1.5))
   with pytest.raises(ValueError, match="one key per image"):
     augment.augment_batch(augment.example_keys(0, 0, jnp.arange(3)), _random_images(4), FULL)
   with pytest.raises(ValueError, match=r"\[batch, height, width, 3\]"):
