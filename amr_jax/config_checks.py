@@ -71,13 +71,13 @@ def check(config, num_devices: int, num_processes: int = 1, *, training: bool = 
     if not _is_real(value) or value < low or value > high or (value == low and not low_in) or (
         value == high and not high_in):
       raise errors.ConfigError(f"config.{name} must be a number in {_interval(*bounds)}; got {value!r}.")
-  if config.get("head_bias", "zeros") not in HEAD_BIASES:
+  if config.head_bias not in HEAD_BIASES:
     raise errors.ConfigError(f"config.head_bias must be one of {', '.join(HEAD_BIASES)}; got {config.head_bias!r}.")
   _check_optimisation_names(config)
   _check_folds(config)
   _check_parallel_folds(config, num_devices, num_processes, training)
   # Folds over devices: a device holds its folds' whole batches; evaluation still splits its batches.
-  split = ("eval_batch_size",) if config.get("folds_over_devices", False) else ("batch_size", "eval_batch_size")
+  split = ("eval_batch_size",) if config.folds_over_devices else ("batch_size", "eval_batch_size")
   for name in split:
     if config[name] % num_devices:
       raise errors.ConfigError(f"config.{name}={config[name]} must be divisible by the number of devices "
@@ -120,7 +120,7 @@ def parse_folds(text: str) -> list[int]:
 
 
 def _check_parallel_folds(config, num_devices: int, num_processes: int, training: bool) -> None:
-  parallel, over_devices = config.get("parallel_folds", 1), config.get("folds_over_devices", False)
+  parallel, over_devices = config.parallel_folds, config.folds_over_devices
   if not _is_integer(parallel) or parallel < 1:
     raise errors.ConfigError(f"config.parallel_folds must be a positive integer (folds trained at once); "
                              f"got {parallel!r}.")

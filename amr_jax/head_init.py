@@ -20,9 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from amr_jax import losses
-
-HEAD_NAMES = ("fc", "_fc")  # the last Dense layer of every amr_jax model
+from amr_jax import losses, models
 DEFAULT_SIGMA = 2.0  # years: DLDL's label sigma on FG-NET
 DEFAULT_UNIFORM_SHARE = 0.01
 
@@ -73,9 +71,10 @@ def prior_bias(ages: Any, num_classes: int, *, start_age: float = 0, sigma: floa
 
 def head_name(params: dict[str, Any]) -> str:
   """The name of the model's head layer among the top-level entries of ``params``."""
-  names = [name for name in HEAD_NAMES if name in params]
+  names = [name for name in models.HEAD_NAMES if name in params]
   if len(names) != 1:
-    raise ValueError(f"the model's head layer must be one of {HEAD_NAMES}; its top-level layers are {list(params)}.")
+    raise ValueError(f"the model's head layer must be one of {models.HEAD_NAMES}; its top-level layers are "
+                     f"{list(params)}.")
   return names[0]
 
 

@@ -198,7 +198,8 @@ def markdown_table(comparisons: list[tuple[str, str, PairedDifference, float]], 
            f"{group_name}) | Holm p | {group_name} a better / b better |", "|---|---:|---:|---:|---:|---:|"]
   for a, b, r, adjusted in comparisons:
     lines.append(f"| {a} vs {b} | {r.mae_difference:+.2f} | [{r.interval[0]:+.2f}, {r.interval[1]:+.2f}] | "
-                 f"{format_p_value(r.p_value)} | {format_p_value(adjusted)} | {r.groups_a_better} / {r.groups_b_better} |")
+                 f"{format_p_value(r.p_value)} | {format_p_value(adjusted)} | "
+                 f"{r.groups_a_better} / {r.groups_b_better} |")
   return "\n".join(lines)
 
 

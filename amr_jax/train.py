@@ -217,7 +217,7 @@ def open_fold(config, workdir: pathlib.Path, fold: training_data.Fold, initial_s
   if store.latest_step() is not None:
     state = store.restore(state)
     _log(f"{fold.name}: resumed from {store.directory / str(store.latest_step())} at step {int(state.step)}")
-  elif config.get("head_bias", "zeros") == "age_prior":
+  elif config.head_bias == "age_prior":
     bias = head_init.prior_bias(fold.train_source["age"][fold.train_indices], config.num_classes,
                                 start_age=config.start_age)
     state = state.replace(params=head_init.with_head_bias(state.params, bias))
@@ -434,7 +434,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   check_config(config, training=not evaluate_only)
   loss_fn = from_config.loss_fn(config)
   augmentation = from_config.augmentation(config)
-  layout = fold_layout.FoldLayout(config.get("folds_over_devices", False) and not evaluate_only)
+  layout = fold_layout.FoldLayout(config.folds_over_devices and not evaluate_only)
   # Folds over devices: a fold's BatchNorm statistics are its own device's batch's, averaged over no axis.
   model = from_config.model(config, axis_name=None if layout.over_devices else "batch")
   tx = from_config.optimizer(config)
@@ -481,7 +481,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       results.append((splits, _evaluate_fold(config, fold_dir, splits, steps, initial_state)))
   else:
     data = None  # the training images on the devices, put there once for every group
-    parallel = config.get("parallel_folds", 1)
+    parallel = config.parallel_folds
     for first in range(0, len(fold_ids), parallel):
       group = fold_ids[first:first + parallel]
       runs = []

@@ -37,8 +37,10 @@ RESUME_FIELDS = _LOCATION_AND_BOOKKEEPING + _ARRANGEMENT + ("num_epochs", "num_t
 # Evaluation may average the image and its mirror (``test_time_flip``), and evaluate one fold of an all-folds run.
 EVAL_FIELDS = _LOCATION_AND_BOOKKEEPING + _ARRANGEMENT + ("test_time_flip", "fold", "folds")
 _COSINE_LENGTH_FIELDS = ("num_epochs",)
-# Fields added to the config after runs were made with it: a config.json without one ran with this value.
-ADDED_FIELDS = {"head_bias": "zeros", "augmentation.downscale_range": [1.0, 1.0]}
+# Fields added to the config after runs were made with it: a config.json without one ran with this value, and
+# is compared and loaded as if it held it.
+ADDED_FIELDS = {"parallel_folds": 1, "folds_over_devices": False, "head_bias": "zeros",
+                "augmentation.downscale_range": [1.0, 1.0]}
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -76,6 +78,15 @@ def load(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
   if stored is None:
     raise errors.WorkdirError(f"{os.path.abspath(workdir)} holds no {FILE_NAME}: it is not the workdir of a run "
                               "(train first, or give the run's --workdir).")
+  for field, value in ADDED_FIELDS.items():
+    *parents, leaf = field.split(".")
+    target = stored
+    for parent in parents:
+      target = target.get(parent)
+      if not isinstance(target, dict):
+        break
+    else:
+      target.setdefault(leaf, value)
   return ml_collections.ConfigDict(stored)
 
 

@@ -29,6 +29,7 @@ import ast
 import importlib
 import json
 import pathlib
+import re
 import sys
 
 import numpy as np
@@ -37,7 +38,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # the configs/ package, frozen_backbone.py
 
 import frozen_backbone  # noqa: E402
-from amr_jax import paired_comparison, reports, train  # noqa: E402
+from amr_jax import errors, paired_comparison, reports, train  # noqa: E402
 
 BASELINE = "no model: the fold's mean training age"
 PAIRED_NOTE = (f"each image's absolute error averaged over the seeds; a negative difference means a is better; "
@@ -70,6 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   unknown = sorted(set(args.losses.split(",")) - set(CONFIGS))
   if unknown:
     parser.error(f"--losses: unknown {unknown}; valid: {', '.join(CONFIGS)}")
+  if not re.fullmatch(r"\d+(,\d+)*", args.seeds):
+    parser.error(f"--seeds: comma-separated whole numbers, e.g. 0,1; got {args.seeds!r}")
   return args
 
 
@@ -156,4 +159,7 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  try:
+    main()
+  except errors.RunError as error:  # a config, data or workdir mistake: one line, as run_train.py says it
+    sys.exit(f"error: {error}")

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from amr_jax import augment, evaluate, folds, from_config, head_init, optim, train, training_data
+from amr_jax import augment, errors, evaluate, folds, from_config, head_init, optim, train, training_data
 
 
 def head_inputs(model, variables, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
@@ -91,7 +91,7 @@ def mean_age_baseline(config, data: dict[str, np.ndarray]) -> dict:
 def initial_biases(config, bias: np.ndarray, ages: np.ndarray, train_indices: list[np.ndarray]) -> np.ndarray:
   """``[folds, classes]``: each fold's starting head bias, as ``config.head_bias`` says (the model's ``bias``, or
   the prior of the fold's training ages)."""
-  if config.get("head_bias", "zeros") == "age_prior":
+  if config.head_bias == "age_prior":
     return np.stack([head_init.prior_bias(ages[t], config.num_classes, start_age=config.start_age)
                      for t in train_indices])
   return np.broadcast_to(np.asarray(bias), (len(train_indices), *np.shape(bias)))
@@ -172,8 +172,8 @@ def run(config, cache_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
   done = workdir / "summary" / "metrics.json"
   if (workdir / "config.json").exists():
     if (workdir / "config.json").read_text() != settings:
-      raise ValueError(f"{workdir} holds a run with another config ({workdir / 'config.json'}); "
-                       "use a new --workdir.")
+      raise errors.WorkdirError(f"{workdir} holds a run with another config ({workdir / 'config.json'}); "
+                                "use a new --workdir.")
     if done.exists():
       return json.loads(done.read_text())
   data = dataset_features(config, cache_dir)

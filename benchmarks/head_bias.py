@@ -2,9 +2,10 @@
 
 Every (loss, seed) run of ``fgnet_losses.py`` (``--backbone=frozen`` by default here) is made twice, with
 ``config.head_bias="zeros"`` and ``"age_prior"`` (``amr_jax.head_init``), on the same features (or images), folds,
-seeds and batches; the runs of one loss differ only in the head's starting bias. Writes ``--workdir/head_bias.md``: per loss, the pooled MAE of each (mean
-and std over seeds), the mean training loss over the first 10 steps, and the paired difference (prior - zeros) on the
-same images with subjects as the unit of chance, Holm-adjusted over the losses (``amr_jax.paired_comparison``).
+seeds and batches; the runs of one loss differ only in the head's starting bias. Writes ``--workdir/head_bias.md``:
+per loss, the pooled MAE of each (mean and std over seeds), the mean training loss over the first 10 steps, and the
+paired difference (prior - zeros) on the same images with subjects as the unit of chance, Holm-adjusted over the
+losses (``amr_jax.paired_comparison``).
 
   python benchmarks/head_bias.py --manual_dir=../shared/data/fgnet --workdir=/tmp/head_bias \\
       --image_size=112 --num_epochs=100 --seeds=0,1
@@ -26,7 +27,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import fgnet_losses  # noqa: E402
 import frozen_backbone  # noqa: E402
-from amr_jax import metric_writers, paired_comparison, train  # noqa: E402
+from amr_jax import errors, metric_writers, paired_comparison, train  # noqa: E402
 
 HEAD_BIASES = ("zeros", "age_prior")
 
@@ -81,6 +82,8 @@ def table(args, folders: dict[tuple[str, str], list[pathlib.Path]]) -> str:
 def main(argv=None) -> None:
   argv = list(sys.argv[1:] if argv is None else argv)
   args = fgnet_losses.parse_args(["--backbone=frozen"] + argv)
+  if any(item.partition("=")[0] == "head_bias" for item in args.set):
+    raise SystemExit("--set head_bias: head_bias.py runs both starts itself; leave it out.")
   workdir = pathlib.Path(args.workdir)
   folders = run_all(args, workdir)
   text = (f"FG-NET, the head's starting bias: `python benchmarks/head_bias.py {' '.join(argv)}`\n\n"
@@ -93,4 +96,7 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  try:
+    main()
+  except errors.RunError as error:  # a config, data or workdir mistake: one line
+    sys.exit(f"error: {error}")

@@ -10,6 +10,8 @@ from amr_jax.models.age_net import ThinAgeNet, TinyAgeNet, VGGAgeNet
 from amr_jax.models.efficientnet_lite import EfficientNetLite, EfficientNetLite0, EfficientNetLite1, EfficientNetLite2
 from amr_jax.models.resnet import ResNet, ResNet18, ResNet34, ResNet50
 
+HEAD_NAMES = ("fc", "_fc")  # every model's last Dense layer: the classifier, never copied from pretrained weights
+
 MODELS = {
     "resnet18": ResNet18,
     "resnet34": ResNet34,
@@ -36,5 +38,5 @@ def create_model(name: str, num_classes: int, **kwargs):
   return MODELS[name](num_classes=num_classes, **kwargs)
 
 
-__all__ = ["EfficientNetLite", "EfficientNetLite0", "EfficientNetLite1", "EfficientNetLite2", "MODELS", "ResNet",
-           "ResNet18", "ResNet34", "ResNet50", "ThinAgeNet", "TinyAgeNet", "VGGAgeNet", "create_model"]
+__all__ = ["EfficientNetLite", "EfficientNetLite0", "EfficientNetLite1", "EfficientNetLite2", "HEAD_NAMES", "MODELS",
+           "ResNet", "ResNet18", "ResNet34", "ResNet50", "ThinAgeNet", "TinyAgeNet", "VGGAgeNet", "create_model"]
