@@ -7,7 +7,8 @@ distribution's mode and standard deviation are written beside it. With
 averaged first (DLDL-v2's test-time augmentation).
 
 Nothing here chooses an epoch or a checkpoint: the model evaluated is the
-last one a run wrote. ``evaluate_workdir`` (``run_eval.py``) re-evaluates a
+one the run reports (its last, or the one :mod:`amr_jax.selection` chose on
+validation data). ``evaluate_workdir`` (``run_eval.py``) re-evaluates a
 finished or interrupted run from its checkpoints.
 
 A report folder holds ``predictions.csv`` (one row per image),
@@ -120,11 +121,13 @@ def _plain(value):
   return value.tolist() if value.ndim else value.item()
 
 
-def write_report(folder: str | os.PathLike, predictions: Predictions, *, title: str = "") -> dict[str, Any]:
-  """Writes ``predictions.csv``, ``metrics.json`` and the three PNGs to ``folder``; returns the metrics."""
+def write_report(folder: str | os.PathLike, predictions: Predictions, *, title: str = "",
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+  """Writes ``predictions.csv``, ``metrics.json`` (the metrics, then ``extra``) and the three PNGs to ``folder``;
+  returns the metrics."""
   folder = pathlib.Path(folder)
   folder.mkdir(parents=True, exist_ok=True)
-  summary = metrics_of(predictions)
+  summary = {**metrics_of(predictions), **(extra or {})}
   columns = dict(predictions)
   columns["abs_error"] = np.abs(predictions["predicted_age"] - predictions["age"])
   reports.write_predictions_csv(folder / "predictions.csv", columns)
@@ -155,17 +158,19 @@ def pooled_metrics(by_fold: Sequence[tuple[str, Predictions]]) -> dict[str, Any]
 
 
 def write_pooled_report(folder: str | os.PathLike, by_fold: Sequence[tuple[str, Predictions]], *,
-                        title: str = "", missing: Sequence[str] = ()) -> dict[str, Any]:
+                        title: str = "", missing: Sequence[str] = (), extra: dict[str, Any] | None = None
+                        ) -> dict[str, Any]:
   """The pooled report of a multi-fold run, plus ``per_fold.csv`` (one row per fold).
 
   ``missing`` names the protocol's folds that are not pooled (not finished): ``metrics.json`` then says
-  ``"complete": false`` with them listed, and the plots' title says INCOMPLETE.
+  ``"complete": false`` with them listed, and the plots' title says INCOMPLETE. ``extra`` is added to
+  ``metrics.json`` (how the folds' models were selected).
   """
   folder = pathlib.Path(folder)
   folder.mkdir(parents=True, exist_ok=True)
   pooled = {"fold": np.concatenate([[name] * len(p["age"]) for name, p in by_fold]), **_pooled(by_fold)}
   summary = pooled_metrics(by_fold)
-  summary.update(complete=not missing, missing_folds=list(missing))
+  summary.update(complete=not missing, missing_folds=list(missing), **(extra or {}))
   if missing:
     title = f"{title} (INCOMPLETE: {len(missing)} folds missing)"
   columns = dict(pooled)

@@ -25,6 +25,9 @@ LOSSES: dict[str, Callable[..., losses.LossTerms]] = {
     "dldl_v2": losses.dldl_v2_terms,
     "cross_entropy": lambda logits, labels, **kwargs: {"loss": losses.cross_entropy_loss(logits, labels, **kwargs)},
 }
+# config.input_normalization: "" leaves each model its own (EfficientNet-Lite's ImageNet constants, none for the
+# others); a name gives per-channel (mean, std) of RGB in [0, 1].
+INPUT_NORMALIZATIONS = {"dldl_v2": ((0.5958, 0.4637, 0.4065), (0.2693, 0.2409, 0.2352))}  # DLDL-v2's code
 # float64 (parameters too) needs 64-bit JAX (JAX_ENABLE_X64=1): for checks where rounding must not decide.
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 
@@ -70,13 +73,18 @@ def model(config, axis_name: str | None = "batch"):
     raise errors.ConfigError("config.dtype='float64' needs 64-bit JAX: set JAX_ENABLE_X64=1 in the environment.")
   if config.model not in models.MODELS:
     raise errors.ConfigError(f"config.model must be one of {', '.join(sorted(models.MODELS))}; got {config.model!r}.")
-  return _model(config.model, config.num_classes, config.dtype, axis_name)
+  if config.input_normalization and config.input_normalization not in INPUT_NORMALIZATIONS:
+    raise errors.ConfigError(f"config.input_normalization must be '' (the model's own) or one of "
+                             f"{', '.join(INPUT_NORMALIZATIONS)}; got {config.input_normalization!r}.")
+  return _model(config.model, config.num_classes, config.dtype, axis_name, config.input_normalization)
 
 
 @functools.lru_cache(maxsize=None)
-def _model(name: str, num_classes: int, dtype: str, axis_name: str | None):
+def _model(name: str, num_classes: int, dtype: str, axis_name: str | None, input_normalization: str = ""):
   kwargs = {"dtype": DTYPES[dtype], "axis_name": axis_name}
-  if name.startswith("efficientnet_lite"):
+  if input_normalization:
+    kwargs["input_normalization"] = INPUT_NORMALIZATIONS[input_normalization]
+  elif name.startswith("efficientnet_lite"):
     from amr_jax.models.efficientnet_lite import LITE_IMAGENET_NORMALIZATION
     kwargs["input_normalization"] = LITE_IMAGENET_NORMALIZATION
   return models.create_model(name, num_classes, **kwargs)

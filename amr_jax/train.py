@@ -18,6 +18,10 @@ The learning rate is computed on the host from the step and fed to the step
 (``optax.inject_hyperparams``), so the optimizer, and with it the compiled
 step, does not depend on a fold's number of steps per epoch.
 
+A run of several stages (:mod:`amr_jax.stages`, DLDL-v2's KL then KL + L1)
+compiles one step per stage; at a stage's first step each fold's optimizer
+state is started afresh, and its learning rate follows the stage's schedule.
+
 Folds are trained ``config.parallel_folds`` at a time (:func:`train_folds`):
 the compiled step is :func:`folds_train_step` over the group's stacked
 states, each fold gathering its batch by index from the images held once on
@@ -43,7 +47,7 @@ import ml_collections
 import numpy as np
 
 from amr_jax import (augment, checkpoints, config_checks, errors, evaluate, fold_layout, from_config, head_init,
-                     interruption, metric_writers, training_data, workdir_config)
+                     interruption, metric_writers, selection, stages, training_data, workdir_config)
 from amr_jax.evaluate import replicate
 
 class NonFiniteLossError(errors.RunError, FloatingPointError):
@@ -60,7 +64,8 @@ def train_step(state: from_config.TrainState, batch: dict[str, jax.Array], learn
 
   Args:
     state: the replicated training state.
-    batch: ``image`` (uint8), ``age`` and ``position`` (each example's place in the global batch).
+    batch: ``image`` (uint8), ``age`` and ``position`` (each example's place in the global batch); ``sigma``, each
+      example's target spread, where the run takes it from the data (``config.sigma_field``).
     learning_rate: this step's learning rate.
     axis_name: the ``pmap`` axis the batch is split over, whose gradients and metrics are averaged; None when the
       device holds the whole batch (folds over devices).
@@ -76,7 +81,8 @@ def train_step(state: from_config.TrainState, batch: dict[str, jax.Array], learn
   def compute_loss(params):
     logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, images, train=True,
                                      mutable=["batch_stats"], rngs={"dropout": dropout_key})
-    terms = loss_fn(logits, batch["age"])
+    per_example = {"sigma": batch["sigma"]} if "sigma" in batch else {}
+    terms = loss_fn(logits, batch["age"], **per_example)
     return jnp.mean(terms["loss"]), (terms, updates["batch_stats"])
 
   (_, (terms, batch_stats)), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
@@ -119,14 +125,16 @@ def gathered_train_step(states: from_config.TrainState, data: dict[str, jax.Arra
   """:func:`folds_train_step` on batches each fold gathers, on the device, from the images held there once.
 
   Args:
-    data: ``image`` and ``age`` of every training example of the run, ``[examples, ...]``.
+    data: ``image`` and ``age`` (and ``sigma``, if the run has it) of every training example of the run,
+      ``[examples, ...]``.
     batches: per fold, ``index`` (into ``data``) and ``position``, ``[folds, per_device_batch]``.
 
   Returns:
     As :func:`folds_train_step`.
   """
   index = batches["index"]
-  gathered = {"image": data["image"][index], "age": data["age"][index], "position": batches["position"]}
+  gathered = {name: value[index] for name, value in data.items()}
+  gathered["position"] = batches["position"]
   return folds_train_step(states, gathered, learning_rates, active, **step_kwargs)
 
 
@@ -144,7 +152,7 @@ _STEPS: dict[str, Steps] = {}
 def compile_steps(config, loss_fn, augmentation, layout: fold_layout.FoldLayout) -> Steps:
   """The pmapped steps; one pair per distinct setting in a process, so XLA compiles each once."""
   key = json.dumps([config.loss, config.loss_kwargs.to_dict(), config.start_age, config.seed, config.batch_size,
-                    config.test_time_flip, config.augmentation.to_dict(), layout.axis_name,
+                    config.test_time_flip, config.augmentation.to_dict(), config.sigma_field, layout.axis_name,
                     [str(d) for d in layout.pmap_devices or []]], sort_keys=True, default=str)
   if key not in _STEPS:
     _STEPS[key] = _compile_steps(config, loss_fn, augmentation, layout)
@@ -175,43 +183,61 @@ def _log(message: str) -> None:
 
 
 def num_steps(config, num_train_examples: int) -> tuple[int, int]:
-  """``(steps_per_epoch, num_train_steps)`` for a training set of this size."""
+  """``(steps_per_epoch, num_train_steps)`` for a training set of this size (every stage's steps)."""
+  steps_per_epoch, lengths = stage_lengths(config, num_train_examples)
+  return steps_per_epoch, sum(lengths)
+
+
+def stage_lengths(config, num_train_examples: int) -> tuple[int, list[int]]:
+  """``(steps_per_epoch, [steps of each stage])`` for a training set of this size."""
   steps_per_epoch = num_train_examples // config.batch_size
   if steps_per_epoch == 0:
     raise errors.ConfigError(f"config.batch_size={config.batch_size} is larger than the training set "
                      f"({num_train_examples} examples).")
-  total = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
-  return steps_per_epoch, total
+  lengths = [stage.config.num_train_steps if stage.config.num_train_steps > 0
+             else stage.config.num_epochs * steps_per_epoch for stage in stages.stages_of(config)]
+  return steps_per_epoch, lengths
 
 
 @dataclasses.dataclass
 class FoldRun:
-  """A fold being trained: its folder, plan, checkpoints, log, and the step it (re)starts from."""
+  """A fold being trained: its folder, plan, checkpoints, log, and the step it has reached."""
 
   fold: training_data.Fold
   workdir: pathlib.Path
   steps_per_epoch: int
-  total_steps: int
-  start_step: int
-  state: Any  # the host state of start_step (None once on the devices)
-  schedule: Callable[[int], float]
+  stage_ends: list[int]  # the step each stage ends at; the last is the run's end
+  step: int  # steps taken so far (the checkpoint's step when the fold is opened)
+  state: Any  # the host state of the step it was opened at (None once on the devices)
+  schedules: list[Callable[[int], float]]  # each stage's learning rate, of the step counted from the stage's start
+  stage_labels: list[str]
   store: checkpoints.Checkpoints
+  selection: selection.Selection | None  # None: the last step is reported
   batches: Iterator[dict]
   progress: metric_writers.ProgressLine
   writer: metric_writers.MetricWriter | None
   last_saved: int | None
   interval: dict[str, list[float]] = dataclasses.field(default_factory=lambda: collections.defaultdict(list))
 
-  def remaining(self, i: int) -> bool:
-    """Whether the group's ``i``-th step is a step of this fold."""
-    return self.start_step + i < self.total_steps
+  @property
+  def total_steps(self) -> int:
+    return self.stage_ends[-1]
+
+  def stage_start(self, stage: int) -> int:
+    return self.stage_ends[stage - 1] if stage else 0
+
+  def learning_rate(self, stage: int) -> float:
+    return self.schedules[stage](self.step - self.stage_start(stage))
 
 
 def open_fold(config, workdir: pathlib.Path, fold: training_data.Fold, initial_state: from_config.TrainState,
               layout: fold_layout.FoldLayout) -> FoldRun:
   """A fold ready to train from ``workdir``'s last checkpoint (or from ``initial_state``)."""
   workdir.mkdir(parents=True, exist_ok=True)
-  steps_per_epoch, total_steps = num_steps(config, fold.num_train)
+  steps_per_epoch, lengths = stage_lengths(config, fold.num_train)
+  stage_ends = stages.stage_ends(lengths)
+  total_steps = stage_ends[-1]
+  run_stages = stages.stages_of(config)
   store = checkpoints.Checkpoints(workdir / "checkpoints", max_to_keep=config.max_checkpoints_to_keep)
   state = jax.device_get(initial_state)
   if store.latest_step() is not None:
@@ -230,12 +256,18 @@ def open_fold(config, workdir: pathlib.Path, fold: training_data.Fold, initial_s
                               "steps; use a new --workdir or raise config.num_train_steps / num_epochs.")
   count = jax.device_count()
   where = "on one device" if layout.over_devices or count == 1 else f"on {count} devices"
+  in_stages = "" if len(lengths) == 1 else f" in {len(lengths)} stages of {', '.join(map(str, lengths))}"
   _log(f"{fold.name}: {fold.num_train} training, {len(fold.validation['age'])} validation, "
-       f"{len(fold.test['age'])} test images; {total_steps} steps of {config.batch_size} "
-       f"({steps_per_epoch} per epoch) {where}")
+       f"{fold.num_test} test images; {total_steps} steps of {config.batch_size} "
+       f"({steps_per_epoch} per epoch){in_stages} {where}")
+  chosen = None
+  if config.model_selection != "last":
+    chosen = selection.Selection(workdir, config.model_selection, start_step, store, jax.device_get(initial_state),
+                                 write_files=_is_writer())
   return FoldRun(
-      fold=fold, workdir=workdir, steps_per_epoch=steps_per_epoch, total_steps=total_steps, start_step=start_step,
-      state=state, schedule=from_config.schedule(config, steps_per_epoch), store=store,
+      fold=fold, workdir=workdir, selection=chosen, steps_per_epoch=steps_per_epoch, stage_ends=stage_ends, step=start_step,
+      state=state, schedules=[from_config.schedule(stage.config, steps_per_epoch) for stage in run_stages],
+      stage_labels=[stages.label(run_stages, i) for i in range(len(run_stages))], store=store,
       batches=layout.batch_indices(fold.num_train, global_batch=config.batch_size, seed=config.seed,
                                    start_step=start_step),
       progress=metric_writers.ProgressLine(total_steps=total_steps, steps_per_epoch=steps_per_epoch,
@@ -255,24 +287,43 @@ def _record(config, run: FoldRun, step: int, scalars: dict[str, float]) -> None:
         f"{where}. Lower config.learning_rate, set config.gradient_clip_norm, or check the data.")
   for name, value in scalars.items():
     run.interval[name].append(value)
-  if step % config.log_every_steps == 0 or step == run.total_steps:
+  if step % config.log_every_steps == 0 or step in run.stage_ends:  # a stage's terms are never averaged with the next's
     means = {name: float(np.mean(v)) for name, v in run.interval.items()}
     run.interval.clear()
-    _log(f"{run.fold.name}: {run.progress.format(step, means)}")
+    label = run.stage_labels[stages.stage_of(step - 1, run.stage_ends)]
+    _log(f"{run.fold.name}: {label + ': ' if label else ''}{run.progress.format(step, means)}")
     if run.writer:
       run.writer.write_scalars(step, means, prefix="train")
 
 
 def _validation_due(config, run: FoldRun, step: int) -> bool:
+  """Every ``eval_every_epochs``; the last step too where it is a candidate for selection (else the final report
+  validates it)."""
   every = config.eval_every_epochs * run.steps_per_epoch
-  return bool(every) and step % every == 0 and step < run.total_steps and len(run.fold.validation["age"]) > 0
+  if not every or not len(run.fold.validation["age"]):
+    return False
+  if step == run.total_steps:
+    return run.selection is not None
+  return step % every == 0
 
 
-def _validate(config, run: FoldRun, steps: Steps, replicated, step: int) -> None:
-  metrics = evaluate.metrics_of(evaluate.predict(steps.eval, replicated, run.fold.validation, config.eval_batch_size))
-  _log(f"{run.fold.name}: validation at step {step}: MAE {metrics['mae']:.3f} over {metrics['count']} images")
+def _validate(config, run: FoldRun, steps: Steps, state, step: int) -> None:
+  """Scores ``state`` (one fold's, on one device) on the validation images; keeps it if the run selects it."""
+  metrics = evaluate.metrics_of(evaluate.predict(steps.eval, replicate(state), run.fold.validation,
+                                                 config.eval_batch_size))
+  note = ""
+  if run.selection is not None:
+    value = selection.score(run.selection.name, metrics)
+    if run.selection.record(step, value, state):
+      note = " (the best so far: kept)"
+  eps = f", epsilon-error {metrics['eps_error']:.4f}" if "eps_error" in metrics else ""
+  _log(f"{run.fold.name}: validation at step {step}: MAE {metrics['mae']:.3f}{eps} over {metrics['count']} "
+       f"images{note}")
   if run.writer:
-    run.writer.write_scalars(step, {"mae": metrics["mae"], "cs5": metrics["cs"][5]}, prefix="validation")
+    scalars = {"mae": metrics["mae"], "cs5": metrics["cs"][5]}
+    if "eps_error" in metrics:
+      scalars["eps_error"] = metrics["eps_error"]
+    run.writer.write_scalars(step, scalars, prefix="validation")
 
 
 def _interrupted(stopped: list[tuple[FoldRun, int]]) -> errors.Interrupted:
@@ -285,18 +336,22 @@ def _interrupted(stopped: list[tuple[FoldRun, int]]) -> errors.Interrupted:
       "checkpoint saved in its folder; the same command continues from there.")
 
 
-def train_folds(config, runs: list[FoldRun], steps: Steps, layout: fold_layout.FoldLayout, data: Any,
-                initial_state: from_config.TrainState) -> list[dict[str, np.ndarray] | None]:
-  """Trains ``runs`` at once, each to its own last step, and evaluates each; returns their test predictions.
+def train_folds(config, runs: list[FoldRun], stage_steps: list[Steps], layout: fold_layout.FoldLayout, data: Any,
+                initial_state: from_config.TrainState) -> list[tuple[Any, Any]]:
+  """Trains ``runs`` at once, each to its own last step, and evaluates each; returns their test predictions (of the
+  reported model, and of the last step's where a model is selected: :func:`_evaluate_splits`).
 
-  ``data`` is the training images and ages on the devices (``layout.everywhere``), which every fold's training
-  examples index. A fold that reaches its last step is saved and then kept as it is while the others go on.
+  ``stage_steps`` holds the compiled steps of each stage (one for a run of one stage). ``data`` is the training
+  images and ages on the devices (``layout.everywhere``), which every fold's training examples index. A fold that
+  reaches the end of a stage is saved and then kept as it is while the others finish the stage; a fold that
+  reaches its last step is kept as it is while the others go on.
   """
   slots: list[FoldRun | None] = list(runs) + [None] * (layout.num_slots(len(runs)) - len(runs))
-  longest = max(run.total_steps - run.start_step for run in runs)
+  evaluation = stage_steps[-1]
   try:
-    if longest == 0:  # every fold finished: evaluate its checkpoint
-      return [_evaluate_splits(config, run.workdir, run.fold, steps, replicate(run.state)) for run in runs]
+    if all(run.step == run.total_steps for run in runs):  # every fold finished: evaluate its checkpoint
+      return [_evaluate_splits(config, run.workdir, run.fold, evaluation, run.state, run.selection, initial_state)
+              for run in runs]
     idle_state = jax.device_get(initial_state)
     states = layout.states([run.state if run else idle_state for run in slots])
     for run in runs:
@@ -306,11 +361,10 @@ def train_folds(config, runs: list[FoldRun], steps: Steps, layout: fold_layout.F
         config.batch_size, global_batch=config.batch_size, seed=0, start_step=0)))
     pending: collections.deque = collections.deque()
 
-    def check(i: int, metrics) -> None:
+    def check(metrics, taken: list[tuple[int, int]]) -> None:
       values = layout.values(metrics)
-      for slot, run in enumerate(slots):
-        if run is not None and run.remaining(i):
-          _record(config, run, run.start_step + i + 1, {name: float(value[slot]) for name, value in values.items()})
+      for slot, step in taken:
+        _record(config, slots[slot], step, {name: float(value[slot]) for name, value in values.items()})
 
     def save(slot: int, step: int) -> None:
       while pending:
@@ -319,30 +373,45 @@ def train_folds(config, runs: list[FoldRun], steps: Steps, layout: fold_layout.F
       run.store.save(step, layout.fold(states, slot))
       run.last_saved = step
 
-    for i in range(longest):
-      active = [run is not None and run.remaining(i) for run in slots]
-      batches = [next(run.batches) if on else idle_batch for run, on in zip(slots, active)]
-      learning_rates = [np.float32(run.schedule(run.start_step + i) if on else 0.0) for run, on in zip(slots, active)]
-      states, metrics = steps.train(states, data, layout.batches(batches), layout.per_slot(learning_rates),
-                                    layout.per_slot(active))
-      pending.append((i, metrics))
-      while len(pending) > 1:  # one step behind, so the host never waits for the device
-        check(*pending.popleft())
-      stopping = interruption.requested() and any(run.remaining(i + 1) for run in runs)
-      stopped = []
-      for slot, run in enumerate(slots):
-        if not active[slot]:
-          continue
-        done = run.start_step + i + 1
-        if done % config.checkpoint_every_steps == 0 or done == run.total_steps or stopping:
-          save(slot, done)
-        if stopping and done < run.total_steps:
-          stopped.append((run, done))
-      if stopped:
-        raise _interrupted(stopped)
-      for slot, run in enumerate(slots):
-        if active[slot] and _validation_due(config, run, run.start_step + i + 1):
-          _validate(config, run, steps, replicate(layout.fold(states, slot)), run.start_step + i + 1)
+    for stage, steps in enumerate(stage_steps):
+      entering = [run is not None and stage > 0 and run.step == run.stage_start(stage) < run.stage_ends[stage]
+                  for run in slots]
+      if any(entering):
+        states = _with_fresh_optimizers(states, entering, layout)
+        for run, fresh in zip(slots, entering):
+          if fresh:
+            _log(f"{run.fold.name}: {run.stage_labels[stage]} starts at step {run.step} from the previous stage's "
+                 "weights, with a fresh optimizer and learning-rate schedule")
+      while True:
+        active = [run is not None and run.step < run.stage_ends[stage] for run in slots]
+        if not any(active):
+          break
+        batches = [next(run.batches) if on else idle_batch for run, on in zip(slots, active)]
+        learning_rates = [np.float32(run.learning_rate(stage) if on else 0.0) for run, on in zip(slots, active)]
+        states, metrics = steps.train(states, data, layout.batches(batches), layout.per_slot(learning_rates),
+                                      layout.per_slot(active))
+        for run, on in zip(slots, active):
+          if on:
+            run.step += 1
+        pending.append((metrics, [(slot, run.step) for slot, (run, on) in enumerate(zip(slots, active)) if on]))
+        while len(pending) > 1:  # one step behind, so the host never waits for the device
+          check(*pending.popleft())
+        stopping = interruption.requested() and any(run.step < run.total_steps for run in runs)
+        stopped = []
+        for slot, run in enumerate(slots):
+          if not active[slot]:
+            continue
+          if run.step % config.checkpoint_every_steps == 0 or run.step in run.stage_ends or stopping:
+            save(slot, run.step)
+          if stopping and run.step < run.total_steps:
+            stopped.append((run, run.step))
+        if stopped:
+          raise _interrupted(stopped)
+        for slot, run in enumerate(slots):
+          if active[slot] and _validation_due(config, run, run.step):
+            if run.selection is not None and run.last_saved != run.step:
+              save(slot, run.step)  # a kept step always has a regular checkpoint too (amr_jax.selection)
+            _validate(config, run, evaluation, layout.fold(states, slot), run.step)
     while pending:
       check(*pending.popleft())
     for slot, run in enumerate(runs):
@@ -352,8 +421,15 @@ def train_folds(config, runs: list[FoldRun], steps: Steps, layout: fold_layout.F
     for run in runs:
       if run.writer:
         run.writer.close()
-  return [_evaluate_splits(config, run.workdir, run.fold, steps, replicate(layout.fold(states, slot)))
-          for slot, run in enumerate(runs)]
+  return [_evaluate_splits(config, run.workdir, run.fold, evaluation, layout.fold(states, slot), run.selection,
+                           initial_state) for slot, run in enumerate(runs)]
+
+
+def _with_fresh_optimizers(states, fresh: list[bool], layout: fold_layout.FoldLayout):
+  """``states`` with the optimizer state of every ``fresh`` slot as the optimizer starts it (a stage's start)."""
+  host = [jax.device_get(layout.fold(states, slot)) for slot in range(len(fresh))]
+  host = [state.replace(opt_state=state.tx.init(state.params)) if new else state for state, new in zip(host, fresh)]
+  return layout.states(host)
 
 
 def _evaluate_fold(config, workdir, fold, steps, initial_state):
@@ -361,23 +437,47 @@ def _evaluate_fold(config, workdir, fold, steps, initial_state):
   if store.latest_step() is None:
     raise errors.WorkdirError(f"{fold.name}: no checkpoint in {store.directory}; train first "
                             f"(python run_train.py --config=... --workdir={workdir}).")
-  state = store.restore(jax.device_get(initial_state))
+  template = jax.device_get(initial_state)
+  state = store.restore(template)
   _, total_steps = num_steps(config, fold.num_train)
   note = "" if int(state.step) == total_steps else f" (the run is unfinished: {total_steps} steps planned)"
+  chosen = None
+  if config.model_selection != "last":
+    chosen = selection.Selection(workdir, config.model_selection, int(state.step), store, template,
+                                 write_files=_is_writer())
   _log(f"{fold.name}: evaluating the checkpoint of step {int(state.step)}{note}")
-  return _evaluate_splits(config, workdir, fold, steps, replicate(state))
+  return _evaluate_splits(config, workdir, fold, steps, state, chosen, initial_state)
 
 
-def _evaluate_splits(config, workdir, fold, steps, replicated):
+def _evaluate_splits(config, workdir, fold, steps, last_state, chosen: selection.Selection | None, initial_state):
+  """Reports the selected model (the last one without selection) on the validation and test images.
+
+  With selection, the last step's test metrics are computed too and written beside the selected ones.
+
+  Returns:
+    ``(test predictions of the reported model, test predictions of the last step's model or None)``.
+  """
+  state, extra, last_predictions = last_state, {}, None
+  if chosen is not None:
+    if chosen.best is None:
+      raise errors.WorkdirError(f"{fold.name}: {chosen.path} holds no validation score; train the run to its end.")
+    last_predictions = evaluate.predict(steps.eval, replicate(last_state), fold.test, config.eval_batch_size)
+    last = evaluate.metrics_of(last_predictions)
+    state = chosen.restore(jax.device_get(initial_state))
+    extra = {**chosen.summary(), "last_step": int(jax.device_get(last_state.step)), "last_step_test": last}
+    _log(f"{fold.name}: selected step {extra['selected_step']} of {extra['last_step']} on {chosen.name} "
+         f"{chosen.best['score']:.4f}; the last step's test MAE {last['mae']:.3f}")
+  replicated = replicate(state)
   outputs = {}
   for split, arrays in (("validation", fold.validation), ("test", fold.test)):
     if len(arrays["age"]):
       outputs[split] = evaluate.predict(steps.eval, replicated, arrays, config.eval_batch_size)
       if _is_writer():
-        summary = evaluate.write_report(workdir / split, outputs[split], title=f"{config.name}, {fold.name}, {split}")
+        summary = evaluate.write_report(workdir / split, outputs[split], extra=extra,
+                                        title=f"{config.name}, {fold.name}, {split}")
         _log(f"{fold.name}: {split} MAE {summary['mae']:.3f}, CS(5) {summary['cs'][5]:.3f} over {summary['count']} "
              f"images -> {workdir / split}")
-  return outputs.get("test")
+  return outputs.get("test"), last_predictions
 
 
 # --------------------------------------------------------------------------
@@ -394,7 +494,15 @@ def fold_workdir(config, workdir: pathlib.Path, fold: int, *, all_folds: bool) -
 def check_config(config, *, training: bool = True) -> None:
   """Fails early, naming the field, on values that would fail later."""
   training_data.check_data_config(config.data, config.protocol)
+  training_data.check_sigma_field(config)
+  selection.check(config)
   config_checks.check(config, jax.device_count(), jax.process_count(), training=training)
+  run_stages = stages.stages_of(config)
+  for index, stage in enumerate(run_stages if len(run_stages) > 1 else []):
+    try:
+      config_checks.check(stage.config, jax.device_count(), jax.process_count(), training=training)
+    except errors.ConfigError as error:
+      raise errors.ConfigError(f"config.stages[{index}] ({stage.name}): {error}") from None
 
 
 def check_workdir(workdir: pathlib.Path, *, evaluate_only: bool) -> None:
@@ -432,7 +540,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   """
   workdir = pathlib.Path(workdir).absolute()
   check_config(config, training=not evaluate_only)
-  loss_fn = from_config.loss_fn(config)
+  run_stages = stages.stages_of(config)
+  loss_fns = [from_config.loss_fn(stage.config) for stage in run_stages]  # every stage's loss checked up front
   augmentation = from_config.augmentation(config)
   layout = fold_layout.FoldLayout(config.folds_over_devices and not evaluate_only)
   # Folds over devices: a fold's BatchNorm statistics are its own device's batch's, averaged over no axis.
@@ -456,7 +565,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   total_steps = {fold: num_steps(config, training_data.num_train_examples(config, dataset, fold))[1]
                  for fold in fold_ids}
   initial_state = from_config.initial_train_state(config, model, tx)
-  steps = compile_steps(config, loss_fn, augmentation, layout)
+  stage_steps = [compile_steps(stage.config, loss_fn, augmentation, layout)
+                 for stage, loss_fn in zip(run_stages, loss_fns)]
   if _is_writer() and not evaluate_only:  # the config has passed every check
     for change in workdir_config.write(workdir, config, stored):
       _log(f"{workdir / workdir_config.FILE_NAME}: {change}")
@@ -478,7 +588,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
           missing.append(f"{training_data.fold_name(config, fold)} ({state})")
           continue
       splits = training_data.fold_splits(config, dataset, fold)
-      results.append((splits, _evaluate_fold(config, fold_dir, splits, steps, initial_state)))
+      results.append((splits, *_evaluate_fold(config, fold_dir, splits, stage_steps[-1], initial_state)))
   else:
     data = None  # the training images on the devices, put there once for every group
     parallel = config.parallel_folds
@@ -497,29 +607,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                               layout))
       if parallel > 1:
         _log(f"training {', '.join(run.fold.name for run in runs)} at once ({layout.describe()})")
-      if data is None and any(run.start_step < run.total_steps for run in runs):
+      if data is None and any(run.step < run.total_steps for run in runs):
         source = runs[0].fold.train_source  # every fold's training examples index the same arrays
-        data = layout.everywhere({"image": source["image"], "age": source["age"]})
-      predictions = train_folds(config, runs, steps, layout, data, initial_state)
-      results += [(run.fold, p) for run, p in zip(runs, predictions)]
+        data = layout.everywhere(training_data.training_arrays(config, source))
+      predictions = train_folds(config, runs, stage_steps, layout, data, initial_state)
+      results += [(run.fold, *p) for run, p in zip(runs, predictions)]
   if not results:
     raise errors.WorkdirError(f"{workdir}: no fold is finished ({'; '.join(missing)}); train first.")
+  selected = config.model_selection != "last"
   if len(results) == 1 and not missing:
-    return evaluate.metrics_of(results[0][1])
-  by_fold = [(splits.name, predictions) for splits, predictions in results]
+    (_, predictions, last_predictions), = results
+    if not selected:
+      return evaluate.metrics_of(predictions)
+    return {**evaluate.metrics_of(predictions), "model_selection": config.model_selection,
+            "last_step_test": evaluate.metrics_of(last_predictions)}
+  by_fold = [(splits.name, predictions) for splits, predictions, _ in results]
+  extra = {"model_selection": config.model_selection}
+  if selected:
+    extra["last_step_test"] = evaluate.pooled_metrics([(splits.name, last) for splits, _, last in results])
   if config.get("folds", "") and not evaluate_only:
     # One slice of an array job: the pool is written once every slice is done, by run_eval.py.
     _log(f"trained folds {config.folds}; once every slice has finished, pool them all with: "
          f"python run_eval.py --workdir={workdir}")
-    return evaluate.pooled_metrics(by_fold)
+    return {**evaluate.pooled_metrics(by_fold), **extra}
   if _is_writer():
-    summary = evaluate.write_pooled_report(workdir / "summary", by_fold, missing=missing,
+    summary = evaluate.write_pooled_report(workdir / "summary", by_fold, missing=missing, extra=extra,
                                            title=f"{config.name}, {len(results)} folds pooled")
   else:
-    summary = evaluate.pooled_metrics(by_fold)
+    summary = {**evaluate.pooled_metrics(by_fold), **extra}
   listed = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
   extent = f"{len(results)} folds" if not missing else (
       f"{len(results)} of {len(results) + len(missing)} folds, INCOMPLETE (missing: {listed})")
-  _log(f"pooled over {extent}: MAE {summary['mae']:.3f} over {summary['count']} images, mean of "
+  chosen = "the last step's models" if not selected else f"the models selected on {config.model_selection}"
+  _log(f"pooled over {extent}, {chosen}: MAE {summary['mae']:.3f} over {summary['count']} images, mean of "
        f"per-fold MAEs {summary['mean_fold_mae']:.3f}, CS(5) {summary['cs'][5]:.3f} -> {workdir / 'summary'}")
+  if selected:
+    _log(f"the last step's models, pooled: MAE {extra['last_step_test']['mae']:.3f}")
   return summary

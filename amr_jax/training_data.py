@@ -15,17 +15,47 @@ epsilon-error) and ``real_age``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from amr_jax import folds as folds_lib
-from amr_jax import config_checks, errors, input_pipeline, losses, tfds_builders
+from amr_jax import config_checks, errors, input_pipeline, losses, stages, tfds_builders
 
 Arrays = dict[str, np.ndarray]
 PROTOCOLS = {"fgnet": ("lopo", "kfold"), "clap2016": ("splits",)}
 CROPS = {"fgnet": ("whole", "aligned"), "clap2016": ("face", "whole")}
+
+
+class LazySplit:
+  """A split decoded when first read, then held: CLAP2016's test split, which a run reads once training has ended.
+
+  Attributes:
+    count: its number of examples (from the dataset's metadata, without reading it).
+  """
+
+  def __init__(self, load: Callable[[], Arrays], count: int, where: str):
+    self._load, self.count, self.where, self._arrays = load, count, where, None
+
+  def __call__(self) -> Arrays:
+    """The split's arrays.
+
+    Raises:
+      errors.DataError: naming the split, when its files cannot be read (the run's checkpoints are kept: the same
+        command evaluates them once the files are back).
+    """
+    if self._arrays is None:
+      try:
+        self._arrays = self._load()
+      except errors.DataError:
+        raise
+      except Exception as error:  # whatever TFDS raises for a missing or damaged file
+        raise errors.DataError(f"{self.where} cannot be read ({type(error).__name__}: {error}). The trained "
+                               "checkpoints are kept: restore or rebuild the dataset (same data_dir), then run the "
+                               "same command to evaluate them.") from None
+    return self._arrays
 
 
 @dataclasses.dataclass
@@ -33,14 +63,23 @@ class Fold:
   """One fold's training, validation (possibly empty) and test examples.
 
   The training examples are ``train_indices`` into ``train_source``, the arrays every fold of a run shares, so
-  folds trained at once hold the images once and each gathers its own batches by index.
+  folds trained at once hold the images once and each gathers its own batches by index. The test examples are
+  ``test_split``: arrays, or a :class:`LazySplit` that :attr:`test` reads.
   """
 
   name: str  # e.g. "subject 17", "fold 2 of 5", "test split"
   train_source: Arrays
   train_indices: np.ndarray
   validation: Arrays
-  test: Arrays
+  test_split: Arrays | LazySplit
+
+  @property
+  def test(self) -> Arrays:
+    return self.test_split() if isinstance(self.test_split, LazySplit) else self.test_split
+
+  @property
+  def num_test(self) -> int:
+    return self.test_split.count if isinstance(self.test_split, LazySplit) else len(self.test_split["age"])
 
   @property
   def train(self) -> Arrays:
@@ -94,12 +133,19 @@ def prepare(data, *, is_builder_process: bool = True, barrier=None):
 
 
 def load_arrays(data, image_size: int, builder) -> dict[str, Arrays]:
-  """The decoded dataset: ``{"all": arrays}`` for FG-NET, ``{split: arrays}`` for CLAP2016."""
+  """The decoded dataset: ``{"all": arrays}`` for FG-NET; ``{split: arrays}`` for CLAP2016, whose ``test`` is a
+  :class:`LazySplit`, decoded when first read.
+
+  FG-NET's images are one TFDS split, decoded together; a fold's test subjects are only indexed.
+  """
   if data.name == "fgnet":
     arrays = input_pipeline.load_fgnet_arrays(os.fspath(builder.data_dir), crop=data.crop, image_size=image_size)
     arrays["age"] = arrays["age"].astype(np.float32)
     return {"all": arrays}
-  return {split: _clap2016_arrays(builder, split, image_size) for split in ("train", "valid", "test")}
+  dataset: dict[str, Any] = {split: _clap2016_arrays(builder, split, image_size) for split in ("train", "valid")}
+  dataset["test"] = LazySplit(functools.partial(_clap2016_arrays, builder, "test", image_size),
+                              builder.info.splits["test"].num_examples, f"{builder.data_dir}: split 'test'")
+  return dataset
 
 
 def _clap2016_arrays(builder, split: str, image_size: int) -> Arrays:
@@ -118,6 +164,39 @@ def _clap2016_arrays(builder, split: str, image_size: int) -> Arrays:
   }
 
 
+# The DLDL-v2 code makes an annotator spread of 0 (every guess equal) this, i.e. a one-hot target.
+SIGMA_FLOOR = 1e-10
+SIGMA_FIELDS = {"clap2016": ("age_std",), "fgnet": ()}
+
+
+def check_sigma_field(config) -> None:
+  """Refuses a ``config.sigma_field`` the dataset lacks, or a loss that takes no sigma."""
+  field = config.sigma_field
+  if not field:
+    return
+  if field not in SIGMA_FIELDS[config.data.name]:
+    has = SIGMA_FIELDS[config.data.name]
+    raise errors.ConfigError(
+        f"config.sigma_field={field!r}: {config.data.name} has " + (f"only {', '.join(has)}" if has else
+        "no per-image age spread (a constant config.loss_kwargs.sigma applies to every image); set it to ''") + ".")
+  for stage in stages.stages_of(config):
+    if stage.config.loss not in ("dldl", "dldl_v2"):
+      where = f"the {stage.name} loss" if stage.name else "config.loss"
+      raise errors.ConfigError(f"config.sigma_field={field!r} gives each image's sigma to a label-distribution loss "
+                               f"(dldl, dldl_v2); {where} is {stage.config.loss!r}.")
+
+
+def training_arrays(config, source: Arrays) -> Arrays:
+  """What the training step gathers its batches from: ``image``, ``age``, and ``sigma`` with ``config.sigma_field``.
+
+  ``sigma`` is the field floored at :data:`SIGMA_FLOOR`, as the DLDL-v2 code floors it.
+  """
+  arrays = {"image": source["image"], "age": source["age"]}
+  if config.sigma_field:
+    arrays["sigma"] = np.maximum(source[config.sigma_field], SIGMA_FLOOR).astype(source["age"].dtype)
+  return arrays
+
+
 def check_labels(config, dataset: dict[str, Arrays]) -> None:
   """Refuses ages whose class would be clamped: ``round(age - start_age)`` outside ``0..num_classes - 1``.
 
@@ -129,6 +208,8 @@ def check_labels(config, dataset: dict[str, Arrays]) -> None:
   """
   low, high = config.start_age, config.start_age + config.num_classes - 1
   for split, arrays in dataset.items():
+    if isinstance(arrays, LazySplit):  # the test split, read after training; its ages are never made classes
+      continue
     try:
       losses.check_label_range(arrays["age"], config.num_classes, start_age=config.start_age)
     except losses.LabelRangeError as error:

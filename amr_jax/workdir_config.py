@@ -40,7 +40,8 @@ _COSINE_LENGTH_FIELDS = ("num_epochs",)
 # Fields added to the config after runs were made with it: a config.json without one ran with this value, and
 # is compared and loaded as if it held it.
 ADDED_FIELDS = {"parallel_folds": 1, "folds_over_devices": False, "head_bias": "zeros",
-                "augmentation.downscale_range": [1.0, 1.0]}
+                "augmentation.downscale_range": [1.0, 1.0], "input_normalization": "", "sigma_field": "",
+                "stages": [], "model_selection": "last"}
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -123,6 +124,13 @@ def check(workdir: pathlib.Path, config: ml_collections.ConfigDict, *, evaluate_
     refused += [f"config.{field}: {before!r} in the workdir, {after!r} now (the cosine schedule depends on the run's "
                 "length, so the steps already taken followed another curve)"
                 for field, (before, after) in changes.items() if field in _COSINE_LENGTH_FIELDS]
+  if stored.get("model_selection", "last") != "last" and not evaluate_only:
+    refused += [f"config.{field}: {before!r} in the workdir, {after!r} now (the run selects among its validations, "
+                "which this would change)" for field, (before, after) in changes.items() if field == "eval_every_epochs"]
+  if stored.get("stages") and not evaluate_only:
+    refused += [f"config.{field}: {before!r} in the workdir, {after!r} now (a run in stages would move the "
+                "boundary between its stages)" for field, (before, after) in changes.items()
+                if field in ("num_epochs", "num_train_steps")]
   if stored.get("fold", -1) != -1 and "fold" in changes:
     before, after = changes["fold"]
     refused.append(f"config.fold: {before!r} in the workdir, {after!r} now (a workdir of one fold holds that fold only)")

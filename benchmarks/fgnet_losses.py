@@ -106,16 +106,41 @@ def run_config(args, loss: str, seed: int):
 
 
 def summarise(results: dict[str, list[dict]]) -> str:
-  lines = ["| loss | pooled MAE (mean ± std over seeds) | CS(5) | mean of per-fold MAEs | std of per-fold MAEs | "
-           "seeds |", "|---|---:|---:|---:|---:|---:|"]
+  """The table of pooled metrics; with a column of the last epoch's pooled MAE where the runs select on
+  validation."""
+  selecting = any("last_step_test" in r for runs in results.values() for r in runs)
+  last_header = " last epoch's pooled MAE |" if selecting else ""
+  lines = ["| loss | pooled MAE (mean ± std over seeds) | CS(5) | mean of per-fold MAEs | std of per-fold MAEs |"
+           f"{last_header} seeds |", "|---|---:|---:|---:|---:|" + ("---:|" if selecting else "") + "---:|"]
   for loss, runs in results.items():
     mae = np.array([r["mae"] for r in runs])
     cs5 = np.array([r["cs"][5] for r in runs])
     fold_mean = np.array([r["mean_fold_mae"] for r in runs])
     fold_std = np.array([r["std_fold_mae"] for r in runs])
+    last = ""
+    if selecting:
+      last_mae = np.array([r["last_step_test"]["mae"] for r in runs if "last_step_test" in r])
+      last = f" {last_mae.mean():.2f} ± {last_mae.std():.2f} |" if len(last_mae) == len(runs) else " |"
     lines.append(f"| {loss} | {mae.mean():.2f} ± {mae.std():.2f} | {cs5.mean():.3f} | {fold_mean.mean():.2f} | "
-                 f"{fold_std.mean():.2f} | {len(runs)} |")
+                 f"{fold_std.mean():.2f} |{last} {len(runs)} |")
   return "\n".join(lines)
+
+
+def selection_table(workdir: pathlib.Path, losses: list[str], seeds: list[int]) -> str:
+  """Each loss's selected models against its last epoch's, on the same images (Holm over the losses)."""
+  runs = {loss: ([workdir / f"{loss}_seed{seed}" / "summary" / "predictions.csv" for seed in seeds],
+                 [workdir / f"{loss}_seed{seed}" / "last_step" / "predictions.csv" for seed in seeds])
+          for loss in losses}
+  if not all(path.exists() for pair in runs.values() for paths in pair for path in paths):
+    return ""
+  results = []
+  for loss, (chosen, last) in runs.items():
+    _, chosen_errors, groups = paired_comparison.seed_mean_errors(chosen)
+    _, last_errors, _ = paired_comparison.seed_mean_errors(last)
+    results.append(paired_comparison.compare(chosen_errors, last_errors, groups))
+  adjusted = paired_comparison.holm([r.p_value for r in results])
+  return paired_comparison.markdown_table([(f"{loss}: selected", "last epoch", r, float(h))
+                                           for loss, r, h in zip(runs, results, adjusted)])
 
 
 def paired_table(workdir: pathlib.Path, losses: list[str], seeds: list[int]) -> str:
@@ -146,10 +171,13 @@ def main(argv=None) -> None:
       results.setdefault(BASELINE, []).append(frozen_backbone.mean_age_baseline(config, data))
   table = summarise(results)
   pairs = paired_table(workdir, args.losses.split(","), seeds)
+  selected = selection_table(workdir, args.losses.split(","), seeds)
   settings = {k: v for k, v in vars(args).items() if k not in ("workdir",)}
   text = (f"FG-NET, losses side by side: `python benchmarks/fgnet_losses.py "
           f"{' '.join(sys.argv[1:]) if argv is None else ' '.join(argv)}`\n\nSettings: {json.dumps(settings)}\n\n"
-          f"{table}\n" + (f"\nPaired differences: {PAIRED_NOTE}\n\n{pairs}\n" if pairs else ""))
+          f"{table}\n" + (f"\nPaired differences: {PAIRED_NOTE}\n\n{pairs}\n" if pairs else "")
+          + (f"\nWhat validation selection changes, per loss (the same paired test):\n\n{selected}\n"
+             if selected else ""))
   (workdir / "losses.md").write_text(text)
   reports.plot_cumulative_score(workdir / "cumulative_score.png",
                                 {loss: np.mean([r["cs"] for r in runs], axis=0) for loss, runs in results.items()},

@@ -7,8 +7,12 @@ after the model's dropout), initialised as the full model's initialisation with 
 ``config.head_bias`` says: zeros, or the fold's training-age prior), trained with the run config's optimizer,
 schedule, batch size, epochs and horizontal flip (a flipped image's features are computed once too; the config's
 other augmentations, which would need the backbone at every step, are not applied). All folds of a run train at
-once (``vmap`` over folds); each reports its last step, nothing is selected on test data. ``train_loss.json`` holds
-the mean training loss over the folds' first and last 10 steps.
+once (``vmap`` over folds); each reports its last step, or with ``config.model_selection="validation_mae"`` the
+epoch whose head had the lowest MAE on the fold's validation subjects (``num_validation_subjects``, drawn from its
+training subjects; validated every ``eval_every_epochs`` and at the end, the earliest of equal scores kept), as
+:mod:`amr_jax.selection` does for full training. Nothing is selected on test data. A selecting run writes its
+last epoch's pooled report to ``last_step/`` beside ``summary/``. ``train_loss.json`` holds the mean training loss
+over the folds' first and last 10 steps (and the selected epochs).
 """
 
 from __future__ import annotations
@@ -97,8 +101,15 @@ def initial_biases(config, bias: np.ndarray, ages: np.ndarray, train_indices: li
   return np.broadcast_to(np.asarray(bias), (len(train_indices), *np.shape(bias)))
 
 
-def train_heads(config, data: dict[str, np.ndarray], train_indices: list[np.ndarray]):
-  """Trains one head per fold on the features of its training images; returns the stacked head params."""
+def train_heads(config, data: dict[str, np.ndarray], train_indices: list[np.ndarray],
+                validation_indices: list[np.ndarray] | None = None):
+  """Trains one head per fold on the features of its training images.
+
+  Returns:
+    ``(head_module, params, losses, selected)``: the stacked head params of the last step, the training losses
+    ``[folds, steps]``, and with ``config.model_selection`` other than ``"last"`` (``validation_indices`` needed)
+    ``{"params", "epoch", "score"}`` of each fold's selected epoch (1-based), else None.
+  """
   model = from_config.model(config, axis_name=None)
   init = jax.jit(model.init, static_argnames="train")
   variables = init(jax.random.key(config.seed), jnp.zeros((1, config.image_size, config.image_size, 3)), train=False)
@@ -149,16 +160,52 @@ def train_heads(config, data: dict[str, np.ndarray], train_indices: list[np.ndar
 
     return jax.lax.scan(step, carry, jnp.arange(steps_per_epoch))
 
-  def train_fold(key, indices, count, bias):
+  selecting = config.model_selection != "last"
+  if selecting and config.model_selection != "validation_mae":
+    raise errors.ConfigError(f"config.model_selection={config.model_selection!r}: FG-NET selects on "
+                             "'validation_mae'.")
+  if selecting and (validation_indices is None or min(len(v) for v in validation_indices) == 0):
+    raise errors.ConfigError("config.model_selection='validation_mae' needs validation subjects: set "
+                             "config.num_validation_subjects.")
+  validation_indices = validation_indices if selecting else [np.zeros(1, np.int64)] * len(train_indices)
+  validation_counts = np.array([len(v) for v in validation_indices])
+  validation_padded = np.stack([np.resize(v, validation_counts.max()) for v in validation_indices])
+  every = max(int(config.eval_every_epochs), 1)
+
+  def validation_mae(params, indices, count):
+    probs = jax.nn.softmax(head_module.apply({"params": params}, features[indices]))
+    if config.test_time_flip:
+      probs = 0.5 * (probs + jax.nn.softmax(head_module.apply({"params": params}, both[1][indices])))
+    predicted, _ = evaluate.distribution_mean_and_std(probs, config.start_age)
+    mask = jnp.arange(indices.shape[0]) < count
+    return jnp.sum(jnp.where(mask, jnp.abs(predicted - ages[indices]), 0.0)) / count
+
+  def train_fold(key, indices, count, bias, held_out, held_out_count):
     params = {**head_params, "bias": bias}
-    carry = (params, tx.init(params))
-    (params, _), values = jax.lax.scan(lambda c, e: fold_epoch(c, e, key, indices, count), carry,
-                                       jnp.arange(num_epochs))
-    return params, values.reshape(-1)
+
+    def epoch_and_validation(carry, epoch):
+      (params, opt_state), values = fold_epoch(carry[0], epoch, key, indices, count)
+      best_params, best_score, best_epoch = carry[1]
+      if selecting:
+        due = ((epoch + 1) % every == 0) | (epoch + 1 == num_epochs)
+        score = validation_mae(params, held_out, held_out_count)
+        better = due & (score < best_score)  # strictly: the earliest of equal scores stays
+        best_params = jax.tree.map(lambda new, old: jnp.where(better, new, old), params, best_params)
+        best_score, best_epoch = jnp.where(better, score, best_score), jnp.where(better, epoch + 1, best_epoch)
+      return ((params, opt_state), (best_params, best_score, best_epoch)), values
+
+    carry = ((params, tx.init(params)), (params, jnp.asarray(jnp.inf, features.dtype), jnp.asarray(0)))
+    ((params, _), best), values = jax.lax.scan(epoch_and_validation, carry, jnp.arange(num_epochs))
+    return params, values.reshape(-1), best
 
   keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(config.seed), i))(jnp.arange(len(train_indices)))
-  params, values = jax.jit(jax.vmap(train_fold))(keys, jnp.asarray(padded), jnp.asarray(counts), biases)
-  return head_module, params, np.asarray(values)
+  params, values, (best_params, best_score, best_epoch) = jax.jit(jax.vmap(train_fold))(
+      keys, jnp.asarray(padded), jnp.asarray(counts), biases, jnp.asarray(validation_padded),
+      jnp.asarray(validation_counts))
+  selected = None
+  if selecting:
+    selected = {"params": best_params, "epoch": np.asarray(best_epoch), "score": np.asarray(best_score)}
+  return head_module, params, np.asarray(values), selected
 
 
 def run(config, cache_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
@@ -178,27 +225,39 @@ def run(config, cache_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
       return json.loads(done.read_text())
   data = dataset_features(config, cache_dir)
   names, fold_splits = splits(config, data["subject_id"])
-  head_module, params, values = train_heads(config, data, [s.train for s in fold_splits])
+  head_module, params, values, selected = train_heads(config, data, [s.train for s in fold_splits],
+                                                      [s.validation for s in fold_splits])
 
   def probabilities(p, x):
     return jax.nn.softmax(head_module.apply({"params": p}, x))
 
-  by_fold = []
-  for i, (name, split) in enumerate(zip(names, fold_splits)):
-    fold_params = jax.tree.map(lambda leaf: leaf[i], params)
-    probs = probabilities(fold_params, data["features"][split.test])
-    if config.test_time_flip:
-      probs = 0.5 * (probs + probabilities(fold_params, data["flipped_features"][split.test]))
-    predicted, std = evaluate.distribution_mean_and_std(probs, config.start_age)
-    by_fold.append((name, {"predicted_age": np.asarray(predicted), "distribution_std": np.asarray(std),
-                           **{k: data[k][split.test] for k in ("file_name", "subject_id", "age")}}))
+  def test_predictions(stacked):
+    by_fold = []
+    for i, (name, split) in enumerate(zip(names, fold_splits)):
+      fold_params = jax.tree.map(lambda leaf: leaf[i], stacked)
+      probs = probabilities(fold_params, data["features"][split.test])
+      if config.test_time_flip:
+        probs = 0.5 * (probs + probabilities(fold_params, data["flipped_features"][split.test]))
+      predicted, std = evaluate.distribution_mean_and_std(probs, config.start_age)
+      by_fold.append((name, {"predicted_age": np.asarray(predicted), "distribution_std": np.asarray(std),
+                             **{k: data[k][split.test] for k in ("file_name", "subject_id", "age")}}))
+    return by_fold
+
   first, last = values[:, :10].mean(), values[:, -10:].mean()
   print(f"{config.name} seed {config.seed}: {len(names)} folds, {values.shape[1]} steps each; "
         f"mean loss {first:.3f} -> {last:.3f}", flush=True)
   if not np.isfinite(values).all():
     raise FloatingPointError(f"{config.name} seed {config.seed}: a non-finite loss while training the heads.")
   workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "train_loss.json").write_text(json.dumps({"first_10_steps": float(first), "last_10_steps": float(last)}))
+  notes = {"first_10_steps": float(first), "last_10_steps": float(last)}
+  title = f"{config.name}, frozen {config.model}, seed {config.seed}"
+  extra = {"model_selection": config.model_selection}
+  if selected is not None:
+    notes["selected_epochs"] = selected["epoch"].tolist()
+    last_step = evaluate.write_pooled_report(workdir / "last_step", test_predictions(params),
+                                             title=f"{title}, last epoch", extra=extra)
+    extra["last_step_test"] = {k: last_step[k] for k in ("mae", "cs", "mean_fold_mae", "std_fold_mae", "count")}
+    params = selected["params"]
+  (workdir / "train_loss.json").write_text(json.dumps(notes))
   (workdir / "config.json").write_text(settings)
-  return evaluate.write_pooled_report(workdir / "summary", by_fold,
-                                      title=f"{config.name}, frozen {config.model}, seed {config.seed}")
+  return evaluate.write_pooled_report(workdir / "summary", test_predictions(params), title=title, extra=extra)

@@ -14,9 +14,11 @@ Where the defaults differ from the paper's code, and why:
 - learning-rate drops: at the first step of each milestone epoch. The AMR
   code stepped its scheduler one epoch late, so its drops came an epoch after
   each milestone; that bug is fixed, not reproduced.
-- model selection: none. The paper reported the best epoch on the test
-  subject; here the last step's model is evaluated (``fold`` never sees its
-  test data before the end).
+- model selection: the paper reported the best epoch on the test subject;
+  here the last step's model is evaluated by default, or the best on
+  validation subjects drawn from the training subjects
+  (``model_selection``, ``num_validation_subjects``). A fold's test images
+  are read only once its training has ended.
 """
 
 import ml_collections
@@ -48,10 +50,17 @@ def get_config() -> ml_collections.ConfigDict:
   # Computation dtype: "bfloat16" on GPU/TPU (parameters stay float32); "float64" (parameters too, needs
   # JAX_ENABLE_X64=1) for checks where float32 rounding must not decide.
   config.dtype = "float32"
+  # "" : each model's own input normalisation (EfficientNet-Lite: its ImageNet constants; the others: RGB in [0, 1]
+  # as given); "dldl_v2": the DLDL-v2 code's per-channel mean and std (amr_jax.from_config.INPUT_NORMALIZATIONS).
+  config.input_normalization = ""
 
   # Loss: a name from amr_jax.train.LOSSES; loss_kwargs go to the loss (lambda_mean, sigma, ...).
   config.loss = "amr"
   config.loss_kwargs = ml_collections.ConfigDict({"lambda_mean": 0.2, "lambda_residue": 0.05})
+  # Each image's label-distribution sigma from a dataset field instead of loss_kwargs.sigma (dldl and dldl_v2
+  # losses): "age_std" is CLAP2016's annotator spread, a 0 floored to 1e-10 (a one-hot target) as the DLDL-v2
+  # code does. "": loss_kwargs.sigma for every image (FG-NET has one true age per image, no spread).
+  config.sigma_field = ""
   config.num_classes = FGNET_NUM_CLASSES
   config.start_age = 0  # the age of class 0
   # The head's starting bias: "age_prior", the log of the fold's training ages' distribution smoothed by a
@@ -89,8 +98,12 @@ def get_config() -> ml_collections.ConfigDict:
   # batches and single-fold runs); True gives each device its own folds, with no traffic between devices
   # (parallel_folds must then be a multiple of the device count; one process only).
   config.folds_over_devices = False
-  # Subjects taken out of the training subjects to watch during training (never the test subject).
+  # Subjects taken out of the training subjects for validation (never the test subject).
   config.num_validation_subjects = 0
+  # The model a fold reports (amr_jax.selection): "last" (the last step's), or the checkpoint with the lowest
+  # "validation_mae" / "validation_eps" (CLAP2016) among the validations every eval_every_epochs and at the end,
+  # on num_validation_subjects (FG-NET) or the valid split (CLAP2016). Never on test data.
+  config.model_selection = "last"
 
   # Optimisation (PyTorch semantics, amr_jax.optim).
   config.batch_size = 64  # global, over all devices and processes
@@ -105,6 +118,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.milestone_epochs = (15, 30, 45, 60, 75, 90)
   config.decay_factor = 0.1
   config.warmup_epochs = 0.0  # cosine only
+  # Training in stages (amr_jax.stages): a list of dicts, each setting some of name, num_epochs, num_train_steps,
+  # loss, loss_kwargs, learning_rate, milestone_epochs (the rest as above). Each stage starts from the previous
+  # one's final weights with a fresh optimizer and schedule (DLDL-v2: KL alone, then KL + L1). (): one stage.
+  config.stages = ()
 
   # Augmentation (amr_jax.augment.Augmentation), applied on the device in the training step.
   # The paper's code: horizontal flip, and a random 227 px crop of the image resized to 256,

@@ -1,8 +1,10 @@
 """ChaLearn LAP 2016 (APPA-REAL release): the AMR paper's CLAP2016 recipe, shared by the clap2016_* files.
 
-Trained on ``train``, watched on ``valid`` every epoch, reported on ``test``
-with the last step's model (the paper chose its model on ``valid``; with no
-selection there is nothing to choose). Labels are the apparent-age means
+Trained on ``train``, validated on ``valid`` every epoch, and reported on
+``test`` with the epoch whose model had the lowest validation epsilon-error,
+as the AMR code chose it (``model_selection``; ``test/metrics.json`` gives the
+last epoch's test metrics beside it). The test split is read once training has
+ended. Labels are the apparent-age means
 (real numbers; the losses round them to a class only where a class is needed);
 the epsilon-error uses the votes' standard deviation.
 
@@ -35,4 +37,5 @@ def get_config():
   config.augmentation.contrast = 0.1
   config.augmentation.saturation = 0.1
   config.eval_every_epochs = 1
+  config.model_selection = "validation_eps"
   return config

@@ -99,7 +99,7 @@ def test_the_trainer_starts_a_fold_at_its_training_ages_prior_and_a_resume_at_it
 
   train.train_and_evaluate(config, tmp_path / "run")
   resumed = train.open_fold(config, tmp_path / "run", fold, initial, layout)
-  assert resumed.start_step == 2
+  assert resumed.step == 2
   trained = resumed.store.restore(jax.device_get(initial))
   np.testing.assert_array_equal(resumed.state.params["fc"]["bias"], trained.params["fc"]["bias"])
   assert not np.array_equal(resumed.state.params["fc"]["bias"], start.params["fc"]["bias"])

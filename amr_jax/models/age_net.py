@@ -13,22 +13,24 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from amr_jax.models.layers import batch_norm, conv, global_average_pool
+from amr_jax.models.layers import batch_norm, conv, global_average_pool, normalize_input
 
 VGG16_GROUPS = (2, 2, 3, 3, 3)  # convolutions per group, each group ends in a max-pool
 
 
 class VGGAgeNet(nn.Module):
-  """Attributes: ``widths`` (features per group), ``num_classes``, ``dtype``, ``axis_name`` (as ResNet)."""
+  """Attributes: ``widths`` (features per group), ``num_classes``, ``dtype``, ``axis_name``, ``input_normalization``
+  (as ResNet)."""
 
   widths: Sequence[int]
   num_classes: int
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  input_normalization: tuple | None = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = jnp.asarray(x, self.dtype)
+    x = normalize_input(x, self.input_normalization, self.dtype)
     for group, (num_convs, width) in enumerate(zip(VGG16_GROUPS, self.widths)):
       for i in range(num_convs):
         name = f"conv{group + 1}_{i + 1}"

@@ -19,7 +19,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from amr_jax.models.layers import batch_norm, conv, global_average_pool
+from amr_jax.models.layers import batch_norm, conv, global_average_pool, normalize_input
 
 #: The TensorFlow Lite models' input scaling ``(mean, std)``: ``(255 x - 127) / 128`` for ``x`` in [0, 1].
 LITE_IMAGENET_NORMALIZATION = (127.0 / 255.0, 128.0 / 255.0)
@@ -103,7 +103,7 @@ class EfficientNetLite(nn.Module):
     stages: the blocks' stages (:func:`~amr_jax.models.efficientnet_lite.lite_stages`); Lite0's by default.
     dtype, axis_name: as for the other models.
     dropout_rate: dropout before ``_fc`` in training (needs a ``dropout`` rng).
-    input_normalization: ``(mean, std)`` subtracted from and divided into the
+    input_normalization: ``(mean, std)`` (numbers, or one per channel) subtracted from and divided into the
       input, or ``None`` to use inputs as given. The ImageNet weights expect
       RGB in [0, 1] normalised with :data:`~amr_jax.models.efficientnet_lite.LITE_IMAGENET_NORMALIZATION`, i.e.
       ``(255 x - 127) / 128``.
@@ -114,15 +114,12 @@ class EfficientNetLite(nn.Module):
   dtype: Any = jnp.float32
   axis_name: str | None = None
   dropout_rate: float = 0.2
-  input_normalization: tuple[float, float] | None = None
+  input_normalization: tuple | None = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     norm = functools.partial(_tf_batch_norm, train, dtype=self.dtype, axis_name=self.axis_name)
-    x = jnp.asarray(x, self.dtype)
-    if self.input_normalization is not None:
-      mean, std = self.input_normalization
-      x = (x - mean) / std
+    x = normalize_input(x, self.input_normalization, self.dtype)
     x = nn.relu6(norm(name="_bn0")(_conv(32, 3, 2, dtype=self.dtype, name="_conv_stem")(x)))
     x = MBConvBlocks(self.stages, self.dtype, self.axis_name, name="_blocks")(x, train)
     x = nn.relu6(norm(name="_bn1")(_conv(1280, 1, dtype=self.dtype, name="_conv_head")(x)))

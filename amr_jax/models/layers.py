@@ -31,3 +31,13 @@ def global_average_pool(x):
 
 
 __all__ = ["batch_norm", "conv", "global_average_pool", "he_normal_fan_out"]
+
+
+def normalize_input(x, normalization, dtype: Any):
+  """``x`` as ``dtype``, minus ``mean`` and divided by ``std`` of ``normalization = (mean, std)`` (each a number or
+  one per channel); as it is for ``None``."""
+  x = jnp.asarray(x, dtype)
+  if normalization is None:
+    return x
+  mean, std = normalization
+  return (x - jnp.asarray(mean, dtype)) / jnp.asarray(std, dtype)

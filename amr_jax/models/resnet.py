@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from amr_jax.models.layers import batch_norm, conv, global_average_pool
+from amr_jax.models.layers import batch_norm, conv, global_average_pool, normalize_input
 
 
 class BasicBlock(nn.Module):
@@ -95,6 +95,8 @@ class ResNet(nn.Module):
     num_classes: outputs of the final ``fc`` layer.
     dtype: computation dtype (parameters stay float32); bfloat16 on GPU/TPU.
     axis_name: a ``pmap`` axis name to average BatchNorm statistics over devices.
+    input_normalization: ``(mean, std)`` (numbers, or one per channel) subtracted from and divided into the input
+      images; ``None`` feeds them as given (RGB in [0, 1]).
   """
 
   stage_sizes: Sequence[int]
@@ -102,10 +104,11 @@ class ResNet(nn.Module):
   num_classes: int
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  input_normalization: tuple | None = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = jnp.asarray(x, self.dtype)
+    x = normalize_input(x, self.input_normalization, self.dtype)
     x = conv(64, 7, 2, dtype=self.dtype, name="conv1")(x)
     x = nn.relu(batch_norm(train, dtype=self.dtype, axis_name=self.axis_name, name="bn1")(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
