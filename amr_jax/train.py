@@ -339,7 +339,7 @@ def _interrupted(stopped: list[tuple[FoldRun, int]]) -> errors.Interrupted:
 def train_folds(config, runs: list[FoldRun], stage_steps: list[Steps], layout: fold_layout.FoldLayout, data: Any,
                 initial_state: from_config.TrainState) -> list[tuple[Any, Any]]:
   """Trains ``runs`` at once, each to its own last step, and evaluates each; returns their test predictions (of the
-  reported model, and of the last step's where a model is selected: :func:`_evaluate_splits`).
+  reported model, and of the last step's where a model is selected).
 
   ``stage_steps`` holds the compiled steps of each stage (one for a run of one stage). ``data`` is the training
   images and ages on the devices (``layout.everywhere``), which every fold's training examples index. A fold that

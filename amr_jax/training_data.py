@@ -36,7 +36,7 @@ class LazySplit:
     count: its number of examples (from the dataset's metadata, without reading it).
   """
 
-  def __init__(self, load: Callable[[], Arrays], count: int, where: str):
+  def __init__(self, load: Callable[[], dict[str, np.ndarray]], count: int, where: str):
     self._load, self.count, self.where, self._arrays = load, count, where, None
 
   def __call__(self) -> Arrays:
@@ -64,7 +64,7 @@ class Fold:
 
   The training examples are ``train_indices`` into ``train_source``, the arrays every fold of a run shares, so
   folds trained at once hold the images once and each gathers its own batches by index. The test examples are
-  ``test_split``: arrays, or a :class:`LazySplit` that :attr:`test` reads.
+  ``test_split``: arrays, or a :class:`LazySplit` that ``test`` reads.
   """
 
   name: str  # e.g. "subject 17", "fold 2 of 5", "test split"
@@ -189,7 +189,7 @@ def check_sigma_field(config) -> None:
 def training_arrays(config, source: Arrays) -> Arrays:
   """What the training step gathers its batches from: ``image``, ``age``, and ``sigma`` with ``config.sigma_field``.
 
-  ``sigma`` is the field floored at :data:`SIGMA_FLOOR`, as the DLDL-v2 code floors it.
+  ``sigma`` is the field floored at ``SIGMA_FLOOR`` (1e-10), as the DLDL-v2 code floors it.
   """
   arrays = {"image": source["image"], "age": source["age"]}
   if config.sigma_field:
