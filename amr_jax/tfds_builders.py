@@ -132,7 +132,7 @@ def _describe(record: dict[str, Any]) -> str:
 
 
 def check_source(builder, manual_dir: str | os.PathLike) -> None:
-  """Refuses a build made from other raw files than ``manual_dir`` holds now.
+  """Refuses a build made from other raw files than ``manual_dir`` holds now, or from a ``manual_dir`` that is gone.
 
   A build with no record (made before records existed) is not checked.
 
@@ -151,7 +151,13 @@ def check_source(builder, manual_dir: str | os.PathLike) -> None:
   if recorded.get("file_list_sha256") == current.get("file_list_sha256"):
     return
   if current.get("manual_dir") is None:
-    return  # the raw files were removed or moved after the build: the build is all there is
+    if recorded.get("manual_dir") is None:
+      return  # built from a download, and no raw files given now
+    # A mistyped path, or raw files moved since the build: training on the build would hide which.
+    raise errors.DataError(
+        f"the manual directory {manual_dir} does not exist or is empty; {builder.data_dir} was built from "
+        f"{_describe(recorded)}. Give that folder, or train on the existing build as it is by leaving "
+        "config.data.manual_dir empty.")
   changed = "has changed since" if recorded.get("manual_dir") == current["manual_dir"] else "is another source"
   raise errors.DataError(
       f"{builder.data_dir} was built from {_describe(recorded)}; the manual directory {_describe(current)} "

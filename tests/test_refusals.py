@@ -146,7 +146,7 @@ def test_labels_that_would_be_clamped_are_refused_naming_an_image(fgnet_dirs, tm
     train.train_and_evaluate(shifted, tmp_path / "run")
 
 
-def test_a_build_from_another_or_changed_source_is_refused_unless_the_manual_dir_is_left_empty(tmp_path):
+def test_a_build_from_another_changed_or_missing_source_is_refused_unless_the_manual_dir_is_left_empty(tmp_path):
   first = training_setup.make_synthetic_fgnet(tmp_path / "first")
   other = training_setup.make_synthetic_fgnet(tmp_path / "other", subjects=3)
   data_dir = tmp_path / "tfds"
@@ -163,6 +163,12 @@ def test_a_build_from_another_or_changed_source_is_refused_unless_the_manual_dir
   with pytest.raises(errors.DataError, match=r"\(31 files, \d+ bytes\) has changed since"):
     tfds_builders.build("fgnet", manual_dir=first, data_dir=data_dir)
   shutil.copytree(data_dir, tmp_path / "tfds_copy")
+  mistyped = training_setup.config("fgnet_ce", "3", **{"data.manual_dir": str(tmp_path / "frist"),
+                                                       "data.data_dir": str(tmp_path / "tfds_copy")})
+  with pytest.raises(errors.DataError, match=(
+      rf"the manual directory {re.escape(str(tmp_path / 'frist'))} does not exist or is empty; .* was built from "
+      rf"{re.escape(str(first.resolve()))} \(32 files.*leaving config.data.manual_dir empty")):
+    train.train_and_evaluate(mistyped, tmp_path / "run")
   as_built = training_setup.config("fgnet_ce", "3", num_train_steps=1,
                                    **{"data.manual_dir": "", "data.data_dir": str(tmp_path / "tfds_copy")})
   assert train.train_and_evaluate(as_built, tmp_path / "run")["count"] == 4
