@@ -473,7 +473,9 @@ def _evaluate_splits(config, workdir, fold, steps, last_state, chosen: selection
     if len(arrays["age"]):
       outputs[split] = evaluate.predict(steps.eval, replicated, arrays, config.eval_batch_size)
       if _is_writer():
-        summary = evaluate.write_report(workdir / split, outputs[split], extra=extra,
+        # The last step's test metrics belong beside the test metrics only.
+        beside = extra if split == "test" else {k: v for k, v in extra.items() if k != "last_step_test"}
+        summary = evaluate.write_report(workdir / split, outputs[split], extra=beside,
                                         title=f"{config.name}, {fold.name}, {split}")
         _log(f"{fold.name}: {split} MAE {summary['mae']:.3f}, CS(5) {summary['cs'][5]:.3f} over {summary['count']} "
              f"images -> {workdir / split}")

@@ -68,6 +68,7 @@ def test_the_reports_give_the_selected_model_and_the_last_steps_test_metrics_bes
   assert reported["last_step"] == 6 and reported["mae"] == pytest.approx(result["mae"])
   validation = json.loads((workdir / "validation" / "metrics.json").read_text())
   assert validation["mae"] == pytest.approx(best["score"], rel=1e-6)  # the validation report is the selected model's
+  assert validation["selected_step"] == best["step"] and "last_step_test" not in validation
   # The same run reporting its last step: training is the same, so its test MAE is the last_step_test beside.
   last = train.train_and_evaluate(_selecting_config(fgnet_dirs, model_selection="last"), tmp_path / "last")
   assert reported["last_step_test"]["mae"] == pytest.approx(last["mae"], rel=1e-6)

@@ -1,5 +1,6 @@
 """Training in stages (DLDL-v2's KL, then KL + L1) and each image's own label-distribution sigma."""
 
+import functools
 import shutil
 
 import jax
@@ -148,8 +149,10 @@ def test_each_images_sigma_reaches_the_loss():
   sigma = np.float32([1e-10, 1.5, 4.0, 9.0])  # 1e-10: the floor of a spread of 0, a one-hot target
   batch = {"image": rng.integers(0, 256, (4, 64, 64, 3), dtype=np.uint8), "age": ages, "sigma": sigma,
            "position": np.arange(4)}
-  _, metrics = train.train_step(state, batch, jnp.float32(1e-3), loss_fn=from_config.loss_fn(config),
-                                augmentation=augment.Augmentation(), seed=config.seed, global_batch=4, axis_name=None)
+  step = jax.jit(functools.partial(train.train_step, loss_fn=from_config.loss_fn(config),
+                                   augmentation=augment.Augmentation(), seed=config.seed, global_batch=4,
+                                   axis_name=None))
+  _, metrics = step(state, batch, jnp.float32(1e-3))
 
   images = augment.augment_batch(augment.example_keys(config.seed, 0, batch["position"]), batch["image"],
                                  augment.Augmentation())
