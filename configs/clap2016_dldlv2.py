@@ -37,7 +37,7 @@ def get_config():
   config.model = "thin_age_net"
   config.pretrained = ""
   config.input_normalization = "dldl_v2"
-  config.head_bias = "zeros"  # a new network's head, as the official code starts it
+  config.head_bias = "zeros"  # the network's own head initialisation (the prior hurt CE from scratch: README)
   config.loss = "dldl_v2"
   config.loss_kwargs = KL_AND_L1
   config.sigma_field = "age_std"
