@@ -11,7 +11,8 @@ import optax
 import optax.tree_utils
 import pytest
 
-from amr_jax import augment, checkpoints, errors, from_config, losses, metric_writers, stages, train, training_data
+from amr_jax import (augment, checkpoints, errors, from_config, losses, metric_writers, reports, stages, train,
+                     training_data)
 import training_setup
 
 ROOT = training_setup.ROOT
@@ -197,12 +198,12 @@ def test_the_dldl_v2_normalisation_is_the_codes_per_channel_constants():
   config = training_setup.config("clap2016_dldlv2")
   model = from_config.model(config)
   mean, std = np.array(from_config.INPUT_NORMALIZATIONS["dldl_v2"])
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+  variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
   image = np.random.default_rng(1).uniform(size=(1, 64, 64, 3)).astype(np.float32)
   plain = from_config.model(ml_collections.ConfigDict({**config.to_dict(), "input_normalization": ""}))
   # The normalising model on an image equals the plain one on the image normalised by hand.
-  np.testing.assert_allclose(model.apply(variables, image), plain.apply(variables, (image - mean) / std),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(jax.jit(model.apply)(variables, image),
+                             jax.jit(plain.apply)(variables, (image - mean) / std), rtol=1e-5, atol=1e-5)
   config.input_normalization = "imagenet"
   with pytest.raises(errors.ConfigError, match="config.input_normalization must be '' .* or one of dldl_v2"):
     from_config.model(config)
@@ -220,4 +221,6 @@ def test_the_dldl_v2_config_trains_both_stages_with_each_images_sigma_on_clap201
   train_steps = [entry["step"] for entry in logged if "train/loss" in entry]
   assert train_steps == [1, 2, 3, 4]
   assert 0 <= result["eps_error"] <= 1 and np.isfinite(result["mae"])
+  assert result["count"] == len(reports.read_predictions_csv(tmp_path / "run" / "test" / "predictions.csv")["age"])
+  assert (tmp_path / "run" / "validation" / "metrics.json").is_file()
   assert 2 in checkpoints.Checkpoints(tmp_path / "run" / "checkpoints").all_steps()

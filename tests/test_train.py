@@ -14,8 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from amr_jax import (checkpoints, evaluate, from_config, input_pipeline, metric_writers, reports, stages, tfds_builders,
-                     train)
+from amr_jax import checkpoints, evaluate, from_config, input_pipeline, metric_writers, reports, tfds_builders, train
 import training_setup
 
 ROOT = training_setup.ROOT
@@ -66,7 +65,8 @@ def test_fgnet_defaults_are_the_amr_recipe_with_the_offline_backbone():
   assert (config.model, config.pretrained, config.num_classes) == ("efficientnet_lite0", "imagenet", 70)
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+# clap2016_dldlv2 (two stages) runs end to end in tests/test_stages.py.
+@pytest.mark.parametrize("name", [name for name in CONFIGS if name != "clap2016_dldlv2"])
 def test_one_step_smoke_run_of_every_config(name, fgnet_dirs, tmp_path):
   if name.startswith("fgnet"):
     overrides = _data(fgnet_dirs)
@@ -83,8 +83,7 @@ def test_one_step_smoke_run_of_every_config(name, fgnet_dirs, tmp_path):
     assert 0 <= result["eps_error"] <= 1  # CLAP2016 reports the epsilon-error
     assert (tmp_path / "run" / "validation" / "metrics.json").is_file()
   logged = [entry for entry in metric_writers.read_jsonl(tmp_path / "run" / "metrics.jsonl") if "train/loss" in entry]
-  # num_train_steps=1 is each stage's length (the DLDL-v2 config trains two stages)
-  assert logged[-1]["step"] == len(stages.stages_of(config)) and np.isfinite(logged[-1]["train/loss"])
+  assert logged[-1]["step"] == 1 and np.isfinite(logged[-1]["train/loss"])
   assert json.loads((tmp_path / "run" / "config.json").read_text())["loss"] == config.loss
 
 
