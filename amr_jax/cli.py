@@ -37,7 +37,7 @@ def run(action, workdir_help: str, *, config_from_workdir: bool = False) -> None
 
   def main(argv):
     if len(argv) > 1:
-      _refuse(f"unexpected arguments: {' '.join(argv[1:])}")
+      refuse(f"unexpected arguments: {' '.join(argv[1:])}")
     interruption.install()
     try:
       action(*setup(flags.FLAGS.config, flags.FLAGS.workdir))
@@ -47,7 +47,7 @@ def run(action, workdir_help: str, *, config_from_workdir: bool = False) -> None
     except errors.RunError as error:
       if _show_traceback():
         raise
-      _refuse(str(error), traceback_hint=True)
+      refuse(str(error), traceback_hint=True)
     except KeyboardInterrupt:
       if _show_traceback():
         raise
@@ -62,7 +62,7 @@ def _show_traceback() -> bool:
       flags.FLAGS["verbosity"].present and flags.FLAGS.verbosity >= 1)
 
 
-def _refuse(message: str, *, traceback_hint: bool = False) -> None:
+def refuse(message: str, *, traceback_hint: bool = False) -> None:
   hint = f" ({TRACEBACK_VARIABLE}=1 shows the traceback)" if traceback_hint else ""
   print(f"error: {message}{hint}", file=sys.stderr, flush=True)
   sys.exit(1)
@@ -153,30 +153,30 @@ def parse_flags(argv: list[str], *, config_from_workdir: bool = False) -> list[s
   if _flag_value(argv, "config") is None:
     bare = _config_file_argument(argv)
     if bare is not None:
-      _refuse(f"the config file is a flag: did you mean --config={bare}?")
+      refuse(f"the config file is a flag: did you mean --config={bare}?")
     if not config_from_workdir:
-      _refuse("give the run's config: --config=configs/<name>.py[:FOLD] (e.g. --config=configs/fgnet_amr.py:17).")
+      refuse("give the run's config: --config=configs/<name>.py[:FOLD] (e.g. --config=configs/fgnet_amr.py:17).")
     workdir = _flag_value(argv, "workdir")
     if workdir is None:
-      _refuse("give the run to evaluate: --workdir=W (its config.json is the config), or --config=... as well.")
+      refuse("give the run to evaluate: --workdir=W (its config.json is the config), or --config=... as well.")
     try:
       stored = workdir_config.load(workdir)
     except errors.RunError as error:
-      _refuse(str(error))
+      refuse(str(error))
     config_flags.DEFINE_config_dict("config", stored, f"The config of --workdir ({workdir_config.FILE_NAME}).",
                                     lock_config=True, sys_argv=argv)
   else:
     path = _flag_value(argv, "config").split(":", 1)[0]
     if not os.path.isfile(path):
       found = ", ".join(sorted(p for p in glob.glob("configs/*.py") if not re.search(r"(__init__|base)\.py$", p)))
-      _refuse(f"--config={path}: no such file" + (f" (found {found})." if found else "."))
+      refuse(f"--config={path}: no such file" + (f" (found {found})." if found else "."))
     config_flags.DEFINE_config_file("config", None, CONFIG_HELP, lock_config=True, sys_argv=argv)
   try:
     return flags.FLAGS(argv)
   except flags.Error as error:
-    _refuse(_one_line(str(error)))
+    refuse(_one_line(str(error)))
   except (AttributeError, KeyError) as error:  # an override of a field the config does not have
-    _refuse(_unknown_field(argv, str(error)))
+    refuse(_unknown_field(argv, str(error)))
 
 
 def _one_line(message: str) -> str:

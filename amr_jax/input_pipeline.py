@@ -113,14 +113,16 @@ def eval_batches(arrays: Mapping[str, np.ndarray], *, global_batch: int, num_dev
 
 
 def load_fgnet_arrays(dataset_dir: str, *, crop: str = "aligned", image_size: int = 112,
-                      eye_distance: float = 0.35, eye_y: float = 0.4) -> dict[str, np.ndarray]:
+                      eye_distance: float = 0.35, eye_y: float = 0.4, log=print) -> dict[str, np.ndarray]:
   """A built FG-NET TFDS dataset, decoded once into memory as uint8 crops and labels.
 
   Args:
     dataset_dir: the prepared dataset's folder (``<data_dir>/fgnet/1.0.0``).
-    crop: ``"aligned"`` (eye-aligned face, :func:`amr_jax.face_crop.aligned_face_crop`)
-      or ``"whole"`` (whole image squashed to a square, as the AMR paper).
+    crop: ``"aligned"`` (eye-aligned face, :func:`amr_jax.face_crop.aligned_face_crop`),
+      ``"detected"`` (the same on the eyes MTCNN finds, :mod:`amr_jax.detected_crops`; detected once and cached
+      beside the build) or ``"whole"`` (whole image squashed to a square, as the AMR paper).
     image_size: side of the square output in pixels.
+    log: where the detected crop's progress and rule counts go.
 
   Returns:
     ``image`` ``[N, size, size, 3]`` uint8, ``age``, ``subject_id`` (int32),
@@ -130,8 +132,8 @@ def load_fgnet_arrays(dataset_dir: str, *, crop: str = "aligned", image_size: in
 
   from amr_jax import face_crop, tfds_builders
 
-  if crop not in ("aligned", "whole"):
-    raise ValueError(f"crop must be 'aligned' or 'whole'; got {crop!r}.")
+  if crop not in ("aligned", "detected", "whole"):
+    raise ValueError(f"crop must be 'aligned', 'detected' or 'whole'; got {crop!r}.")
   try:
     builder = tfds.builder_from_directory(dataset_dir)
   except Exception as error:
@@ -140,14 +142,19 @@ def load_fgnet_arrays(dataset_dir: str, *, crop: str = "aligned", image_size: in
   tfds_builders.check_file_format(builder, tfds_builders.rebuild_command("fgnet"))
   source = builder.as_data_source()["train"]
   examples = sorted((source[i] for i in range(len(source))), key=lambda e: e["file_name"])
-  images = []
-  for example in examples:
-    if crop == "aligned":
-      image, _ = face_crop.aligned_face_crop(example["image"], example["landmarks"], image_size,
-                                             eye_distance=eye_distance, eye_y=eye_y)
-    else:
-      image = face_crop.whole_image(example["image"], image_size)
-    images.append(image)
+  if crop == "detected":
+    from amr_jax import detected_crops  # pylint: disable=import-outside-toplevel  # loads MTCNN's weights
+
+    photographs = [example["image"] for example in examples]
+    found = detected_crops.detect_all(photographs, [e["file_name"].decode() for e in examples], dataset_dir, log=log)
+    made = detected_crops.crops(photographs, found, image_size, eye_distance=eye_distance, eye_y=eye_y)
+    log(detected_crops.summary(made))
+    images = list(made.images)
+  elif crop == "aligned":
+    images = [face_crop.aligned_face_crop(e["image"], e["landmarks"], image_size, eye_distance=eye_distance,
+                                          eye_y=eye_y)[0] for e in examples]
+  else:
+    images = [face_crop.whole_image(e["image"], image_size) for e in examples]
   return {
       "image": np.stack(images),
       "age": np.array([e["age"] for e in examples], np.int32),

@@ -17,13 +17,11 @@ there and copies it.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import shutil
-import tempfile
 from typing import Any
 
-from amr_jax import checkpoints, errors
+from amr_jax import atomic_files, checkpoints, errors
 
 SELECTIONS = ("last", "validation_mae", "validation_eps")
 FILE_NAME = "selection.json"
@@ -124,7 +122,4 @@ class Selection:
       return
     text = json.dumps({"model_selection": self.name, "history": sorted(self.history, key=lambda e: e["step"])},
                       indent=2) + "\n"
-    with tempfile.NamedTemporaryFile("w", dir=self.path.parent, prefix=f".{FILE_NAME}.", suffix=".tmp",
-                                     delete=False) as f:
-      f.write(text)
-    os.replace(f.name, self.path)
+    atomic_files.write_text(self.path, text)

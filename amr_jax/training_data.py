@@ -26,7 +26,9 @@ from amr_jax import config_checks, errors, input_pipeline, losses, stages, tfds_
 
 Arrays = dict[str, np.ndarray]
 PROTOCOLS = {"fgnet": ("lopo", "kfold"), "clap2016": ("splits",)}
-CROPS = {"fgnet": ("whole", "aligned"), "clap2016": ("face", "whole")}
+CROPS = {"fgnet": ("whole", "aligned", "detected"), "clap2016": ("face", "whole", "detected")}
+# The TFDS build each crop decodes from: "detected" crops CLAP2016's whole photographs.
+_BUILD_CONFIGS = {"face": "face", "whole": "whole", "detected": "whole"}
 
 
 class LazySplit:
@@ -98,6 +100,10 @@ def check_data_config(data, protocol: str) -> None:
   if data.crop not in CROPS[data.name]:
     raise errors.ConfigError(f"config.data.crop for {data.name} must be one of {', '.join(CROPS[data.name])}; "
                      f"got {data.crop!r}.")
+  if data.crop == "detected":
+    from amr_jax import mtcnn_networks  # pylint: disable=import-outside-toplevel
+
+    mtcnn_networks.weights_dir()  # the detector's weights are installed, or the message says how
   if protocol not in PROTOCOLS[data.name]:
     raise errors.ConfigError(f"config.protocol for {data.name} must be one of {', '.join(PROTOCOLS[data.name])}; "
                      f"got {protocol!r}.")
@@ -120,7 +126,7 @@ def prepare(data, *, is_builder_process: bool = True, barrier=None):
   kwargs: dict[str, Any] = {"check_manual_dir": bool(data.manual_dir)}
   config_name = None
   if data.name == "clap2016":
-    config_name = data.crop
+    config_name = _BUILD_CONFIGS[data.crop]
     if data.ignore_list:
       kwargs["ignore_list"] = os.path.expanduser(data.ignore_list)
   if is_builder_process:
@@ -142,21 +148,33 @@ def load_arrays(data, image_size: int, builder) -> dict[str, Arrays]:
     arrays = input_pipeline.load_fgnet_arrays(os.fspath(builder.data_dir), crop=data.crop, image_size=image_size)
     arrays["age"] = arrays["age"].astype(np.float32)
     return {"all": arrays}
-  dataset: dict[str, Any] = {split: _clap2016_arrays(builder, split, image_size) for split in ("train", "valid")}
-  dataset["test"] = LazySplit(functools.partial(_clap2016_arrays, builder, "test", image_size),
+  dataset: dict[str, Any] = {split: _clap2016_arrays(builder, split, image_size, data.crop)
+                             for split in ("train", "valid")}
+  dataset["test"] = LazySplit(functools.partial(_clap2016_arrays, builder, "test", image_size, data.crop),
                               builder.info.splits["test"].num_examples, f"{builder.data_dir}: split 'test'")
   return dataset
 
 
-def _clap2016_arrays(builder, split: str, image_size: int) -> Arrays:
+def _clap2016_arrays(builder, split: str, image_size: int, crop: str = "whole") -> Arrays:
   from amr_jax import face_crop
 
   source = builder.as_data_source()[split]
   examples = sorted((source[i] for i in range(len(source))), key=lambda e: e["file_name"])
   if not examples:
     raise errors.DataError(f"{builder.data_dir}: split {split!r} is empty.")
+  if crop == "detected":
+    from amr_jax import detected_crops  # pylint: disable=import-outside-toplevel  # loads MTCNN's weights
+
+    photographs = [e["image"] for e in examples]
+    names = [f"{split}/{e['file_name'].decode()}" for e in examples]
+    made = detected_crops.crops(photographs, detected_crops.detect_all(photographs, names, builder.data_dir),
+                                image_size)
+    print(f"CLAP2016 {split}: {detected_crops.summary(made)}", flush=True)
+    images = made.images
+  else:
+    images = np.stack([face_crop.whole_image(e["image"], image_size) for e in examples])
   return {
-      "image": np.stack([face_crop.whole_image(e["image"], image_size) for e in examples]),
+      "image": images,
       "age": np.array([e["apparent_age_mean"] for e in examples], np.float32),
       "age_std": np.array([e["apparent_age_std"] for e in examples], np.float32),
       "real_age": np.array([e["real_age"] for e in examples], np.int32),

@@ -13,12 +13,11 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import tempfile
 from typing import Any
 
 import ml_collections
 
-from amr_jax import errors
+from amr_jax import atomic_files, errors
 
 FILE_NAME = "config.json"
 
@@ -163,8 +162,6 @@ def write(workdir: pathlib.Path, config: ml_collections.ConfigDict, stored: dict
         current[field] = changes.pop(field)[0]
     if not changes:
       return []
-  # A temporary file of its own, renamed: array tasks starting together on one workdir each write a whole file.
-  with tempfile.NamedTemporaryFile("w", dir=workdir, prefix=f".{FILE_NAME}.", suffix=".tmp", delete=False) as f:
-    f.write(json.dumps(current, indent=2) + "\n")
-  os.replace(f.name, workdir / FILE_NAME)
+  # Array tasks starting together on one workdir each write a whole file.
+  atomic_files.write_text(workdir / FILE_NAME, json.dumps(current, indent=2) + "\n")
   return [f"config.{field}: {before!r} -> {after!r}" for field, (before, after) in changes.items()]

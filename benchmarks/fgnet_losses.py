@@ -62,7 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--model", default="efficientnet_lite0")
   parser.add_argument("--pretrained", default="imagenet")
   parser.add_argument("--image_size", type=int, default=112)
-  parser.add_argument("--crop", default="aligned", choices=("aligned", "whole"))
+  parser.add_argument("--crop", default="aligned", choices=("aligned", "detected", "whole"))
   parser.add_argument("--num_epochs", type=int, default=10)
   parser.add_argument("--backbone", default="finetune", choices=("finetune", "frozen"),
                       help="train the whole model, or only its head on the frozen backbone's features")

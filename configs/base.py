@@ -78,6 +78,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.data_dir = ""  # where TFDS builds the dataset; "" = ~/tensorflow_datasets
   # "whole": the whole image squashed to a square, as the paper's code; "aligned": an
   # eye-aligned face crop from FG-NET's landmarks. CLAP2016: "face" (the release's crops) or "whole".
+  # Both: "detected", the eye-aligned crop on the eyes MTCNN finds (amr_jax.detected_crops; detected once
+  # per build and cached beside it; the whole photograph where no face is found).
   config.data.crop = "whole"
   config.data.ignore_list = ""  # CLAP2016 only: a file of training images to drop
   config.image_size = 224

@@ -1,0 +1,261 @@
+"""Ages of the faces in anyone's photographs, by a run's trained model (``run_predict.py``).
+
+For each photograph: read it (EXIF orientation applied, converted to RGB),
+find its faces with MTCNN (:mod:`amr_jax.faces`), crop each as the run's
+training crop was made, and predict with the run's evaluation step (the same
+compiled function ``run_eval.py`` uses, with the run's ``test_time_flip``):
+
+- ``aligned`` and ``detected`` runs: each face aligned on its detected eyes
+  (:func:`amr_jax.face_crop.eyes_face_crop`, the training crop's geometry);
+- ``face`` runs (CLAP2016's own crops, whose maker is not published): the same
+  eye-aligned crop, which is not the crop the model saw (said once in the log);
+- ``whole`` runs: the whole photograph squashed to a square, one row per
+  photograph, no detection.
+
+Every photograph gets at least one CSV row; a file that cannot be read, is
+not an image, or holds no face gets one row whose ``note`` says so, and the
+run goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import pathlib
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import PIL.Image
+import PIL.ImageDraw
+import PIL.ImageOps
+
+from amr_jax import checkpoints, errors, face_crop, faces, selection, workdir_config
+
+#: The CSV's columns, in order.
+COLUMNS = ("file", "face", "x0", "y0", "x1", "y1", "face_score", "age", "age_std", "age_mode", "note")
+#: ``--checkpoint`` values; "" is the one the run reports (the selected one if it selects, else the last).
+CHECKPOINTS = ("", "last", "selected")
+
+
+@dataclasses.dataclass
+class Model:
+  """A run's trained model, ready to predict: its config, which fold and step, and the compiled step."""
+  config: Any
+  description: str  # e.g. "fold_2 of workdir W, the selected checkpoint (step 120)"
+  state: Any  # replicated over the local devices
+  eval_step: Callable
+
+
+def _fold_dir(config, stored_fold: int, workdir: pathlib.Path, fold: int | None) -> tuple[pathlib.Path, str]:
+  from amr_jax import train  # pylint: disable=import-outside-toplevel  # the run's layout is the trainer's
+
+  all_folds = stored_fold == -1 and config.protocol != "splits"
+  if not all_folds:
+    if fold is not None and fold != stored_fold:
+      raise errors.ConfigError(f"--fold={fold}: {workdir} is a run of fold {stored_fold} only; leave --fold out.")
+    return workdir, "the run's model"
+  folds_dir = workdir / "folds"
+  trained = sorted(p.name for p in folds_dir.glob("*") if (p / "checkpoints").is_dir()) if folds_dir.is_dir() else []
+  if fold is None:
+    raise errors.ConfigError(f"{workdir} is a run over all folds, one model per fold: choose one with --fold=N "
+                             f"(trained: {', '.join(trained) or 'none yet'}).")
+  fold_dir = train.fold_workdir(config, workdir, fold, all_folds=True)
+  if fold_dir.name not in trained:
+    raise errors.WorkdirError(f"--fold={fold}: {fold_dir} holds no checkpoint (trained: {', '.join(trained) or 'none'}).")
+  return fold_dir, fold_dir.name
+
+
+def load_model(workdir: str | os.PathLike, fold: int | None = None, checkpoint: str = "") -> Model:
+  """The model of ``workdir``'s run (of ``fold``, for a run over all folds) at its last or selected checkpoint.
+
+  Raises:
+    errors.ConfigError: a run over all folds without ``fold``, a bad ``checkpoint``.
+    errors.WorkdirError: no such run, fold or checkpoint.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+
+  from amr_jax import evaluate, from_config  # pylint: disable=import-outside-toplevel
+
+  if checkpoint not in CHECKPOINTS:
+    raise errors.ConfigError(f"--checkpoint must be 'last' or 'selected' (or empty: the one the run reports); "
+                             f"got {checkpoint!r}.")
+  workdir = pathlib.Path(workdir).absolute()
+  config = workdir_config.load(workdir)
+  fold_dir, fold_name = _fold_dir(config, workdir_config.read(workdir)["fold"], workdir, fold)
+  kind = checkpoint or ("last" if config.model_selection == "last" else "selected")
+  directory = fold_dir / ("checkpoints" if kind == "last" else selection.CHECKPOINT_FOLDER)
+  store = checkpoints.Checkpoints(directory, max_to_keep=1 if kind == "selected" else config.max_checkpoints_to_keep)
+  if store.latest_step() is None:
+    hint = (" (the run selects no checkpoint: config.model_selection is 'last')" if kind == "selected"
+            and config.model_selection == "last" else "; train first")
+    raise errors.WorkdirError(f"{directory}: no checkpoint{hint}.")
+  model = from_config.model(config, axis_name=None)
+  template = jax.device_get(from_config.initial_train_state(config, model, from_config.optimizer(config)))
+  state = store.restore(template)
+  store.close()
+  eval_step = jax.pmap(lambda s, b: evaluate.eval_step(s, b, start_age=config.start_age,
+                                                       test_time_flip=config.test_time_flip), axis_name="batch")
+  description = f"{fold_name} of {workdir}, the {kind} checkpoint (step {int(state.step)})"
+  return Model(config, description, evaluate.replicate(state), eval_step)
+
+
+def photograph_paths(inputs: Sequence[str | os.PathLike]) -> list[pathlib.Path]:
+  """The files named, and every file in the folders named (at any depth, sorted; hidden ones skipped).
+
+  Raises:
+    errors.DataError: a path that does not exist.
+  """
+  paths = []
+  for item in inputs:
+    item = pathlib.Path(item)
+    if item.is_dir():
+      paths += sorted(p for p in item.rglob("*") if p.is_file() and not any(
+          part.startswith(".") for part in p.relative_to(item).parts))
+    elif item.is_file():
+      paths.append(item)
+    else:
+      raise errors.DataError(f"{item}: no such file or folder.")
+  return paths
+
+
+def read_photograph(path: pathlib.Path) -> np.ndarray:
+  """RGB uint8 ``[H, W, 3]``, turned upright by its EXIF orientation.
+
+  Raises:
+    errors.DataError: not an image, or unreadable (the message says why).
+  """
+  try:
+    with PIL.Image.open(path) as image:
+      image = PIL.ImageOps.exif_transpose(image)
+      return np.asarray(image.convert("RGB"))
+  except PIL.UnidentifiedImageError:
+    raise errors.DataError("not an image") from None
+  except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError) as error:  # corrupt, or huge
+    raise errors.DataError(f"unreadable image ({error})") from None
+
+
+@dataclasses.dataclass
+class _Row:
+  file: str
+  face: int | str = ""
+  box: Sequence[float] = ()
+  face_score: float | str = ""
+  note: str = ""
+  crop: np.ndarray | None = None
+  prediction: tuple[float, float, float] | None = None
+
+  def cells(self) -> list[str]:
+    box = [f"{v:.1f}" for v in self.box] if len(self.box) else ["", "", "", ""]
+    age = [f"{self.prediction[0]:.4f}", f"{self.prediction[1]:.4f}", f"{self.prediction[2]:g}"] \
+        if self.prediction else ["", "", ""]
+    score = f"{self.face_score:.4f}" if isinstance(self.face_score, float) else ""
+    return [self.file, str(self.face), *box, score, *age, self.note]
+
+
+def _rows_of(path: pathlib.Path, image: np.ndarray, crop: str, size: int, detector: faces.Detector) -> list[_Row]:
+  name = str(path)
+  if crop == "whole":
+    height, width = image.shape[:2]
+    return [_Row(name, "", (0, 0, width - 1, height - 1), note="whole photograph (the run's crop)",
+                 crop=face_crop.whole_image(image, size))]
+  found = detector.detect(image)
+  if not found:
+    return [_Row(name, note="no face found")]
+  rows = []
+  for index, face in enumerate(found):
+    try:
+      rows.append(_Row(name, index, face.box, face.score, crop=face_crop.eyes_face_crop(image, face.eyes, size)))
+    except errors.DataError as error:
+      rows.append(_Row(name, index, face.box, face.score, note=f"not cropped: {error}"))
+  return rows
+
+
+def _predict(model: Model, rows: list[_Row]) -> None:
+  from amr_jax import evaluate  # pylint: disable=import-outside-toplevel
+
+  todo = [row for row in rows if row.crop is not None]
+  if not todo:
+    return
+  out = evaluate.predict(model.eval_step, model.state, {"image": np.stack([row.crop for row in todo])},
+                         model.config.eval_batch_size)
+  for i, row in enumerate(todo):
+    row.prediction = (float(out["predicted_age"][i]), float(out["distribution_std"][i]), float(out["mode_age"][i]))
+
+
+def _annotate(image: np.ndarray, rows: list[_Row], path: pathlib.Path) -> None:
+  picture = PIL.Image.fromarray(image)
+  draw = PIL.ImageDraw.Draw(picture)
+  width = max(2, round(max(image.shape[:2]) / 300))
+  for row in rows:
+    if row.prediction is None or not len(row.box):
+      continue
+    x0, y0, x1, y1 = (float(v) for v in row.box)
+    draw.rectangle([x0, y0, x1, y1], outline=(255, 40, 40), width=width)
+    label = f"{row.prediction[0]:.1f}"
+    draw.text((x0 + width, max(0.0, y0 - 12 * width)), label, fill=(255, 255, 0),
+              font_size=max(12, 10 * width), stroke_width=max(1, width // 2), stroke_fill=(0, 0, 0))
+  picture.save(path, quality=92)
+
+
+def _annotated_path(folder: pathlib.Path, source: pathlib.Path, taken: set[str]) -> pathlib.Path:
+  name, count = f"{source.stem}_ages.jpg", 1
+  while name in taken:
+    count += 1
+    name = f"{source.stem}_ages_{count}.jpg"
+  taken.add(name)
+  return folder / name
+
+
+def predict_photographs(model: Model, inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *,
+                        annotate: str | os.PathLike | None = None, detector: faces.Detector | None = None,
+                        log: Callable[[str], None] = print, progress_every: float = 10.0) -> dict[str, int]:
+  """Writes ``out`` (CSV, :data:`COLUMNS`) for every photograph of ``inputs``; returns counts for the summary.
+
+  ``annotate``: a folder for copies of the photographs with each face's box and age. Progress is logged every
+  ``progress_every`` seconds.
+  """
+  config = model.config
+  paths = photograph_paths(inputs)
+  log(f"Predicting with {model.description}: {config.model}, {config.image_size} px, crop {config.data.crop!r}"
+      f"{', test-time flip' if config.test_time_flip else ''}; {len(paths)} file(s).")
+  if config.data.crop == "face":
+    log("Note: this run trained on CLAP2016's own face crops; faces here are cropped on their detected eyes, "
+        "which the model did not see in training.")
+  detector = detector or (faces.default_detector() if config.data.crop != "whole" else None)
+  annotate_dir = pathlib.Path(annotate) if annotate else None
+  if annotate_dir:
+    annotate_dir.mkdir(parents=True, exist_ok=True)
+  taken: set[str] = set()
+  counts = {"files": len(paths), "faces": 0, "no_face": 0, "bad": 0}
+  lines, start, shown = [], time.monotonic(), time.monotonic()
+  for number, path in enumerate(paths, start=1):
+    try:
+      image = read_photograph(path)
+    except errors.DataError as error:
+      counts["bad"] += 1
+      log(f"{path}: {error}; skipped.")
+      lines.append(_Row(str(path), note=str(error)).cells())
+      continue
+    rows = _rows_of(path, image, config.data.crop, config.image_size, detector)
+    _predict(model, rows)
+    counts["faces"] += sum(row.prediction is not None for row in rows)
+    if rows[0].note == "no face found":
+      counts["no_face"] += 1
+      log(f"{path}: no face found.")
+    lines += [row.cells() for row in rows]
+    if annotate_dir:
+      _annotate(image, rows, _annotated_path(annotate_dir, path, taken))
+    if time.monotonic() - shown >= progress_every and number < len(paths):
+      shown = time.monotonic()
+      log(f"  {number}/{len(paths)} files, {counts['faces']} faces, {shown - start:.0f} s")
+  out = pathlib.Path(out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  with open(out, "w", newline="", encoding="utf-8") as f:
+    writer = csv.writer(f)
+    writer.writerow(COLUMNS)
+    writer.writerows(lines)
+  log(f"{counts['files']} file(s): {counts['faces']} face(s) predicted, {counts['no_face']} without a face, "
+      f"{counts['bad']} unreadable -> {out}" + (f"; annotated copies in {annotate_dir}" if annotate_dir else ""))
+  return counts

@@ -1,0 +1,54 @@
+"""Ages of the faces in photographs: ``python run_predict.py --workdir=W [--fold=N] PHOTO_OR_FOLDER...``.
+
+Loads the run's config and its checkpoint (the selected one if the run selects on validation data, else the
+last; ``--checkpoint`` chooses), finds and crops the faces as the run's training crop was made, and writes one
+CSV row per face (``--out``); ``--annotate=DIR`` also writes each photograph with its boxes and ages. A run over
+all folds has one model per fold: ``--fold`` names the one to use. Files that are not images, cannot be read or
+hold no face get a row saying so, and the rest go on. See amr_jax/predict.py.
+"""
+
+import sys
+
+from absl import app, flags, logging
+
+from amr_jax import cli, errors
+
+flags.DEFINE_string("workdir", None, "The run's workdir (its config.json and checkpoints).")
+flags.DEFINE_integer("fold", None, "For a run over all folds: the fold whose model predicts (a kfold index, or a "
+                     "LOPO subject id).")
+flags.DEFINE_enum("checkpoint", "", ["", "last", "selected"], "Which checkpoint; default: the one the run reports.")
+flags.DEFINE_string("out", "predictions.csv", "The CSV written: file, face, x0, y0, x1, y1, face_score, age, "
+                    "age_std, age_mode, note.")
+flags.DEFINE_string("annotate", "", "A folder for copies of the photographs with each face's box and age.")
+
+
+def main(argv):
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
+  photographs = argv[1:]
+  if not flags.FLAGS.workdir:
+    cli.refuse("give the run whose model predicts: --workdir=W.")
+  if not photographs:
+    cli.refuse("give photographs or folders of them: python run_predict.py --workdir=W PHOTO_OR_FOLDER...")
+  try:
+    from amr_jax import predict  # after the flags are parsed: a mistake in them is refused before JAX loads
+
+    predict.photograph_paths(photographs)  # a missing file is refused before the model loads
+    model = predict.load_model(flags.FLAGS.workdir, flags.FLAGS.fold, flags.FLAGS.checkpoint)
+    predict.predict_photographs(model, photographs, flags.FLAGS.out, annotate=flags.FLAGS.annotate or None)
+  except errors.RunError as error:
+    cli.refuse(str(error))
+  except KeyboardInterrupt:
+    print("interrupted; nothing written.", file=sys.stderr, flush=True)
+    sys.exit(130)
+
+
+def parse_flags(argv):
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:
+    cli.refuse(str(error).splitlines()[0])
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

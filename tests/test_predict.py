@@ -1,0 +1,158 @@
+"""run_predict.py: a folder of photographs to ages with a run_train.py model, the same as run_eval.py on its crops."""
+
+import csv
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+import skimage.data
+import tensorflow_datasets as tfds
+
+import training_setup
+from amr_jax import errors, predict, train
+
+ROOT = training_setup.ROOT
+
+
+@pytest.fixture(scope="module")
+def detected_run(tmp_path_factory):
+  """A quick run with the detected crop, holding out subject 1, whose two photographs are the astronaut."""
+  manual = training_setup.make_synthetic_fgnet(tmp_path_factory.mktemp("manual"), subjects=3, images_per_subject=2)
+  astronaut = skimage.data.astronaut()
+  subject_1 = sorted((manual / "FGNET" / "images").glob("001A*"))
+  PIL.Image.fromarray(astronaut).save(subject_1[0], quality=95)
+  PIL.Image.fromarray(np.ascontiguousarray(astronaut[40:, ::-1])).save(subject_1[1], quality=95)
+  data_dir = tmp_path_factory.mktemp("tfds")
+  config = training_setup.config("fgnet_amr", "1", **{"data.crop": "detected", "data.manual_dir": str(manual),
+                                                      "data.data_dir": str(data_dir)})
+  workdir = tmp_path_factory.mktemp("run")
+  train.train_and_evaluate(config, workdir)
+  return workdir, manual, data_dir
+
+
+def _rows(path):
+  with open(path, newline="") as f:
+    return list(csv.DictReader(f))
+
+
+def test_predictions_on_the_runs_test_photographs_are_run_evals(detected_run, tmp_path):
+  """The test subject's photographs, as the build decoded them (PNG: no second JPEG decoder), give run_eval's ages.
+
+  Same pixels, same detector, same crop, the same compiled evaluation step at the same batch shape: the CSVs'
+  four decimals agree exactly.
+  """
+  workdir, _, data_dir = detected_run
+  (build,) = (data_dir / "fgnet").glob("*/dataset_info.json")
+  source = tfds.builder_from_directory(str(build.parent)).as_data_source()["train"]
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  for example in (source[i] for i in range(len(source))):
+    if example["subject_id"] == 1:
+      PIL.Image.fromarray(example["image"]).save(photos / f"{example['file_name'].decode()}.png")
+  counts = predict.predict_photographs(predict.load_model(workdir), [photos], tmp_path / "ages.csv", log=print)
+  assert counts == {"files": 2, "faces": 2, "no_face": 0, "bad": 0}
+  expected = {row["file_name"]: row for row in _rows(workdir / "test" / "predictions.csv")}
+  got = _rows(tmp_path / "ages.csv")
+  assert len(got) == 2 and len(expected) == 2
+  for row in got:
+    reference = expected[row["file"].rsplit("/", 1)[-1][:-len(".png")]]
+    assert row["face"] == "0"
+    assert float(row["age"]) == pytest.approx(float(reference["predicted_age"]), abs=0)
+    assert float(row["age_std"]) == pytest.approx(float(reference["distribution_std"]), abs=0)
+    assert float(row["age_mode"]) == pytest.approx(float(reference["mode_age"]), abs=0)
+
+
+def test_a_folder_with_a_corrupt_file_a_text_file_and_a_faceless_photo_gives_a_row_each_and_goes_on(detected_run,
+                                                                                                    tmp_path):
+  workdir, _, _ = detected_run
+  photos = tmp_path / "photos"
+  (photos / "inner").mkdir(parents=True)
+  PIL.Image.fromarray(skimage.data.astronaut()).save(photos / "astronaut.jpg")
+  (photos / "broken.jpg").write_bytes((photos / "astronaut.jpg").read_bytes()[:600])
+  (photos / "notes.txt").write_text("not a photograph")
+  PIL.Image.fromarray(skimage.data.chelsea()).save(photos / "inner" / "cat.png")
+  (photos / ".hidden.jpg").write_text("skipped: hidden")
+  out, annotated = tmp_path / "out" / "ages.csv", tmp_path / "annotated"
+  result = subprocess.run([sys.executable, str(ROOT / "run_predict.py"), f"--workdir={workdir}", f"--out={out}",
+                           f"--annotate={annotated}", str(photos)], capture_output=True, text=True, timeout=300,
+                          cwd=ROOT)
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(out, newline="") as f:
+    header = next(csv.reader(f))
+  assert tuple(header) == predict.COLUMNS
+  rows = {row["file"].rsplit("/", 1)[-1]: row for row in _rows(out)}
+  assert set(rows) == {"astronaut.jpg", "broken.jpg", "notes.txt", "cat.png"}
+  face = rows["astronaut.jpg"]
+  assert face["face"] == "0" and face["note"] == "" and 0.9 < float(face["face_score"]) <= 1
+  x0, y0, x1, y1 = (float(face[k]) for k in ("x0", "y0", "x1", "y1"))
+  assert 150 < x0 < x1 < 300 and 40 < y0 < y1 < 200  # the astronaut's face, not the photograph
+  assert 0 <= float(face["age"]) and float(face["age_std"]) >= 0 and float(face["age_mode"]).is_integer()
+  assert rows["broken.jpg"]["note"].startswith("unreadable image") and rows["broken.jpg"]["age"] == ""
+  assert rows["notes.txt"]["note"] == "not an image"
+  assert rows["cat.png"]["note"] == "no face found" and rows["cat.png"]["age"] == ""
+  for name in ("broken.jpg: unreadable image", "notes.txt: not an image", "cat.png: no face found",
+               "4 file(s): 1 face(s) predicted, 1 without a face, 2 unreadable"):
+    assert name in result.stdout
+  assert sorted(p.name for p in annotated.iterdir()) == ["astronaut_ages.jpg", "cat_ages.jpg"]
+  assert PIL.Image.open(annotated / "astronaut_ages.jpg").size == (512, 512)
+
+
+def test_a_run_over_all_folds_needs_a_fold_and_says_which_it_used(detected_run, tmp_path):
+  workdir, _, _ = detected_run
+  all_folds = tmp_path / "all"
+  shutil.copytree(workdir, all_folds / "folds" / "subject_001")
+  stored = json.loads((workdir / "config.json").read_text())
+  (all_folds / "config.json").write_text(json.dumps({**stored, "fold": -1}))
+  with pytest.raises(errors.ConfigError, match=r"one model per fold: choose one with --fold=N \(trained: subject_001\)"):
+    predict.load_model(all_folds)
+  with pytest.raises(errors.WorkdirError, match=r"--fold=2: .*subject_002 holds no checkpoint"):
+    predict.load_model(all_folds, fold=2)
+  model = predict.load_model(all_folds, fold=1)
+  assert model.description.startswith(f"subject_001 of {all_folds}, the last checkpoint (step 2)")
+  with pytest.raises(errors.WorkdirError, match="selects no checkpoint: config.model_selection is 'last'"):
+    predict.load_model(workdir, checkpoint="selected")
+  with pytest.raises(errors.ConfigError, match="leave --fold out"):
+    predict.load_model(workdir, fold=2)
+
+
+def test_mistakes_on_the_command_line_are_one_line_each(tmp_path):
+  photo = tmp_path / "x.jpg"
+  PIL.Image.fromarray(skimage.data.astronaut()).save(photo)
+  for args, message in [([], "give the run whose model predicts: --workdir=W."),
+                        ([f"--workdir={tmp_path}"], "give photographs or folders of them"),
+                        ([f"--workdir={tmp_path}", str(tmp_path / "y.jpg")], "y.jpg: no such file or folder"),
+                        ([f"--workdir={tmp_path}", str(photo)], "holds no config.json"),
+                        (["--fold=one", f"--workdir={tmp_path}", str(photo)], "--fold")]:
+    result = subprocess.run([sys.executable, str(ROOT / "run_predict.py"), *args], capture_output=True, text=True,
+                            timeout=120, cwd=ROOT)
+    assert result.returncode == 1, args
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+
+
+def test_a_missing_photograph_is_named(detected_run, tmp_path):
+  model = predict.load_model(detected_run[0])
+  with pytest.raises(errors.DataError, match="nowhere.jpg: no such file or folder"):
+    predict.predict_photographs(model, [tmp_path / "nowhere.jpg"], tmp_path / "ages.csv")
+
+
+def test_the_readme_example_runs_as_written(detected_run, tmp_path):
+  """The README's astronaut example, verbatim, from the repository root, on a copy of the quick run (HOME in tmp)."""
+  text = (ROOT / "README.md").read_text()
+  block = text.split("<!-- example: predict -->", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+  assert "run_predict.py" in block
+  shutil.copytree(detected_run[0], tmp_path / "amr_runs" / "quick")
+  env = {**os.environ, "HOME": str(tmp_path), "PATH": f"{pathlib.Path(sys.executable).parent}:{os.environ['PATH']}"}
+  result = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  header, row = result.stdout.strip().splitlines()[-2:]
+  assert tuple(header.split(",")) == predict.COLUMNS
+  assert row.startswith(f"{tmp_path}/amr_runs/astronaut.png,0,") and row.endswith(",")  # one face, no note
+  assert (tmp_path / "amr_runs" / "annotated" / "astronaut_ages.jpg").is_file()
