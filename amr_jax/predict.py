@@ -237,16 +237,16 @@ def predict_photographs(model: Model, inputs: Iterable[str | os.PathLike], out: 
       counts["bad"] += 1
       log(f"{path}: {error}; skipped.")
       lines.append(_Row(str(path), note=str(error)).cells())
-      continue
-    rows = _rows_of(path, image, config.data.crop, config.image_size, detector)
-    _predict(model, rows)
-    counts["faces"] += sum(row.prediction is not None for row in rows)
-    if rows[0].note == "no face found":
-      counts["no_face"] += 1
-      log(f"{path}: no face found.")
-    lines += [row.cells() for row in rows]
-    if annotate_dir:
-      _annotate(image, rows, _annotated_path(annotate_dir, path, taken))
+    else:
+      rows = _rows_of(path, image, config.data.crop, config.image_size, detector)
+      _predict(model, rows)
+      counts["faces"] += sum(row.prediction is not None for row in rows)
+      if rows[0].note == "no face found":
+        counts["no_face"] += 1
+        log(f"{path}: no face found.")
+      lines += [row.cells() for row in rows]
+      if annotate_dir:
+        _annotate(image, rows, _annotated_path(annotate_dir, path, taken))
     if time.monotonic() - shown >= progress_every and number < len(paths):
       shown = time.monotonic()
       log(f"  {number}/{len(paths)} files, {counts['faces']} faces, {shown - start:.0f} s")

@@ -123,7 +123,7 @@ def test_pnet_on_a_zero_padded_level_equals_pnet_on_the_level_alone():
   rng = np.random.default_rng(2)
   with jax.enable_x64(True):
     params64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
-    for height, width in [(23, 31), (24, 31), (17, 12), (40, 40)]:
+    for height, width in [(23, 31), (24, 17)]:  # odd and even sides: the first pool's padding, or none
       level = rng.uniform(-1, 1, (1, height, width, 3))
       offsets, probability = mtcnn_networks.PNet().apply({"params": params64}, level)
       side = faces.bucket(max(height, width))
