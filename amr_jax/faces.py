@@ -105,7 +105,9 @@ def area_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
   pixels = np.arange(in_size + 1)[None, :]  # one past the end: float32 ends may overshoot in_size
   overlap = np.maximum(0, np.minimum(pixels + 1, end) - np.maximum(pixels, start))
   overlap[:, in_size - 1] += overlap[:, in_size]
-  return (overlap[:, :in_size] / scale).astype(np.float32)
+  matrix = (overlap[:, :in_size] / scale).astype(np.float32)
+  matrix.setflags(write=False)  # shared by every caller through the cache
+  return matrix
 
 
 def _padded_resize_matrix(in_size: int, out_size: int, in_side: int, out_side: int) -> np.ndarray:

@@ -40,6 +40,12 @@ def test_trainable_parameter_counts(name, num_classes, want):
   assert _count(shapes["params"]) == want
 
 
+# Models whose forward pass really runs in another test, with weights that give known outputs.
+RUN_IN_TEST_PRETRAINED = {
+    "resnet18": "PyTorch's logits", "resnet50": "PyTorch's logits", "efficientnet_lite0": "ImageNet photographs",
+    "efficientnet_lite1": "ImageNet photographs", "efficientnet_lite2": "ImageNet photographs"}
+
+
 @pytest.mark.parametrize("name", sorted(models.MODELS))
 def test_output_shapes_at_64_112_224(name):
   module = models.create_model(name, 70)
@@ -47,6 +53,8 @@ def test_output_shapes_at_64_112_224(name):
   for size in (64, 112, 224):
     out = jax.eval_shape(lambda v, x: module.apply(v, x, train=False), variables, jnp.zeros((2, size, size, 3)))
     assert out.shape == (2, 70), (size, out.shape)
+  if name in RUN_IN_TEST_PRETRAINED:
+    return  # tests/test_pretrained.py runs it at 64 px or more against real outputs
   # And really run the smallest size.
   module, variables = _init(name, 70, 64)
   logits = jax.jit(functools.partial(module.apply, train=False))(variables, jnp.ones((2, 64, 64, 3)))
