@@ -136,6 +136,25 @@ def read_photograph(path: pathlib.Path) -> np.ndarray:
     raise errors.DataError(f"unreadable image ({error})") from None
 
 
+def prepare_outputs(out: str | os.PathLike, annotate: str | os.PathLike | None = None) -> None:
+  """Makes the folders ``out`` and ``annotate`` need, before any work.
+
+  Raises:
+    errors.ConfigError: ``out`` is a folder, ``annotate`` a file, or a folder cannot be made (the reason given).
+  """
+  out = pathlib.Path(out)
+  if out.is_dir():
+    raise errors.ConfigError(f"--out={out} is a folder; give the CSV file to write (e.g. {out / 'ages.csv'}).")
+  if annotate and pathlib.Path(annotate).exists() and not pathlib.Path(annotate).is_dir():
+    raise errors.ConfigError(f"--annotate={annotate} is a file; give a folder for the annotated copies.")
+  for flag, folder in (("--out", out.parent), ("--annotate", pathlib.Path(annotate) if annotate else None)):
+    if folder is not None:
+      try:
+        folder.mkdir(parents=True, exist_ok=True)
+      except OSError as error:
+        raise errors.ConfigError(f"{flag}: cannot make the folder {folder} ({error.strerror}).") from None
+
+
 @dataclasses.dataclass
 class _Row:
   file: str
@@ -224,9 +243,8 @@ def predict_photographs(model: Model, inputs: Iterable[str | os.PathLike], out: 
     log("Note: this run trained on CLAP2016's own face crops; faces here are cropped on their detected eyes, "
         "which the model did not see in training.")
   detector = detector or (faces.default_detector() if config.data.crop != "whole" else None)
+  prepare_outputs(out, annotate)
   annotate_dir = pathlib.Path(annotate) if annotate else None
-  if annotate_dir:
-    annotate_dir.mkdir(parents=True, exist_ok=True)
   taken: set[str] = set()
   counts = {"files": len(paths), "faces": 0, "no_face": 0, "bad": 0}
   lines, start, shown = [], time.monotonic(), time.monotonic()
@@ -250,8 +268,6 @@ def predict_photographs(model: Model, inputs: Iterable[str | os.PathLike], out: 
     if time.monotonic() - shown >= progress_every and number < len(paths):
       shown = time.monotonic()
       log(f"  {number}/{len(paths)} files, {counts['faces']} faces, {shown - start:.0f} s")
-  out = pathlib.Path(out)
-  out.parent.mkdir(parents=True, exist_ok=True)
   with open(out, "w", newline="", encoding="utf-8") as f:
     writer = csv.writer(f)
     writer.writerow(COLUMNS)
