@@ -54,6 +54,10 @@ class NonFiniteLossError(errors.RunError, FloatingPointError):
   """The training loss became NaN or infinite."""
 
 
+class NonFinitePredictionError(errors.RunError, FloatingPointError):
+  """A model predicted a NaN or infinite age; no report of those predictions is written."""
+
+
 # --------------------------------------------------------------------------
 # The step.
 
@@ -309,8 +313,9 @@ def _validation_due(config, run: FoldRun, step: int) -> bool:
 
 def _validate(config, run: FoldRun, steps: Steps, state, step: int) -> None:
   """Scores ``state`` (one fold's, on one device) on the validation images; keeps it if the run selects it."""
-  metrics = evaluate.metrics_of(evaluate.predict(steps.eval, replicate(state), run.fold.validation,
-                                                 config.eval_batch_size))
+  predictions = evaluate.predict(steps.eval, replicate(state), run.fold.validation, config.eval_batch_size)
+  _refuse_non_finite(run.fold.name, "validation", step, predictions, run.store.directory.parent)
+  metrics = evaluate.metrics_of(predictions)
   note = ""
   if run.selection is not None:
     value = selection.score(run.selection.name, metrics)
@@ -462,6 +467,7 @@ def _evaluate_splits(config, workdir, fold, steps, last_state, chosen: selection
     if chosen.best is None:
       raise errors.WorkdirError(f"{fold.name}: {chosen.path} holds no validation score; train the run to its end.")
     last_predictions = evaluate.predict(steps.eval, replicate(last_state), fold.test, config.eval_batch_size)
+    _refuse_non_finite(fold.name, "test", int(jax.device_get(last_state.step)), last_predictions, workdir)
     last = evaluate.metrics_of(last_predictions)
     state = chosen.restore(jax.device_get(initial_state))
     extra = {**chosen.summary(), "last_step": int(jax.device_get(last_state.step)), "last_step_test": last}
@@ -472,6 +478,7 @@ def _evaluate_splits(config, workdir, fold, steps, last_state, chosen: selection
   for split, arrays in (("validation", fold.validation), ("test", fold.test)):
     if len(arrays["age"]):
       outputs[split] = evaluate.predict(steps.eval, replicated, arrays, config.eval_batch_size)
+      _refuse_non_finite(fold.name, split, int(jax.device_get(state.step)), outputs[split], workdir)
       if _is_writer():
         # The last step's test metrics belong beside the test metrics only.
         beside = extra if split == "test" else {k: v for k, v in extra.items() if k != "last_step_test"}
@@ -480,6 +487,18 @@ def _evaluate_splits(config, workdir, fold, steps, last_state, chosen: selection
         _log(f"{fold.name}: {split} MAE {summary['mae']:.3f}, CS(5) {summary['cs'][5]:.3f} over {summary['count']} "
              f"images -> {workdir / split}")
   return outputs.get("test"), last_predictions
+
+
+def _refuse_non_finite(fold_name: str, split: str, step: int, predictions: evaluate.Predictions,
+                       workdir: pathlib.Path) -> None:
+  """Stops before any report of ``split`` is written when a predicted age is NaN or infinite."""
+  bad = int(np.sum(~np.isfinite(predictions["predicted_age"])))
+  if bad:
+    raise NonFinitePredictionError(
+        f"{fold_name}: the model of step {step} predicts a non-finite age for {bad} of "
+        f"{len(predictions['predicted_age'])} {split} images, so no {split} report was written; the checkpoints in "
+        f"{workdir / 'checkpoints'} are kept (a diverged model, or bfloat16 on a CPU where XLA's YNNPACK fusions "
+        "were not turned off: see amr_jax.xla_flags).")
 
 
 # --------------------------------------------------------------------------

@@ -29,6 +29,8 @@ import pathlib
 import platform
 import re
 import sys
+import time
+from typing import Any
 
 import flax.jax_utils
 import jax
@@ -65,34 +67,52 @@ def _inputs(config, num_folds, seed=0):
           "position": np.broadcast_to(np.arange(batch, dtype=np.int32), (1, num_folds, batch)).copy()}
 
 
-def measure(config, num_folds: int, warmup: int, steps: int) -> dict:
-  """Times ``num_folds`` folds in one step and one after another; returns seconds, memory and cost counts."""
+def _on_device(tree, device):
+  """``tree`` (leading axis 1) on ``device`` as pmap lays out its inputs, so timed steps copy nothing from the host."""
+  return jax.pmap(lambda x: x, axis_name="batch", devices=device)(tree)
+
+
+def _timed_compile(step, *args) -> tuple[Any, float]:
+  start = time.perf_counter()
+  compiled = step.lower(*args).compile()
+  return compiled, time.perf_counter() - start
+
+
+def measure(config, num_folds: int, warmup: int, steps: int, alone_step: dict) -> dict:
+  """Times ``num_folds`` folds in one step and one after another; returns seconds, compile times, memory and cost
+  counts. ``alone_step`` caches the one-fold step's compiled program across calls (it does not depend on N)."""
   device = jax.local_devices()[:1]
   kwargs = dict(loss_fn=from_config.loss_fn(config), augmentation=from_config.augmentation(config),
                 seed=config.seed, global_batch=config.batch_size)
   state = jax.device_get(from_config.initial_train_state(config, from_config.model(config),
                                                           from_config.optimizer(config)))
-  batch = _inputs(config, num_folds)
+  batch = _on_device(_inputs(config, num_folds), device)
   at_once = jax.pmap(functools.partial(train.folds_train_step, **kwargs), axis_name="batch", devices=device)
   stacked = evaluate.replicate(jax.tree.map(lambda x: np.stack([x] * num_folds), state), devices=device)
   lrs = flax.jax_utils.replicate(np.full((num_folds,), 1e-3, np.float32), devices=device)
   active = flax.jax_utils.replicate(np.ones((num_folds,), bool), devices=device)
-  compiled = at_once.lower(stacked, batch, lrs, active).compile()
+  _progress(f"{num_folds} folds: compiling the folds-at-once step ...")
+  compiled, at_once_compile_s = _timed_compile(at_once, stacked, batch, lrs, active)
+  _progress(f"{num_folds} folds: compiled in {at_once_compile_s:.1f} s")
   cost, memory = _first(compiled.cost_analysis()), compiled.memory_analysis()
   box = {"stacked": stacked}
 
   def folds_at_once():
-    box["stacked"], metrics = at_once(box["stacked"], batch, lrs, active)
+    box["stacked"], metrics = compiled(box["stacked"], batch, lrs, active)
     jax.block_until_ready(metrics)
 
-  alone = jax.pmap(functools.partial(train.train_step, **kwargs), axis_name="batch", devices=device)
   states = [evaluate.replicate(state, devices=device) for _ in range(num_folds)]
   fold_batches = [jax.tree.map(lambda x, f=f: x[:, f], batch) for f in range(num_folds)]
   lr = flax.jax_utils.replicate(np.float32(1e-3), devices=device)
+  if "compiled" not in alone_step:
+    _progress("compiling the one-fold step ...")
+    alone = jax.pmap(functools.partial(train.train_step, **kwargs), axis_name="batch", devices=device)
+    alone_step["compiled"], alone_step["compile_s"] = _timed_compile(alone, states[0], fold_batches[0], lr)
+    _progress(f"one-fold step compiled in {alone_step['compile_s']:.1f} s")
 
   def folds_in_sequence():
     for f in range(num_folds):
-      states[f], metrics = alone(states[f], fold_batches[f], lr)
+      states[f], metrics = alone_step["compiled"](states[f], fold_batches[f], lr)
     jax.block_until_ready(metrics)
 
   # Alternating blocks, so that a slow spell of the machine does not fall on one side only.
@@ -104,7 +124,12 @@ def measure(config, num_folds: int, warmup: int, steps: int) -> dict:
           if memory is not None else float("nan"))
   return {"folds": num_folds, "at_once_s": float(np.median(at_once_times)),
           "sequence_s": float(np.median(sequence_times)), "peak_bytes": peak,
+          "at_once_compile_s": at_once_compile_s, "alone_compile_s": alone_step["compile_s"],
           "flops": float(cost.get("flops", float("nan"))), "bytes": float(cost.get("bytes accessed", float("nan")))}
+
+
+def _progress(message: str) -> None:
+  print(f"lopo_speed.py: {message}", file=sys.stderr, flush=True)
 
 
 def _recipe_step(num_folds: int):
@@ -173,15 +198,16 @@ def report(args, rows, bounds) -> str:
       f"- step: {args.model}, {args.image_size} px, {args.dtype}, batch {args.batch} per fold, AMR loss, AdamW; "
       f"median of {args.steps} steps after {args.warmup} warm-up, two alternating blocks", "",
       "| folds | at once: s/step | in sequence: s/step | at once / in sequence | images/s at once | images/s in "
-      "sequence | peak memory at once | GFLOP/step | GB accessed/step | 82 folds x 1500 steps: at once | in "
-      "sequence |",
-      "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+      "sequence | compile at once | compile one fold | peak memory at once | GFLOP/step | GB accessed/step | 82 "
+      "folds x 1500 steps: at once | in sequence |",
+      "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
   for r in rows:
     images = r["folds"] * args.batch
     groups = math.ceil(PROTOCOL_FOLDS / r["folds"])
     lines.append(
         f"| {r['folds']} | {r['at_once_s']:.3f} | {r['sequence_s']:.3f} | {r['at_once_s'] / r['sequence_s']:.2f}x | "
-        f"{images / r['at_once_s']:.0f} | {images / r['sequence_s']:.0f} | {r['peak_bytes'] / 2**20:.0f} MiB | "
+        f"{images / r['at_once_s']:.0f} | {images / r['sequence_s']:.0f} | {r['at_once_compile_s']:.0f} s | "
+        f"{r['alone_compile_s']:.0f} s | {r['peak_bytes'] / 2**20:.0f} MiB | "
         f"{r['flops'] / 1e9:.2f} | {r['bytes'] / 1e9:.2f} | {_hours(groups * PROTOCOL_STEPS * r['at_once_s'])} | "
         f"{_hours(PROTOCOL_FOLDS * PROTOCOL_STEPS * r['sequence_s'] / r['folds'])} |")
   if bounds:
@@ -229,11 +255,12 @@ def main(argv=None):
   if args.out and not pathlib.Path(args.out).resolve().parent.is_dir():
     parser.error(f"--out {args.out}: its folder does not exist")
   config = _config(args.model, args.image_size, args.batch, args.dtype)
-  rows = []
+  rows, alone_step = [], {}
   for n in args.folds:
-    rows.append(measure(config, n, args.warmup, args.steps))
-    print(f"{n} folds: {rows[-1]['at_once_s']:.3f} s at once, {rows[-1]['sequence_s']:.3f} s in sequence",
-          flush=True)
+    rows.append(measure(config, n, args.warmup, args.steps, alone_step))
+    _progress(f"{n} folds: {rows[-1]['at_once_s']:.3f} s at once, {rows[-1]['sequence_s']:.3f} s in sequence")
+    if args.out:  # the table so far: a run stopped at a time limit keeps what it measured
+      pathlib.Path(args.out).write_text(report(args, rows, []))
   bounds = [] if args.no_bound else recipe_bounds(args.folds, args.launch_us * 1e-6)
   text = report(args, rows, bounds)
   print(text)

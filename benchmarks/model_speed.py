@@ -9,7 +9,7 @@ batch / median step time over ``--steps`` timed steps after ``--warmup``
 untimed ones (which include compilation). When torch is importable, the same
 network (ResNets with torchvision's layout, ThinAgeNet, TinyAgeNet) is timed
 in PyTorch in the same run on the same batch, with the vectorised PyTorch AMR
-loss and ``torch.optim.AdamW``; EfficientNet-Lite0 has no PyTorch twin here.
+loss and ``torch.optim.AdamW``; EfficientNet-Lite0's twin takes the package's ImageNet weights.
 """
 
 import argparse
@@ -32,12 +32,13 @@ NUM_CLASSES = 70
 
 
 def jax_calls(name, images, ages, dtype):
-  """The forward and training-step calls to time, and a function giving the step's XLA cost analysis."""
+  """The forward and training-step calls to time, and a function giving the step's analytic FLOPs
+  (:mod:`amr_jax.flops`: convolutions and matrix products, forward and backward)."""
   import jax
   import jax.numpy as jnp
   import optax
 
-  from amr_jax import losses, models
+  from amr_jax import flops, losses, models
 
   module = models.create_model(name, NUM_CLASSES, dtype=dtype)
   variables = jax.jit(functools.partial(module.init, train=False))(jax.random.key(0), images[:1])
@@ -49,14 +50,15 @@ def jax_calls(name, images, ages, dtype):
   def forward(variables, images):
     return module.apply(variables, images, train=False)
 
+  def loss_fn(params, batch_stats, images, ages, rng):
+    logits, updates = module.apply({"params": params, "batch_stats": batch_stats}, images, train=True,
+                                   mutable=["batch_stats"], rngs={"dropout": rng})
+    return losses.adaptive_mean_residue_loss(logits.astype(jnp.float32), ages).mean(), updates
+
   @functools.partial(jax.jit, donate_argnums=0)
   def train_step(state, images, ages, rng):
-    def loss_fn(params):
-      logits, updates = module.apply({"params": params, "batch_stats": state["batch_stats"]}, images, train=True,
-                                     mutable=["batch_stats"], rngs={"dropout": rng})
-      return losses.adaptive_mean_residue_loss(logits.astype(jnp.float32), ages).mean(), updates
-
-    (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], state["batch_stats"],
+                                                                       images, ages, rng)
     step, opt = optimizer.update(grads, state["opt"], state["params"])
     return {"params": optax.apply_updates(state["params"], step), "batch_stats": updates["batch_stats"],
             "opt": opt}, loss
@@ -67,30 +69,34 @@ def jax_calls(name, images, ages, dtype):
     box["state"], loss = train_step(box["state"], images, ages, jax.random.key(1))
     loss.block_until_ready()
 
-  def train_cost():
-    return train_step.lower(box["state"], images, ages, jax.random.key(1)).compile().cost_analysis()
+  def train_flops():
+    return flops.training_flops(lambda *args: loss_fn(*args)[0], variables["params"], variables["batch_stats"],
+                                images, ages, jax.random.key(1))
 
-  return (lambda: forward(variables, images).block_until_ready()), run_train, train_cost
+  return (lambda: forward(variables, images).block_until_ready()), run_train, train_flops
 
 
-def torch_calls(name, images, ages, dtype="float32"):
+def torch_calls(name, images, ages, dtype="float32", compiled=False):
   """The forward and training-step calls to time, or None without a PyTorch twin of ``name``.
 
   ``dtype="bfloat16"`` runs both under ``torch.autocast`` on CUDA; on the CPU PyTorch stays float32.
+  ``compiled=True`` runs the model through ``torch.compile`` (its default mode: TorchInductor); the first calls
+  compile.
   """
   import contextlib
 
   import torch
 
   from torch_losses import amr_loss_vectorised
-  from torch_models import TORCH_AGE_NETS, TORCH_RESNETS
+  from torch_models import TORCH_AGE_NETS, TORCH_EFFICIENTNETS, TORCH_RESNETS
 
-  builders = {**TORCH_RESNETS, **TORCH_AGE_NETS}
+  builders = {**TORCH_RESNETS, **TORCH_AGE_NETS, **TORCH_EFFICIENTNETS}
   if name not in builders:
     return None
   device = "cuda" if torch.cuda.is_available() else "cpu"
   sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
   model = builders[name](num_classes=NUM_CLASSES).to(device)
+  run_model = torch.compile(model) if compiled else model
   x = torch.from_numpy(np.array(images, np.float32).transpose(0, 3, 1, 2)).contiguous().to(device)
   y = torch.from_numpy(np.array(ages)).to(device)
   optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
@@ -100,14 +106,14 @@ def torch_calls(name, images, ages, dtype="float32"):
   def forward():
     model.eval()
     with torch.no_grad(), autocast():
-      model(x)
+      run_model(x)
     sync()
 
   def train():
     model.train()
     optimizer.zero_grad(set_to_none=True)
     with autocast():
-      logits = model(x)
+      logits = run_model(x)
     amr_loss_vectorised(logits.float(), y).backward()
     optimizer.step()
     sync()

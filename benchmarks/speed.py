@@ -8,12 +8,12 @@ Prints one Markdown report (and writes it to ``--out``):
 
 1. Loss forward+backward: ``loss_speed.py``'s measurement, ``--loss_rounds`` x ``--loss_calls`` calls.
 2. Training throughput: ``model_speed.py``'s training step (forward + backward + AdamW, AMR loss, BatchNorm in
-   training mode) in JAX and in PyTorch on the same batch; images/s = batch / median of ``--steps`` timed steps
+   training mode) in JAX and in PyTorch, eager and through ``torch.compile``, on the same batch; images/s = batch / median of ``--steps`` timed steps
    after ``--warmup``. Every (framework, model, size) runs alone in its own process, one after the other, so the
    peak resident memory it reports (``VmHWM``) is its own; its baseline is the same process's resident memory
    after its imports, before the inputs and the model exist. On a GPU the frameworks' peak device memory is
-   added, and with ``--peak_tflops`` the fraction of that peak the JAX step reaches (XLA's FLOP count of the
-   compiled step).
+   added, and with ``--peak_tflops`` the fraction of that peak the JAX step reaches (its analytic FLOPs,
+   :mod:`amr_jax.flops`).
 3. FG-NET: one leave-one-subject-out fold of ``configs/fgnet_amr.py`` run by ``run_train.py`` (the recipe's model,
    optimizer and batch; ``--fold_epochs`` epochs at ``--fold_image_size`` px), after building the dataset in a
    separate, separately timed step; its step times are read back from its ``metrics.jsonl`` and projected to the
@@ -50,6 +50,8 @@ from timing import median_time  # noqa: E402
 DEFAULT_MODELS = ["thin_age_net", "resnet18", "resnet50", "efficientnet_lite0"]
 QUICK = {"batch": 4, "sizes": [64], "models": ["thin_age_net"], "warmup": 1, "steps": 2, "loss_calls": 20,
          "loss_rounds": 1, "skip_fold": True}
+# JAX, then PyTorch eager and PyTorch with torch.compile: the peers a GPU user would pick.
+FRAMEWORKS = ("jax", "torch", "torch_compile")
 FOLD_SUBJECT = 1  # LOPO folds are FG-NET subject ids, 1..82
 NUM_FOLDS = 82
 MIB = 1024  # memory figures are in KiB
@@ -80,17 +82,11 @@ def resident_kib() -> tuple[int, int]:
   return peak, peak
 
 
-def step_flops(cost) -> float | None:
-  """The 'flops' of ``Compiled.cost_analysis()``, which is a dict, a list of one dict per program, or None."""
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else None
-  if not cost or cost.get("flops") is None:
-    return None
-  return float(cost["flops"])
-
-
 def worker(settings: dict) -> dict:
-  """Times one training step of ``settings`` in this process; returns seconds, memory and (JAX) FLOPs."""
+  """Times one training step of ``settings`` in this process; returns seconds, memory and (JAX) FLOPs.
+
+  ``settings["framework"]``: ``jax``, ``torch`` (eager) or ``torch_compile`` (``torch.compile``'s default mode).
+  """
   framework = settings["framework"]
   if framework == "jax":
     import jax
@@ -108,9 +104,10 @@ def worker(settings: dict) -> dict:
   ages = rng.integers(0, model_speed.NUM_CLASSES, batch)
   if framework == "jax":
     dtype = jnp.bfloat16 if settings["dtype"] == "bfloat16" else jnp.float32
-    _, train, train_cost = model_speed.jax_calls(settings["model"], jnp.asarray(images), jnp.asarray(ages), dtype)
+    _, train, train_flops = model_speed.jax_calls(settings["model"], jnp.asarray(images), jnp.asarray(ages), dtype)
   else:
-    calls = model_speed.torch_calls(settings["model"], images, ages, settings["dtype"])
+    calls = model_speed.torch_calls(settings["model"], images, ages, settings["dtype"],
+                                    compiled=framework == "torch_compile")
     if calls is None:
       return {"skipped": "no PyTorch twin"}
     _, train = calls
@@ -119,8 +116,8 @@ def worker(settings: dict) -> dict:
   if framework == "jax":
     if jax.devices()[0].platform == "gpu":
       result["device_peak_bytes"] = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
-    if settings["flops"]:  # after the memory figures: compiling again must not count in them
-      result["flops"] = step_flops(train_cost())
+    if settings["flops"]:  # after the memory figures: tracing the step again must not count in them
+      result["flops"] = train_flops()
   elif torch.cuda.is_available():
     result["device_peak_bytes"] = torch.cuda.max_memory_allocated()
   return result
@@ -186,11 +183,14 @@ def measure_training(args) -> dict:
   for size in args.sizes:
     for model in args.models:
       row = {}
-      for framework in ("jax", "torch") if have_torch else ("jax",):
+      for framework in FRAMEWORKS if have_torch else ("jax",):
         print(f"speed.py: {framework} {model} {size} px ...", file=sys.stderr, flush=True)
         row[framework] = run_worker({"framework": framework, "model": model, "size": size, "batch": args.batch,
                                      "dtype": args.dtype, "warmup": args.warmup, "steps": args.steps,
                                      "flops": args.peak_tflops is not None})
+        rate = _rate(row[framework], args.batch)
+        outcome = f"{rate:.1f} img/s" if rate else row[framework].get("error", row[framework].get("skipped"))
+        print(f"speed.py: {framework} {model} {size} px: {outcome}", file=sys.stderr, flush=True)
       results[model, size] = row
   return results
 
@@ -215,27 +215,31 @@ def _cell(result: dict | None, rate: float | None) -> str:
   return f"{rate:.1f}"
 
 
+def _ratio(a: float | None, b: float | None) -> str:
+  return f"{a / b:.2f}x" if a and b else "n/a"
+
+
 def training_section(args, results: dict, on_gpu: bool) -> str:
-  columns = ["model", "px", "JAX img/s", "PyTorch img/s", "JAX/PyTorch", "JAX peak RSS (over baseline)",
-             "PyTorch peak RSS (over baseline)"]
+  columns = ["model", "px", "JAX img/s", "PyTorch eager img/s", "PyTorch compiled img/s", "JAX/eager",
+             "JAX/compiled", "JAX peak RSS (over baseline)", "PyTorch eager peak RSS (over baseline)"]
   if on_gpu:
-    columns += ["JAX peak GPU memory", "PyTorch peak GPU memory"]
+    columns += ["JAX peak GPU memory", "PyTorch eager peak GPU memory", "PyTorch compiled peak GPU memory"]
   if args.peak_tflops is not None:
-    columns += [f"JAX TFLOP/s (% of {args.peak_tflops:g})"]
+    columns += ["JAX TFLOP/s, analytic", f"% of {args.peak_tflops:g}"]
   lines = ["| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
   notes = []
   for (model, size), row in results.items():
-    jax_result, torch_result = row.get("jax"), row.get("torch")
-    jax_rate, torch_rate = _rate(jax_result, args.batch), _rate(torch_result, args.batch)
-    ratio = f"{jax_rate / torch_rate:.2f}x" if jax_rate and torch_rate else "n/a"
-    cells = [f"`{model}`", str(size), _cell(jax_result, jax_rate), _cell(torch_result, torch_rate), ratio,
-             _memory(jax_result), _memory(torch_result)]
+    jax_result, eager, compiled = row.get("jax"), row.get("torch"), row.get("torch_compile")
+    jax_rate, eager_rate, compiled_rate = (_rate(r, args.batch) for r in (jax_result, eager, compiled))
+    cells = [f"`{model}`", str(size), _cell(jax_result, jax_rate), _cell(eager, eager_rate),
+             _cell(compiled, compiled_rate), _ratio(jax_rate, eager_rate), _ratio(jax_rate, compiled_rate),
+             _memory(jax_result), _memory(eager)]
     if on_gpu:
-      cells += [_gib((r or {}).get("device_peak_bytes")) for r in (jax_result, torch_result)]
+      cells += [_gib((r or {}).get("device_peak_bytes")) for r in (jax_result, eager, compiled)]
     if args.peak_tflops is not None:
       flops = (jax_result or {}).get("flops")
       tflops = flops / jax_result["seconds"] / 1e12 if flops and jax_rate else None
-      cells.append(f"{tflops:.2f} ({100 * tflops / args.peak_tflops:.1f}%)" if tflops else "n/a")
+      cells += [f"{tflops:.1f}", f"{100 * tflops / args.peak_tflops:.1f}%"] if tflops else ["n/a", "n/a"]
     lines.append("| " + " | ".join(cells) + " |")
     notes += [f"- {framework} `{model}` {size} px failed: {r['error']}" for framework, r in row.items()
               if "error" in r]
@@ -243,13 +247,16 @@ def training_section(args, results: dict, on_gpu: bool) -> str:
   text = [
       "## 2. Training throughput and memory", "",
       f"Train step (forward + backward + AdamW lr 1e-3 wd 0.01, AMR loss over 70 classes, BatchNorm in training "
-      f"mode), batch {args.batch}, JAX {args.dtype}, PyTorch {torch_dtype}; images/s = batch / median of "
-      f"{args.steps} steps after {args.warmup} warm-up (which include compilation). Each cell ran alone in its own "
-      "process, one at a time. Peak RSS: the process's peak resident memory (`VmHWM`) at the end; over baseline: "
-      "minus its resident memory (`VmRSS`) after its imports (JAX: and its backend start), before the inputs, "
-      "model and optimizer existed.", ""]
+      f"mode), batch {args.batch}, JAX {args.dtype}, PyTorch {torch_dtype}, eager and through `torch.compile` "
+      f"(default mode); images/s = batch / median of {args.steps} steps after {args.warmup} warm-up (which include "
+      "compilation). Each cell ran alone in its own process, one at a time. Peak RSS: the process's peak resident "
+      "memory (`VmHWM`) at the end; over baseline: minus its resident memory (`VmRSS`) after its imports (JAX: and "
+      "its backend start), before the inputs, model and optimizer existed.", ""]
   if args.peak_tflops is not None:
-    text += ["TFLOP/s: XLA's `cost_analysis()['flops']` of the compiled JAX step / its median step time.", ""]
+    text += ["TFLOP/s: the step's analytic FLOPs (`amr_jax.flops.training_flops`: 2 per multiply-accumulate of "
+             "every convolution and matrix product, forward and backward; element-wise work not counted) / its "
+             "median step time. XLA's `cost_analysis()` of the compiled GPU step does not count cuDNN's "
+             "convolutions.", ""]
   return "\n".join(text + lines + ([""] + notes if notes else []))
 
 

@@ -1,4 +1,4 @@
-"""Test set-up: four host CPU devices (for pmap tests), one compilation cache per run, a hypothesis profile."""
+"""Test set-up: four host CPU devices (for pmap tests, also on an accelerator machine), one compilation cache per run, a hypothesis profile."""
 
 import atexit
 import os
@@ -24,6 +24,15 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
+# PyPI's PyTorch for Python 3.12 is the CUDA build, which brings Triton; PyTorch imports it on first use of
+# torch.compile's machinery (torch.optim does). Triton loaded after TensorFlow (tests/test_faces.py compares with
+# the mtcnn package's TensorFlow pipeline) kills the process with a segmentation fault (Triton 3.7.1, TensorFlow
+# 2.21); loaded first, both work.
+try:
+  import triton  # noqa: E402, F401
+except ImportError:
+  pass
+
 import hypothesis  # noqa: E402
 import pytest  # noqa: E402
 
@@ -41,6 +50,17 @@ def shared_dir():
   if not SHARED.is_dir():
     pytest.skip(f"{SHARED} is absent")
   return SHARED
+
+
+@pytest.fixture(scope="session")
+def cpu_devices():
+  """The four host CPU devices asked for above, also where JAX's default backend is a GPU or TPU with one device:
+  tests of an N-devices-equal-one identity run on them explicitly."""
+  import jax
+
+  devices = jax.devices("cpu")
+  assert len(devices) == 4, f"XLA_FLAGS={os.environ.get('XLA_FLAGS')!r} should give four CPU devices"
+  return devices
 
 
 @pytest.fixture(scope="session")

@@ -147,14 +147,12 @@ def test_everything_together_is_deterministic_in_range_and_depends_on_seed_step_
 FLOAT64_ATOL = 1e-12
 
 
-def test_pmap_over_devices_equals_one_device_for_the_same_positions():
-  num_devices = jax.local_device_count()
-  assert num_devices == 4  # tests/conftest.py asks for four host CPU devices
+def test_pmap_over_devices_equals_one_device_for_the_same_positions(cpu_devices):
   images, positions = _random_images(8), jnp.arange(8)
   with jax.enable_x64(True):
     whole = augment.augment_batch(augment.example_keys(4, 2, positions), images, FULL)
     split = jax.pmap(lambda imgs, pos: augment.augment_batch(augment.example_keys(4, 2, pos), imgs, FULL),
-                     axis_name="batch")(images.reshape(4, 2, SIZE, SIZE, 3), positions.reshape(4, 2))
+                     axis_name="batch", devices=cpu_devices)(images.reshape(4, 2, SIZE, SIZE, 3), positions.reshape(4, 2))
   assert whole.dtype == jnp.float64
   np.testing.assert_allclose(np.asarray(split).reshape(whole.shape), whole, rtol=0, atol=FLOAT64_ATOL)
 

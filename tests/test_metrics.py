@@ -75,13 +75,14 @@ def test_batches_and_folds_combine_to_the_pooled_result():
   np.testing.assert_allclose(pooled["mae"], np.mean(np.abs(predicted - true)), rtol=1e-6)
 
 
-def test_psum_across_devices_equals_single_call():
-  n = jax.local_device_count()
+def test_psum_across_devices_equals_single_call(cpu_devices):
+  n = len(cpu_devices)
   rng = np.random.default_rng(1)
   predicted = rng.uniform(0, 100, (n, 16)).astype(np.float32)
   true = rng.integers(0, 100, (n, 16)).astype(np.float32)
   sigma = rng.uniform(1, 8, (n, 16)).astype(np.float32)
-  fn = jax.pmap(lambda p, t, s: jax.lax.psum(age_metric_sums(p, t, age_std=s), "batch"), axis_name="batch")
+  fn = jax.pmap(lambda p, t, s: jax.lax.psum(age_metric_sums(p, t, age_std=s), "batch"), axis_name="batch",
+               devices=cpu_devices)
   per_device = fn(predicted, true, sigma)
   replicated = jax.tree.map(lambda x: x[0], per_device)
   combined = AgeMetricSums.zeros().merge(jax.device_get(replicated)).compute()

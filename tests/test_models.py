@@ -105,15 +105,16 @@ def test_bfloat16_forward_close_to_float32(name):
   np.testing.assert_allclose(np.asarray(half, np.float32), full, atol=0.05 * scale)
 
 
-def test_batch_norm_statistics_are_averaged_across_devices():
-  n = jax.local_device_count()
+def test_batch_norm_statistics_are_averaged_across_devices(cpu_devices):
+  n = len(cpu_devices)
   with jax.enable_x64(True):
     module = models.create_model("tiny_age_net", 5, axis_name="batch", dtype=jnp.float64)
     plain, variables = _init("tiny_age_net", 5, dtype=jnp.float64)
     variables = _float64(variables)
     images = jax.random.normal(jax.random.key(3), (n * 2, 64, 64, 3), jnp.float64)
     replicated = jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), variables)
-    step = jax.pmap(lambda v, x: module.apply(v, x, train=True, mutable=["batch_stats"]), axis_name="batch")
+    step = jax.pmap(lambda v, x: module.apply(v, x, train=True, mutable=["batch_stats"]), axis_name="batch",
+                    devices=cpu_devices)
     sharded_logits, sharded_stats = step(replicated, images.reshape(n, 2, 64, 64, 3))
     whole_logits, whole_stats = _jit_apply(plain)(variables, images, train=True, mutable=("batch_stats",))
   assert whole_logits.dtype == jnp.float64

