@@ -188,8 +188,10 @@ def measure_training(args) -> dict:
         row[framework] = run_worker({"framework": framework, "model": model, "size": size, "batch": args.batch,
                                      "dtype": args.dtype, "warmup": args.warmup, "steps": args.steps,
                                      "flops": args.peak_tflops is not None})
-        rate = _rate(row[framework], args.batch)
+        rate, flops = _rate(row[framework], args.batch), row[framework].get("flops")
         outcome = f"{rate:.1f} img/s" if rate else row[framework].get("error", row[framework].get("skipped"))
+        if rate and flops:
+          outcome += f", {flops / row[framework]['seconds'] / 1e12:.1f} TFLOP/s (analytic)"
         print(f"speed.py: {framework} {model} {size} px: {outcome}", file=sys.stderr, flush=True)
       results[model, size] = row
   return results
