@@ -33,8 +33,9 @@ def main(argv):
   try:
     from amr_jax import predict  # after the flags are parsed: a mistake in them is refused before JAX loads
 
-    predict.photograph_paths(photographs)  # a missing file or a bad output path is refused before the model loads
-    predict.prepare_outputs(flags.FLAGS.out, flags.FLAGS.annotate or None)
+    # A missing file, an empty folder or a bad output path is refused before the model loads.
+    paths = predict.photograph_paths(photographs)
+    predict.prepare_outputs(flags.FLAGS.out, flags.FLAGS.annotate or None, paths)
     model = predict.load_model(flags.FLAGS.workdir, flags.FLAGS.fold, flags.FLAGS.checkpoint)
     predict.predict_photographs(model, photographs, flags.FLAGS.out, annotate=flags.FLAGS.annotate or None)
   except errors.RunError as error:

@@ -170,6 +170,7 @@ def parse_flags(argv: list[str], *, config_from_workdir: bool = False) -> list[s
     if not os.path.isfile(path):
       found = ", ".join(sorted(p for p in glob.glob("configs/*.py") if not re.search(r"(__init__|base)\.py$", p)))
       refuse(f"--config={path}: no such file" + (f" (found {found})." if found else "."))
+    _refuse_syntax_errors(path)
     config_flags.DEFINE_config_file("config", None, CONFIG_HELP, lock_config=True, sys_argv=argv)
   try:
     return flags.FLAGS(argv)
@@ -177,6 +178,18 @@ def parse_flags(argv: list[str], *, config_from_workdir: bool = False) -> list[s
     refuse(_one_line(str(error)))
   except (AttributeError, KeyError) as error:  # an override of a field the config does not have
     refuse(_unknown_field(argv, str(error)))
+
+
+def _refuse_syntax_errors(path: str) -> None:
+  """A config file that is not valid Python, in one line naming the file, line and column (absl would print ~45)."""
+  try:
+    with open(path, "rb") as f:
+      compile(f.read(), path, "exec")
+  except SyntaxError as error:
+    where = f"line {error.lineno}" + (f", column {error.offset}" if error.offset else "")
+    refuse(f"--config={path}: not valid Python at {where}: {error.msg}.")
+  except (OSError, ValueError) as error:  # unreadable, or a NUL byte
+    refuse(f"--config={path}: cannot be read as Python ({error}).")
 
 
 def _one_line(message: str) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import os
 import pathlib
 import time
@@ -31,7 +32,7 @@ import PIL.Image
 import PIL.ImageDraw
 import PIL.ImageOps
 
-from amr_jax import checkpoints, errors, face_crop, faces, selection, workdir_config
+from amr_jax import atomic_files, checkpoints, errors, face_crop, faces, selection, workdir_config
 
 #: The CSV's columns, in order.
 COLUMNS = ("file", "face", "x0", "y0", "x1", "y1", "face_score", "age", "age_std", "age_mode", "note")
@@ -70,9 +71,12 @@ def _fold_dir(config, stored_fold: int, workdir: pathlib.Path, fold: int | None)
 def load_model(workdir: str | os.PathLike, fold: int | None = None, checkpoint: str = "") -> Model:
   """The model of ``workdir``'s run (of ``fold``, for a run over all folds) at its last or selected checkpoint.
 
+  A run (or fold) without test metrics did not finish: it was stopped, or its loss diverged, or it is still
+  training. Its checkpoint is refused unless ``checkpoint`` names it explicitly, and the description then says so.
+
   Raises:
     errors.ConfigError: a run over all folds without ``fold``, a bad ``checkpoint``.
-    errors.WorkdirError: no such run, fold or checkpoint.
+    errors.WorkdirError: no such run, fold or checkpoint; an unfinished run without an explicit ``checkpoint``.
   """
   import jax  # pylint: disable=import-outside-toplevel
 
@@ -91,6 +95,14 @@ def load_model(workdir: str | os.PathLike, fold: int | None = None, checkpoint: 
     hint = (" (the run selects no checkpoint: config.model_selection is 'last')" if kind == "selected"
             and config.model_selection == "last" else "; train first")
     raise errors.WorkdirError(f"{directory}: no checkpoint{hint}.")
+  finished = (fold_dir / "test" / "metrics.json").is_file()
+  if not finished and not checkpoint:
+    where = workdir if fold_dir == workdir else f"{fold_name} of {workdir}"
+    raise errors.WorkdirError(
+        f"{where} has no test metrics: the run did not finish (stopped, diverged, or still "
+        f"training) and its {kind} checkpoint is step {store.latest_step()}; `python run_eval.py --workdir="
+        f"{workdir}` says how far it got. Finish it with its run_train.py command, or predict with that checkpoint "
+        f"anyway: --checkpoint={kind}.")
   model = from_config.model(config, axis_name=None)
   template = jax.device_get(from_config.initial_train_state(config, model, from_config.optimizer(config)))
   state = store.restore(template)
@@ -98,6 +110,8 @@ def load_model(workdir: str | os.PathLike, fold: int | None = None, checkpoint: 
   eval_step = jax.pmap(lambda s, b: evaluate.eval_step(s, b, start_age=config.start_age,
                                                        test_time_flip=config.test_time_flip), axis_name="batch")
   description = f"{fold_name} of {workdir}, the {kind} checkpoint (step {int(state.step)})"
+  if not finished:
+    description += ", from a run that did not finish (no test metrics)"
   return Model(config, description, evaluate.replicate(state), eval_step)
 
 
@@ -105,14 +119,18 @@ def photograph_paths(inputs: Sequence[str | os.PathLike]) -> list[pathlib.Path]:
   """The files named, and every file in the folders named (at any depth, sorted; hidden ones skipped).
 
   Raises:
-    errors.DataError: a path that does not exist.
+    errors.DataError: a path that does not exist, or a folder that holds no file but hidden ones.
   """
   paths = []
   for item in inputs:
     item = pathlib.Path(item)
     if item.is_dir():
-      paths += sorted(p for p in item.rglob("*") if p.is_file() and not any(
+      found = sorted(p for p in item.rglob("*") if p.is_file() and not any(
           part.startswith(".") for part in p.relative_to(item).parts))
+      if not found:
+        raise errors.DataError(f"{item}: a folder with no photographs in it (files whose names start with '.' are "
+                               "skipped).")
+      paths += found
     elif item.is_file():
       paths.append(item)
     else:
@@ -120,8 +138,27 @@ def photograph_paths(inputs: Sequence[str | os.PathLike]) -> list[pathlib.Path]:
   return paths
 
 
+def _rgb8(image: PIL.Image.Image) -> np.ndarray:
+  """RGB uint8 ``[H, W, 3]`` of any mode Pillow opens; deeper greys are scaled to 8 bits, never clipped.
+
+  Pillow's own ``convert("RGB")`` clips 16- and 32-bit greys at 255 (a 16-bit face turns white). Here: 16-bit
+  modes (``I;16*``, and ``I`` whose values exceed 255) are divided by 257 (65535 -> 255); float greys (``F``) in
+  [0, 1] are multiplied by 255, others taken as 0..255. Palette, alpha, CMYK, bilevel and the rest go through
+  Pillow's conversion (alpha dropped).
+  """
+  if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+    grey = np.asarray(image, np.float64)
+    if image.mode.startswith("I;16") or (image.mode == "I" and grey.max(initial=0) > 255):
+      grey = grey / 257.0
+    elif image.mode == "F" and grey.max(initial=0) <= 1.0:
+      grey = grey * 255.0
+    grey = np.clip(np.rint(grey), 0, 255).astype(np.uint8)
+    return np.repeat(grey[:, :, None], 3, axis=2)
+  return np.asarray(image.convert("RGB"))
+
+
 def read_photograph(path: pathlib.Path) -> np.ndarray:
-  """RGB uint8 ``[H, W, 3]``, turned upright by its EXIF orientation.
+  """RGB uint8 ``[H, W, 3]``, turned upright by its EXIF orientation, from any mode Pillow opens (:func:`_rgb8`).
 
   Raises:
     errors.DataError: not an image, or unreadable (the message says why).
@@ -129,22 +166,27 @@ def read_photograph(path: pathlib.Path) -> np.ndarray:
   try:
     with PIL.Image.open(path) as image:
       image = PIL.ImageOps.exif_transpose(image)
-      return np.asarray(image.convert("RGB"))
+      return _rgb8(image)
   except PIL.UnidentifiedImageError:
     raise errors.DataError("not an image") from None
   except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError) as error:  # corrupt, or huge
     raise errors.DataError(f"unreadable image ({error})") from None
 
 
-def prepare_outputs(out: str | os.PathLike, annotate: str | os.PathLike | None = None) -> None:
+def prepare_outputs(out: str | os.PathLike, annotate: str | os.PathLike | None = None,
+                    photographs: Sequence[pathlib.Path] = ()) -> None:
   """Makes the folders ``out`` and ``annotate`` need, before any work.
 
   Raises:
-    errors.ConfigError: ``out`` is a folder, ``annotate`` a file, or a folder cannot be made (the reason given).
+    errors.ConfigError: ``out`` is a folder or one of ``photographs``, ``annotate`` a file, or a folder cannot be
+      made (the reason given).
   """
   out = pathlib.Path(out)
   if out.is_dir():
     raise errors.ConfigError(f"--out={out} is a folder; give the CSV file to write (e.g. {out / 'ages.csv'}).")
+  if out.exists() and any(out.resolve() == path.resolve() for path in photographs):
+    raise errors.ConfigError(f"--out={out} is one of the photographs to predict; writing the CSV there would "
+                             "replace it. Give another file (e.g. --out=ages.csv).")
   if annotate and pathlib.Path(annotate).exists() and not pathlib.Path(annotate).is_dir():
     raise errors.ConfigError(f"--annotate={annotate} is a file; give a folder for the annotated copies.")
   for flag, folder in (("--out", out.parent), ("--annotate", pathlib.Path(annotate) if annotate else None)):
@@ -227,6 +269,24 @@ def _annotated_path(folder: pathlib.Path, source: pathlib.Path, taken: set[str])
   return folder / name
 
 
+def _write_csv(out: pathlib.Path, lines: list[list[str]], log: Callable[[str], None]) -> None:
+  """The CSV whole or not at all: an earlier file at ``out`` is replaced only by a complete one, and said so."""
+  text = io.StringIO(newline="")
+  writer = csv.writer(text)
+  writer.writerow(COLUMNS)
+  writer.writerows(lines)
+  existed = out.exists()
+  try:
+    atomic_files.write_text(out, text.getvalue())
+  except OSError as error:
+    kept = "the earlier file there is unchanged" if existed else "nothing was written there"
+    raise errors.ConfigError(f"--out={out}: the CSV could not be written ({error.strerror or error}); {kept}. "
+                             f"The {len(lines)} row(s) were lost: free space or choose another --out, then run "
+                             "again.") from None
+  if existed:
+    log(f"{out}: replaced the earlier file there.")
+
+
 def predict_photographs(model: Model, inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *,
                         annotate: str | os.PathLike | None = None, detector: faces.Detector | None = None,
                         log: Callable[[str], None] = print, progress_every: float = 10.0) -> dict[str, int]:
@@ -243,7 +303,7 @@ def predict_photographs(model: Model, inputs: Iterable[str | os.PathLike], out: 
     log("Note: this run trained on CLAP2016's own face crops; faces here are cropped on their detected eyes, "
         "which the model did not see in training.")
   detector = detector or (faces.default_detector() if config.data.crop != "whole" else None)
-  prepare_outputs(out, annotate)
+  prepare_outputs(out, annotate, paths)
   annotate_dir = pathlib.Path(annotate) if annotate else None
   taken: set[str] = set()
   counts = {"files": len(paths), "faces": 0, "no_face": 0, "bad": 0}
@@ -264,14 +324,17 @@ def predict_photographs(model: Model, inputs: Iterable[str | os.PathLike], out: 
         log(f"{path}: no face found.")
       lines += [row.cells() for row in rows]
       if annotate_dir:
-        _annotate(image, rows, _annotated_path(annotate_dir, path, taken))
+        target = _annotated_path(annotate_dir, path, taken)
+        try:
+          _annotate(image, rows, target)
+        except OSError as error:  # a full disk, say: the predictions still go to the CSV
+          log(f"{target}: the annotated copy could not be written ({error.strerror or error}); no more annotated "
+              "copies are made, the predictions go on.")
+          annotate_dir = None
     if time.monotonic() - shown >= progress_every and number < len(paths):
       shown = time.monotonic()
       log(f"  {number}/{len(paths)} files, {counts['faces']} faces, {shown - start:.0f} s")
-  with open(out, "w", newline="", encoding="utf-8") as f:
-    writer = csv.writer(f)
-    writer.writerow(COLUMNS)
-    writer.writerows(lines)
+  _write_csv(pathlib.Path(out), lines, log)
   log(f"{counts['files']} file(s): {counts['faces']} face(s) predicted, {counts['no_face']} without a face, "
       f"{counts['bad']} unreadable -> {out}" + (f"; annotated copies in {annotate_dir}" if annotate_dir else ""))
   return counts

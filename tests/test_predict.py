@@ -125,7 +125,13 @@ def test_a_run_over_all_folds_needs_a_fold_and_says_which_it_used(detected_run, 
 def test_mistakes_on_the_command_line_are_one_line_each(tmp_path):
   photo = tmp_path / "x.jpg"
   PIL.Image.fromarray(skimage.data.astronaut()).save(photo)
+  photo_bytes = photo.read_bytes()
+  (tmp_path / "empty" / ".thumbnails").mkdir(parents=True)
+  (tmp_path / "empty" / ".thumbnails" / "a.jpg").write_bytes(photo_bytes)
   for args, message in [([], "give the run whose model predicts: --workdir=W."),
+                        ([f"--workdir={tmp_path}", f"--out={photo}", str(photo)],
+                         "x.jpg is one of the photographs to predict; writing the CSV there would replace it"),
+                        ([f"--workdir={tmp_path}", str(tmp_path / "empty")], "empty: a folder with no photographs"),
                         ([f"--workdir={tmp_path}"], "give photographs or folders of them"),
                         ([f"--workdir={tmp_path}", str(tmp_path / "y.jpg")], "y.jpg: no such file or folder"),
                         ([f"--workdir={tmp_path}", str(photo)], "holds no config.json"),
@@ -135,6 +141,63 @@ def test_mistakes_on_the_command_line_are_one_line_each(tmp_path):
     assert result.returncode == 1, args
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+  assert photo.read_bytes() == photo_bytes
+
+
+def test_a_csv_that_cannot_be_written_leaves_the_earlier_file_whole_and_says_so(detected_run, tmp_path, monkeypatch):
+  from amr_jax import atomic_files
+
+  photo, out = tmp_path / "astronaut.jpg", tmp_path / "ages.csv"
+  PIL.Image.fromarray(skimage.data.astronaut()).save(photo)
+  out.write_text("an earlier CSV\n")
+  model = predict.load_model(detected_run[0])
+
+  def disk_full(source, target):
+    raise OSError(28, "No space left on device")
+
+  with monkeypatch.context() as patch:
+    patch.setattr(atomic_files.os, "replace", disk_full)
+    with pytest.raises(errors.ConfigError, match=r"ages.csv: the CSV could not be written \(No space left on device\); "
+                       r"the earlier file there is unchanged\. The 1 row\(s\) were lost"):
+      predict.predict_photographs(model, [photo], out, log=lambda line: None)
+  assert out.read_text() == "an earlier CSV\n"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["ages.csv", "astronaut.jpg"]  # no temporary file left
+  lines = []
+  predict.predict_photographs(model, [photo], out, log=lines.append)
+  assert _rows(out)[0]["file"] == str(photo)
+  assert f"{out}: replaced the earlier file there." in lines
+
+
+def test_a_full_disk_for_the_annotated_copies_costs_no_prediction(detected_run, tmp_path, monkeypatch):
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  for name in ("a.jpg", "b.jpg"):
+    PIL.Image.fromarray(skimage.data.astronaut()).save(photos / name)
+
+  def disk_full(self, *args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(PIL.Image.Image, "save", disk_full)
+  lines = []
+  counts = predict.predict_photographs(predict.load_model(detected_run[0]), [photos], tmp_path / "ages.csv",
+                                       annotate=tmp_path / "annotated", log=lines.append)
+  assert counts["faces"] == 2
+  assert [row["note"] for row in _rows(tmp_path / "ages.csv")] == ["", ""]
+  assert sum("the annotated copy could not be written (No space left on device); no more annotated copies" in line
+             for line in lines) == 1
+
+
+def test_a_run_without_test_metrics_is_refused_unless_its_checkpoint_is_asked_for(detected_run, tmp_path):
+  unfinished = tmp_path / "unfinished"
+  shutil.copytree(detected_run[0], unfinished)
+  (unfinished / "test" / "metrics.json").unlink()  # as a run stopped or diverged before its evaluation leaves it
+  with pytest.raises(errors.WorkdirError, match=r"/unfinished has no test metrics: the run did not "
+                     r"finish \(stopped, diverged, or still training\) and its last checkpoint is step 2; .* predict "
+                     r"with that checkpoint anyway: --checkpoint=last\."):
+    predict.load_model(unfinished)
+  model = predict.load_model(unfinished, checkpoint="last")
+  assert model.description.endswith("the last checkpoint (step 2), from a run that did not finish (no test metrics)")
+  assert "did not finish" not in predict.load_model(detected_run[0]).description
 
 
 def test_a_missing_photograph_is_named(detected_run, tmp_path):
@@ -157,3 +220,54 @@ def test_the_readme_example_runs_as_written(detected_run, tmp_path):
   assert tuple(header.split(",")) == predict.COLUMNS
   assert row.startswith(f"{tmp_path}/amr_runs/astronaut.png,0,") and row.endswith(",")  # one face, no note
   assert (tmp_path / "amr_runs" / "annotated" / "astronaut_ages.jpg").is_file()
+
+
+def _modes(rgb: np.ndarray) -> dict:
+  """``{name: (image to save, file suffix)}`` of the modes a photograph may come in, all from ``rgb``."""
+  grey = np.asarray(PIL.Image.fromarray(rgb).convert("L"))
+  rgba = PIL.Image.fromarray(np.dstack([rgb, np.full(grey.shape, 255, np.uint8)]))
+  return {
+      "L": (PIL.Image.fromarray(grey), ".png"),
+      "I;16": (PIL.Image.fromarray(grey.astype(np.uint16) * 257), ".png"),  # a 16-bit grey PNG
+      "I": (PIL.Image.fromarray(grey.astype(np.int32) * 257), ".tif"),  # 16-bit values held in 32 bits
+      "F 0..1": (PIL.Image.fromarray(grey.astype(np.float32) / 255), ".tif"),
+      "F 0..255": (PIL.Image.fromarray(grey.astype(np.float32)), ".tif"),
+      "LA": (rgba.convert("LA"), ".png"),
+      "RGBA": (rgba, ".png"),
+      "P": (PIL.Image.fromarray(rgb).quantize(256), ".png"),
+      "CMYK": (PIL.Image.fromarray(rgb).convert("CMYK"), ".tif"),
+      "1": (PIL.Image.fromarray(grey).convert("1", dither=PIL.Image.Dither.NONE), ".png"),
+  }
+
+
+@pytest.mark.parametrize("mode", list(_modes(np.zeros((2, 2, 3), np.uint8))))
+def test_every_image_mode_becomes_8_bit_rgb_by_scaling_not_clipping(mode, tmp_path):
+  rgb = skimage.data.astronaut()
+  grey = np.asarray(PIL.Image.fromarray(rgb).convert("L")).astype(int)
+  image, suffix = _modes(rgb)[mode]
+  path = tmp_path / f"photo{suffix}"
+  image.save(path)
+  assert PIL.Image.open(path).mode == mode.split()[0]
+  out = predict.read_photograph(path)
+  assert out.dtype == np.uint8 and out.shape == rgb.shape
+  if mode in ("RGBA", "CMYK"):  # lossless round trips of the colour photograph
+    np.testing.assert_array_equal(out, rgb)
+  elif mode == "P":  # 256 colours: each pixel moves to its palette entry, a few grey levels on average
+    assert np.abs(out.astype(int) - rgb).mean() < 6
+  elif mode == "1":  # black or white, at the grey's threshold
+    assert set(np.unique(out)) <= {0, 255}
+    np.testing.assert_array_equal(out[..., 0] == 255, grey >= 128)
+  else:  # greys: the 8-bit grey, whatever the depth (a clipped 16-bit grey would be 255 almost everywhere)
+    for channel in range(3):
+      np.testing.assert_array_equal(out[..., channel], grey)
+
+
+def test_an_exif_rotated_photograph_is_read_upright(tmp_path):
+  rgb = skimage.data.astronaut()[:, :400]  # 512 x 400: a rotation shows in the shape
+  exif = PIL.Image.Exif()
+  exif[0x0112] = 6  # orientation: the stored pixels must be turned 90 degrees clockwise to be upright
+  PIL.Image.fromarray(rgb).save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+  out = predict.read_photograph(tmp_path / "rotated.jpg")
+  assert out.shape == (400, 512, 3)
+  upright = np.rot90(rgb, k=-1)
+  assert np.abs(out.astype(int) - upright).mean() < 3  # JPEG's loss only

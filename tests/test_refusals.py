@@ -252,6 +252,13 @@ def test_run_train_refuses_in_one_line(args, expected, tmp_path):
   assert expected in line
 
 
+def test_a_config_file_that_is_not_python_is_refused_naming_its_line(tmp_path):
+  config = tmp_path / "my_config.py"
+  config.write_text("from configs import fgnet_amr\n\ndef get_config(arg=None:\n  return fgnet_amr.get_config(arg)\n")
+  line = _one_error_line(_run("run_train.py", f"--config={config}", env={"HOME": str(tmp_path)}))
+  assert line.startswith(f"error: --config={config}: not valid Python at line 3, column "), line
+
+
 def test_the_traceback_of_a_refusal_is_shown_with_the_variable_the_message_names(tmp_path):
   args = ["--config=configs/fgnet_amr.py:17", "--config.num_train_steps=0", f"--workdir={tmp_path / 'run'}"]
   line = _one_error_line(_run("run_train.py", *args))
