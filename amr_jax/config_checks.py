@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from typing import Any
 
 from amr_jax import errors, optim
@@ -74,6 +75,7 @@ def check(config, num_devices: int, num_processes: int = 1, *, training: bool = 
   if config.head_bias not in HEAD_BIASES:
     raise errors.ConfigError(f"config.head_bias must be one of {', '.join(HEAD_BIASES)}; got {config.head_bias!r}.")
   _check_optimisation_names(config)
+  check_pretrained(config)
   _check_folds(config)
   _check_parallel_folds(config, num_devices, num_processes, training)
   # Folds over devices: a device holds its folds' whole batches; evaluation still splits its batches.
@@ -82,6 +84,27 @@ def check(config, num_devices: int, num_processes: int = 1, *, training: bool = 
     if config[name] % num_devices:
       raise errors.ConfigError(f"config.{name}={config[name]} must be divisible by the number of devices "
                                f"({num_devices}).")
+
+
+def check_pretrained(config) -> None:
+  """``config.pretrained``: '' (random weights), 'imagenet' for a model with packaged ImageNet weights, or the path
+  of a torchvision state_dict for a ResNet; refused naming the field otherwise."""
+  from amr_jax import pretrained  # pylint: disable=import-outside-toplevel
+
+  if not config.pretrained:
+    return
+  if config.pretrained == "imagenet":
+    if config.model not in pretrained.PRETRAINED:
+      raise errors.ConfigError(f"config.pretrained='imagenet' has weights for models "
+                               f"{', '.join(pretrained.PRETRAINED)} only (got model {config.model!r}); for a ResNet "
+                               "give a torchvision .pth file, or '' for random weights.")
+    return
+  if not isinstance(config.pretrained, str) or not str(config.model).startswith("resnet"):
+    raise errors.ConfigError(f"config.pretrained={config.pretrained!r}: a weights file is read for resnet18/34/50 only; "
+                             f"model is {config.model!r}.")
+  if not os.path.isfile(os.path.expanduser(config.pretrained)):
+    raise errors.ConfigError(f"config.pretrained={config.pretrained!r}: no such file (expected a torchvision "
+                             f"{config.model} state_dict .pth).")
 
 
 def _check_optimisation_names(config) -> None:

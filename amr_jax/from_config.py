@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from amr_jax import augment, errors, losses, models, optim
+from amr_jax import augment, config_checks, errors, losses, models, optim
 
 LOSSES: dict[str, Callable[..., losses.LossTerms]] = {
     "amr": losses.adaptive_mean_residue_terms,
@@ -128,21 +128,11 @@ def initial_variables(config, model) -> dict[str, Any]:
   variables = dict(variables)
   if not config.pretrained:
     return with_parameter_dtype(config, variables)
+  config_checks.check_pretrained(config)
   if config.pretrained == "imagenet":
-    if config.model not in pretrained.PRETRAINED:
-      raise errors.ConfigError(f"config.pretrained='imagenet' has weights for models "
-                               f"{', '.join(pretrained.PRETRAINED)} only (got model {config.model!r}); for a ResNet "
-                               "give a torchvision .pth file, or '' for random weights.")
     _, source = pretrained.load(config.model)
   else:
-    path = os.path.expanduser(config.pretrained)
-    if not config.model.startswith("resnet"):
-      raise errors.ConfigError(f"config.pretrained={config.pretrained!r}: a weights file is read for resnet18/34/50 only; "
-                       f"model is {config.model!r}.")
-    if not os.path.isfile(path):
-      raise errors.ConfigError(f"config.pretrained={config.pretrained!r}: no such file (expected a torchvision "
-                              f"{config.model} state_dict .pth).")
-    _, source = pretrained.load_torchvision_resnet(path, config.model)
+    _, source = pretrained.load_torchvision_resnet(os.path.expanduser(config.pretrained), config.model)
   new_variables, _ = pretrained.init_from_pretrained(variables, source)
   return with_parameter_dtype(config, dict(new_variables))
 

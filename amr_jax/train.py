@@ -588,9 +588,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   initial_state = from_config.initial_train_state(config, model, tx)
   stage_steps = [compile_steps(stage.config, loss_fn, augmentation, layout)
                  for stage, loss_fn in zip(run_stages, loss_fns)]
-  if _is_writer() and not evaluate_only:  # the config has passed every check
-    for change in workdir_config.write(workdir, config, stored):
-      _log(f"{workdir / workdir_config.FILE_NAME}: {change}")
+
+  def write_config() -> None:
+    """config.json once the config has passed every check and the first folds' checkpoints have loaded: a resume
+    that fails before its first step leaves the file as it was."""
+    if _is_writer() and not evaluate_only:
+      for change in workdir_config.write(workdir, config, stored):
+        _log(f"{workdir / workdir_config.FILE_NAME}: {change}")
 
   # run_eval.py on a workdir of all folds pools the finished ones (array tasks may still be running, or failed).
   pooling = evaluate_only and all_folds and config.fold == -1 and config.protocol != "splits"
@@ -618,14 +622,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       runs = []
       for fold in group:
         fold_dir = fold_workdir(config, workdir, fold, all_folds=all_folds)
+        runs.append(open_fold(config, fold_dir, training_data.fold_splits(config, dataset, fold), initial_state,
+                              layout))
         if fold_dir != workdir and _is_writer():
           # A fold's folder knows its fold too: run_eval.py --workdir=<it> evaluates that fold alone.
           fold_config = config.copy_and_resolve_references()
           fold_config.fold = fold
-          fold_dir.mkdir(parents=True, exist_ok=True)
           workdir_config.write(fold_dir, fold_config, workdir_config.read(fold_dir))
-        runs.append(open_fold(config, fold_dir, training_data.fold_splits(config, dataset, fold), initial_state,
-                              layout))
+      if first == 0:
+        write_config()
       if parallel > 1:
         _log(f"training {', '.join(run.fold.name for run in runs)} at once ({layout.describe()})")
       if data is None and any(run.step < run.total_steps for run in runs):

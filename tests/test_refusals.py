@@ -98,6 +98,20 @@ def test_a_config_that_fails_its_checks_leaves_config_json_untouched(finished_ru
   assert not (fresh / "config.json").exists()
 
 
+def test_a_resume_that_fails_on_its_checkpoint_leaves_config_json_untouched(finished_run, fgnet_dirs, tmp_path):
+  _, run, _ = finished_run
+  copy = _copy(run, tmp_path)
+  stored = (copy / "config.json").read_bytes()
+  data = [p for p in (copy / "checkpoints" / "2").rglob("*") if p.is_file() and p.parent.name == "d"]
+  assert data, "no array data file (in a folder d/) in the checkpoint: Orbax's layout changed"
+  for path in data:
+    path.write_bytes(path.read_bytes()[:5])
+  longer = training_setup.config("fgnet_ce", "3", **_data(fgnet_dirs, num_train_steps=4))
+  with pytest.raises(errors.RunError, match="cannot be read"):
+    train.train_and_evaluate(longer, copy)
+  assert (copy / "config.json").read_bytes() == stored  # num_train_steps is still 2: no step ran at 4
+
+
 def test_evaluation_reads_the_run_and_refuses_any_other_config(finished_run, fgnet_dirs, tmp_path):
   config, run, result = finished_run
   copy = _copy(run, tmp_path)
@@ -203,6 +217,20 @@ def test_field_checks_come_before_the_data_is_read(tmp_path):
   config = training_setup.config("fgnet_amr", "3", learning_rate=-1.0,
                                  **{"data.manual_dir": str(tmp_path / "none"), "data.data_dir": str(tmp_path)})
   with pytest.raises(errors.ConfigError, match="config.learning_rate"):  # not the missing data
+    train.train_and_evaluate(config, tmp_path / "run")
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"model": "resnet18", "pretrained": "imagenet"}, r"config.pretrained='imagenet' has weights for models "
+                                                      r"efficientnet_lite0, .* only \(got model 'resnet18'\)"),
+    ({"model": "resnet18", "pretrained": "~/no_such_resnet18.pth"},
+     r"config.pretrained='~/no_such_resnet18.pth': no such file \(expected a torchvision resnet18 state_dict"),
+    ({"model": "tiny_age_net", "pretrained": "weights.pth"}, r"a weights file is read for resnet18/34/50 only"),
+])
+def test_a_bad_pretrained_is_refused_before_the_data_is_read(changes, message, tmp_path):
+  config = training_setup.config("fgnet_amr", "3", **changes,
+                                 **{"data.manual_dir": str(tmp_path / "none"), "data.data_dir": str(tmp_path)})
+  with pytest.raises(errors.ConfigError, match=message):  # not the missing data
     train.train_and_evaluate(config, tmp_path / "run")
 
 
