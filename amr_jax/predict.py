@@ -158,7 +158,8 @@ def _rgb8(image: PIL.Image.Image) -> np.ndarray:
 
 
 def read_photograph(path: pathlib.Path) -> np.ndarray:
-  """RGB uint8 ``[H, W, 3]``, turned upright by its EXIF orientation, from any mode Pillow opens (:func:`_rgb8`).
+  """RGB uint8 ``[H, W, 3]``, turned upright by its EXIF orientation, from any mode Pillow opens (deeper greys
+  scaled to 8 bits, never clipped).
 
   Raises:
     errors.DataError: not an image, or unreadable (the message says why).
