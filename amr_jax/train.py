@@ -314,7 +314,7 @@ def _validation_due(config, run: FoldRun, step: int) -> bool:
 def _validate(config, run: FoldRun, steps: Steps, state, step: int) -> None:
   """Scores ``state`` (one fold's, on one device) on the validation images; keeps it if the run selects it."""
   predictions = evaluate.predict(steps.eval, replicate(state), run.fold.validation, config.eval_batch_size)
-  _refuse_non_finite(run.fold.name, "validation", step, predictions, run.store.directory.parent)
+  _refuse_non_finite(run.fold.name, "validation", step, predictions, run.workdir)
   metrics = evaluate.metrics_of(predictions)
   note = ""
   if run.selection is not None:
@@ -466,19 +466,20 @@ def _evaluate_splits(config, workdir, fold, steps, last_state, chosen: selection
   if chosen is not None:
     if chosen.best is None:
       raise errors.WorkdirError(f"{fold.name}: {chosen.path} holds no validation score; train the run to its end.")
+    last_step = int(jax.device_get(last_state.step))
     last_predictions = evaluate.predict(steps.eval, replicate(last_state), fold.test, config.eval_batch_size)
-    _refuse_non_finite(fold.name, "test", int(jax.device_get(last_state.step)), last_predictions, workdir)
+    _refuse_non_finite(fold.name, "test", last_step, last_predictions, workdir)
     last = evaluate.metrics_of(last_predictions)
     state = chosen.restore(jax.device_get(initial_state))
-    extra = {**chosen.summary(), "last_step": int(jax.device_get(last_state.step)), "last_step_test": last}
+    extra = {**chosen.summary(), "last_step": last_step, "last_step_test": last}
     _log(f"{fold.name}: selected step {extra['selected_step']} of {extra['last_step']} on {chosen.name} "
          f"{chosen.best['score']:.4f}; the last step's test MAE {last['mae']:.3f}")
-  replicated = replicate(state)
+  replicated, step = replicate(state), int(jax.device_get(state.step))
   outputs = {}
   for split, arrays in (("validation", fold.validation), ("test", fold.test)):
     if len(arrays["age"]):
       outputs[split] = evaluate.predict(steps.eval, replicated, arrays, config.eval_batch_size)
-      _refuse_non_finite(fold.name, split, int(jax.device_get(state.step)), outputs[split], workdir)
+      _refuse_non_finite(fold.name, split, step, outputs[split], workdir)
       if _is_writer():
         # The last step's test metrics belong beside the test metrics only.
         beside = extra if split == "test" else {k: v for k, v in extra.items() if k != "last_step_test"}
@@ -589,13 +590,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   stage_steps = [compile_steps(stage.config, loss_fn, augmentation, layout)
                  for stage, loss_fn in zip(run_stages, loss_fns)]
 
-  def write_config() -> None:
-    """config.json once the config has passed every check and the first folds' checkpoints have loaded: a resume
-    that fails before its first step leaves the file as it was."""
-    if _is_writer() and not evaluate_only:
-      for change in workdir_config.write(workdir, config, stored):
-        _log(f"{workdir / workdir_config.FILE_NAME}: {change}")
-
   # run_eval.py on a workdir of all folds pools the finished ones (array tasks may still be running, or failed).
   pooling = evaluate_only and all_folds and config.fold == -1 and config.protocol != "splits"
   results, missing = [], []
@@ -629,8 +623,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
           fold_config = config.copy_and_resolve_references()
           fold_config.fold = fold
           workdir_config.write(fold_dir, fold_config, workdir_config.read(fold_dir))
-      if first == 0:
-        write_config()
+      if first == 0 and _is_writer():
+        # Only now that the config passed every check and the first folds' checkpoints loaded: a resume that
+        # fails before its first step leaves config.json as it was.
+        for change in workdir_config.write(workdir, config, stored):
+          _log(f"{workdir / workdir_config.FILE_NAME}: {change}")
       if parallel > 1:
         _log(f"training {', '.join(run.fold.name for run in runs)} at once ({layout.describe()})")
       if data is None and any(run.step < run.total_steps for run in runs):

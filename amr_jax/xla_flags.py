@@ -2,17 +2,16 @@
 
 jaxlib 0.11 added YNNPACK fusions to XLA:CPU: a convolution, the element-wise work after it (a cast, BatchNorm,
 ReLU), further convolutions and a closing reduction are compiled into one ``__ynn_fusion``. When a fused bfloat16
-convolution reads an input computed inside the same fusion with padding around it, the fusion reads memory that
-was never written: ThinAgeNet's two 3x3 convolutions of its first group give all-NaN logits in eval mode, and
-the share of NaN changes from run to run (jaxlib 0.11.2 and 0.12.0.1; float32 and the GPU compute correctly, and
-so does the same graph without ``jit``). The smallest case is
-``sum(relu(conv(relu(conv(x)))))`` in bfloat16 with 32 channels, in ``tests/test_xla_flags.py``.
+convolution reads an input computed inside the same fusion with padding around it, the result is NaN, and the
+share of NaN changes from run to run, as if the fusion read memory it never wrote: ThinAgeNet's and ResNet-18's
+logits are all NaN in eval mode (measured with jaxlib 0.12.0.1; float32, and the same graph without ``jit``,
+compute correctly). The smallest case is ``sum(relu(conv(relu(conv(x)))))`` in bfloat16 with 32 channels, in
+``tests/test_xla_flags.py``.
 
 The fix is XLA's own switch, ``--xla_cpu_experimental_ynn_fusion_type=`` (an empty list of fusion types): XLA:CPU
 then compiles these graphs without YNNPACK's fusions, as jaxlib 0.10 did, and the bfloat16 results are finite and
-within bfloat16's rounding of float32's. Importing ``amr_jax``
-adds it to ``XLA_FLAGS`` before JAX starts its CPU backend; the flag is a CPU option that GPU and TPU backends
-ignore. ``benchmarks/cpu_fusion.py`` measures what it costs: see the README's speed section.
+within bfloat16's rounding of float32's. Importing ``amr_jax`` adds it to ``XLA_FLAGS`` before JAX starts its CPU
+backend; the flag is a CPU option that GPU and TPU backends ignore. ``benchmarks/cpu_fusion.py`` measures what it costs: see the README's speed section.
 
 Left alone: an ``XLA_FLAGS`` that already sets the flag (a user's own choice wins), and a jaxlib older than 0.11,
 which has no such flag (XLA stops at an unknown flag). When JAX's backend started before ``amr_jax`` was imported,

@@ -82,7 +82,10 @@ def main(argv=None) -> None:
     print(json.dumps(worker(json.loads(argv[1]))), flush=True)
     return
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--models", nargs="+", default=["thin_age_net", "resnet18", "efficientnet_lite0"])
+  from amr_jax import models
+
+  parser.add_argument("--models", nargs="+", default=["thin_age_net", "resnet18", "efficientnet_lite0"],
+                      choices=sorted(models.MODELS), metavar="MODEL", help=f"from {', '.join(sorted(models.MODELS))}")
   parser.add_argument("--size", type=int, default=112)
   parser.add_argument("--batch", type=int, default=16)
   parser.add_argument("--warmup", type=int, default=1)

@@ -67,11 +67,6 @@ def _inputs(config, num_folds, seed=0):
           "position": np.broadcast_to(np.arange(batch, dtype=np.int32), (1, num_folds, batch)).copy()}
 
 
-def _on_device(tree, device):
-  """``tree`` (leading axis 1) on ``device`` as pmap lays out its inputs, so timed steps copy nothing from the host."""
-  return jax.pmap(lambda x: x, axis_name="batch", devices=device)(tree)
-
-
 def _timed_compile(step, *args) -> tuple[Any, float]:
   start = time.perf_counter()
   compiled = step.lower(*args).compile()
@@ -86,7 +81,8 @@ def measure(config, num_folds: int, warmup: int, steps: int, alone_step: dict) -
                 seed=config.seed, global_batch=config.batch_size)
   state = jax.device_get(from_config.initial_train_state(config, from_config.model(config),
                                                           from_config.optimizer(config)))
-  batch = _on_device(_inputs(config, num_folds), device)
+  # On the device as pmap lays out its inputs, so the timed steps copy nothing from the host.
+  batch = evaluate.replicate(jax.tree.map(lambda x: x[0], _inputs(config, num_folds)), devices=device)
   at_once = jax.pmap(functools.partial(train.folds_train_step, **kwargs), axis_name="batch", devices=device)
   stacked = evaluate.replicate(jax.tree.map(lambda x: np.stack([x] * num_folds), state), devices=device)
   lrs = flax.jax_utils.replicate(np.full((num_folds,), 1e-3, np.float32), devices=device)
