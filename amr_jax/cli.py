@@ -25,8 +25,9 @@ def run(action, workdir_help: str, *, config_from_workdir: bool = False) -> None
   """Runs ``action(config, workdir)`` as an absl program with ``--config`` and ``--workdir``.
 
   A refusal (:class:`amr_jax.errors.RunError`, or a bad flag) is printed as one line, ``error: <message>``, with
-  exit status 1; its traceback only with ``--verbosity=1`` or ``AMR_JAX_TRACEBACK=1``. Other exceptions are bugs
-  and keep their traceback.
+  exit status 1; its traceback only with ``--verbosity=1`` or ``AMR_JAX_TRACEBACK=1``. So is a write that the
+  machine refuses (an ``OSError`` of :data:`amr_jax.errors.STORAGE_ERRNOS`: a full disk, a read-only folder).
+  Other exceptions are bugs and keep their traceback.
 
   Args:
     action: ``train_and_evaluate`` or ``evaluate_workdir``.
@@ -53,8 +54,20 @@ def run(action, workdir_help: str, *, config_from_workdir: bool = False) -> None
         raise
       print("interrupted at once; the same command continues from the last checkpoint.", file=sys.stderr, flush=True)
       sys.exit(130)
+    except OSError as error:  # the machine's storage (a full disk, a read-only folder); other OSErrors are bugs
+      if errors.storage_reason(error) is None or _show_traceback():
+        raise
+      refuse(storage_message(error), traceback_hint=True)
 
   app.run(main, flags_parser=functools.partial(parse_flags, config_from_workdir=config_from_workdir))
+
+
+def storage_message(error: OSError) -> str:
+  """One line for a write the machine refused: the path, the reason, and that what was saved is kept."""
+  path = error.filename or "a file"
+  return (f"{path}: could not be written ({errors.storage_reason(error)}). Checkpoints already saved are kept, and "
+          "every report is whole or as it was; free space there (or make it writable), then run the same command "
+          "again.")
 
 
 def _show_traceback() -> bool:

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from amr_jax import augment, input_pipeline, metrics, reports
+from amr_jax import atomic_files, augment, input_pipeline, metrics, reports
 
 Predictions = dict[str, np.ndarray]
 # Label columns copied from the dataset into the predictions, when present.
@@ -123,16 +123,19 @@ def _plain(value):
 
 def write_report(folder: str | os.PathLike, predictions: Predictions, *, title: str = "",
                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
-  """Writes ``predictions.csv``, ``metrics.json`` (the metrics, then ``extra``) and the three PNGs to ``folder``;
-  returns the metrics."""
+  """Writes ``predictions.csv``, the three PNGs and ``metrics.json`` (the metrics, then ``extra``) to ``folder``;
+  returns the metrics.
+
+  Each file is written whole or not at all, ``metrics.json`` last: where it is new, so is the whole report.
+  """
   folder = pathlib.Path(folder)
   folder.mkdir(parents=True, exist_ok=True)
   summary = {**metrics_of(predictions), **(extra or {})}
   columns = dict(predictions)
   columns["abs_error"] = np.abs(predictions["predicted_age"] - predictions["age"])
   reports.write_predictions_csv(folder / "predictions.csv", columns)
-  (folder / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
   _plots(folder, predictions, summary, title)
+  atomic_files.write_text(folder / "metrics.json", json.dumps(summary, indent=2) + "\n")  # last: it says "done"
   return summary
 
 
@@ -180,8 +183,8 @@ def write_pooled_report(folder: str | os.PathLike, by_fold: Sequence[tuple[str, 
   reports.write_predictions_csv(folder / "per_fold.csv", {
       "fold": [name for name, _ in by_fold], "count": [m["count"] for m in per_fold],
       "mae": [m["mae"] for m in per_fold], "cs5": [m["cs"][5] for m in per_fold]})
-  (folder / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
   _plots(folder, pooled, summary, title)
+  atomic_files.write_text(folder / "metrics.json", json.dumps(summary, indent=2) + "\n")  # last: it says "done"
   return summary
 
 

@@ -39,6 +39,16 @@ compiles once per (photograph side, level side) pair and the crops once per
 (photograph side, batch size) pair, whatever the photographs' exact shapes: a
 photograph whose padded side was seen before compiles nothing (all 1002 FG-NET
 photographs, longest sides 361 to 772 px: 62 P-Net and 21 crop shapes).
+
+A photograph longer than ``max_side`` (1536 px by default) is searched on a
+copy shrunk to that longest side by area averaging (Pillow's ``BOX``), and the
+boxes and landmarks found are mapped back to the photograph's own pixels. So
+the cascade's time and memory are bounded whatever the photograph's size (what
+remains grows with its pixels: shrinking it, and whatever the caller does with
+it; ``benchmarks/large_photographs.py`` measures both), at the price that the
+smallest face found grows with the photograph: ``min_face_size * longest side /
+max_side`` pixels (52 px in a 4000 px photograph). Photographs up to
+``max_side`` are searched as they are, as the package does.
 """
 
 from __future__ import annotations
@@ -51,6 +61,7 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import PIL.Image
 
 from amr_jax import mtcnn_networks
 
@@ -214,24 +225,31 @@ class Detector:
     scale_factor: the ratio of one pyramid level to the next.
     thresholds: P-Net's, R-Net's and O-Net's face-probability thresholds.
     params: the networks' parameters (default: :func:`amr_jax.mtcnn_networks.load_params`).
+    max_side: a photograph whose longest side is longer is searched on a copy shrunk to it (area averaging),
+      which bounds time and memory; None searches every photograph at full size.
 
-  The defaults are the ``mtcnn`` package's.
+  The other defaults are the ``mtcnn`` package's; 1536 is one of :func:`bucket`'s sizes, so its copy is padded
+  no further.
   """
 
   def __init__(self, min_face_size: float = 20, scale_factor: float = 0.709,
-               thresholds: Sequence[float] = (0.6, 0.7, 0.8), params: dict[str, Any] | None = None):
+               thresholds: Sequence[float] = (0.6, 0.7, 0.8), params: dict[str, Any] | None = None,
+               max_side: int | None = 1536):
     if min_face_size < 12:
       raise ValueError(f"min_face_size must be at least 12 (P-Net's window); got {min_face_size}.")
     if not 0 < scale_factor < 1:
       raise ValueError(f"scale_factor must be in (0, 1); got {scale_factor}.")
     if len(thresholds) != 3 or not all(0 <= t < 1 for t in thresholds):
       raise ValueError(f"thresholds must be three probabilities in [0, 1); got {thresholds}.")
+    if max_side is not None and max_side < 2 * min_face_size:
+      raise ValueError(f"max_side must be None or at least twice min_face_size ({2 * min_face_size}); got {max_side}.")
+    self.max_side = max_side
     self.min_face_size, self.scale_factor = min_face_size, scale_factor
     self.thresholds = tuple(float(t) for t in thresholds)
     self.params = params if params is not None else mtcnn_networks.load_params()
 
   def detect(self, image: np.ndarray) -> list[Face]:
-    """The faces of an RGB uint8 ``[H, W, 3]`` photograph, most probable first.
+    """The faces of an RGB uint8 ``[H, W, 3]`` photograph, most probable first, in its own pixels.
 
     Raises:
       ValueError: ``image`` is not a uint8 ``[H, W, 3]`` array.
@@ -240,6 +258,19 @@ class Detector:
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
       raise ValueError(f"detect takes an RGB uint8 [H, W, 3] image; got {image.dtype} {image.shape} "
                        "(PIL: np.asarray(Image.open(f).convert('RGB'))).")
+    height, width = image.shape[:2]
+    if self.max_side is None or max(height, width) <= self.max_side:
+      return self._detect(image)
+    shrink = self.max_side / max(height, width)
+    small_size = (max(1, round(width * shrink)), max(1, round(height * shrink)))
+    small = np.asarray(PIL.Image.fromarray(image).resize(small_size, PIL.Image.Resampling.BOX))
+    # Pixel centres: pixel i of the copy averages the photograph over [i, i + 1) * (side / copy side).
+    ratio = np.array([width / small_size[0], height / small_size[1]])
+    limit = np.array([width - 1, height - 1])
+    return [Face(box=np.clip((face.box.reshape(2, 2) + 0.5) * ratio - 0.5, 0, limit).reshape(4), score=face.score,
+                 landmarks=(face.landmarks + 0.5) * ratio - 0.5) for face in self._detect(small)]
+
+  def _detect(self, image: np.ndarray) -> list[Face]:
     height, width = image.shape[:2]
     side = bucket(max(height, width))
     normalized = (image.astype(np.float32) - 127.5) / 128

@@ -154,7 +154,7 @@ def _rgb8(image: PIL.Image.Image) -> np.ndarray:
       grey = grey * 255.0
     grey = np.clip(np.rint(grey), 0, 255).astype(np.uint8)
     return np.repeat(grey[:, :, None], 3, axis=2)
-  return np.asarray(image.convert("RGB"))
+  return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))  # no copy a large photograph can spare
 
 
 def read_photograph(path: pathlib.Path) -> np.ndarray:
@@ -166,7 +166,8 @@ def read_photograph(path: pathlib.Path) -> np.ndarray:
   """
   try:
     with PIL.Image.open(path) as image:
-      image = PIL.ImageOps.exif_transpose(image)
+      image.load()
+      PIL.ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of a large photograph
       return _rgb8(image)
   except PIL.UnidentifiedImageError:
     raise errors.DataError("not an image") from None
@@ -258,7 +259,8 @@ def _annotate(image: np.ndarray, rows: list[_Row], path: pathlib.Path) -> None:
     label = f"{row.prediction[0]:.1f}"
     draw.text((x0 + width, max(0.0, y0 - 12 * width)), label, fill=(255, 255, 0),
               font_size=max(12, 10 * width), stroke_width=max(1, width // 2), stroke_fill=(0, 0, 0))
-  picture.save(path, quality=92)
+  with atomic_files.replacing(path) as temporary:  # a failure leaves no half-written copy
+    picture.save(temporary, format="JPEG", quality=92)
 
 
 def _annotated_path(folder: pathlib.Path, source: pathlib.Path, taken: set[str]) -> pathlib.Path:

@@ -4,18 +4,23 @@ The CSV keeps one row per image (so errors can be inspected and re-analysed
 without re-running the model); the plots show the cumulative score curve,
 predicted against true age, and the MAE per age group. Figures are built with
 :class:`matplotlib.figure.Figure` rather than pyplot, so no display or global
-backend is needed and no figure outlives its function.
+backend is needed and no figure outlives its function. Every file is written
+whole or not at all (:mod:`amr_jax.atomic_files`): a failure leaves an
+earlier report as it was.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import os
 import pathlib
 import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+
+from amr_jax import atomic_files
 
 _INT = re.compile(r"[+-]?(0|[1-9]\d*)")  # "007" stays a string (an id, not a number)
 _FLOAT = re.compile(r"[+-]?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?|[+-]?(nan|inf)")
@@ -43,10 +48,11 @@ def write_predictions_csv(path: str | os.PathLike, columns: Mapping[str, Sequenc
   if len(set(lengths.values())) != 1 or not all(isinstance(n, int) and n > 0 for n in lengths.values()):
     raise ValueError(f"columns must be 1-D, non-empty and of the same length; got lengths {lengths}.")
   pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-  with open(path, "w", newline="", encoding="utf-8") as f:
-    writer = csv.writer(f)
-    writer.writerow(arrays)
-    writer.writerows(zip(*([_cell(v) for v in a.tolist()] for a in arrays.values())))
+  text = io.StringIO(newline="")
+  writer = csv.writer(text)
+  writer.writerow(arrays)
+  writer.writerows(zip(*([_cell(v) for v in a.tolist()] for a in arrays.values())))
+  atomic_files.write_text(path, text.getvalue())
 
 
 def read_predictions_csv(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -87,7 +93,8 @@ def _save(fig, ax, path: str | os.PathLike, title: str) -> None:
   if title:
     ax.set_title(title)
   pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=120, format="png")
+  with atomic_files.replacing(path) as temporary:
+    fig.savefig(temporary, dpi=120, format="png")
 
 
 def _figure():

@@ -181,17 +181,33 @@ def build(name: str, *, manual_dir: str | os.PathLike, data_dir: str | os.PathLi
     builder_kwargs: passed to the builder (e.g. ``ignore_list=`` for CLAP2016).
 
   Raises:
-    errors.DataError: ``data_dir`` holds a build of this dataset in another file format, or from other files.
+    errors.DataError: ``data_dir`` holds a build of this dataset in another file format, or from other files;
+      ``manual_dir`` or ``data_dir`` is a file.
+    errors.StorageError: the build could not be written (a full disk, a read-only ``data_dir``).
   """
   import tensorflow_datasets as tfds
 
   cls = builder_class(name, datasets_dir)
   data_dir = os.path.expanduser(os.fspath(data_dir))
   manual_dir = os.path.expanduser(os.fspath(manual_dir))
+  if os.path.isfile(manual_dir):  # TFDS would fail deep inside with NotADirectoryError
+    raise errors.DataError(f"manual_dir {manual_dir} is a file; give the folder it lies in "
+                           f"({os.path.dirname(os.path.abspath(manual_dir))}): the manual directory holds the "
+                           "dataset's archive or its extracted folder.")
+  if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+    raise errors.DataError(f"data_dir {data_dir} is a file; give a folder for the built dataset.")
   builder = cls(data_dir=data_dir, config=config, **builder_kwargs)
   check_file_format(builder, rebuild_command(name, manual_dir=manual_dir, data_dir=data_dir, config=config,
                                              **builder_kwargs))
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  try:
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  except (OSError, RuntimeError) as error:  # TFDS's array_record writer reports a full disk as a RuntimeError
+    reason = errors.storage_reason(error)
+    if reason is None:
+      raise
+    raise errors.StorageError(
+        f"data_dir {data_dir}: the {name} dataset could not be written there ({reason}); TFDS keeps no incomplete "
+        "build. Free space there, or build into another folder (config.data.data_dir), then run again.") from error
   if check_manual_dir:
     check_source(builder, manual_dir)
   return builder

@@ -525,6 +525,7 @@ def check_config(config, *, training: bool = True) -> None:
       config_checks.check(stage.config, jax.device_count(), jax.process_count(), training=training)
     except errors.ConfigError as error:
       raise errors.ConfigError(f"config.stages[{index}] ({stage.name}): {error}") from None
+  training_data.check_manual_dir(config.data)  # after the fields: a data mistake is not the first one named
 
 
 def check_workdir(workdir: pathlib.Path, *, evaluate_only: bool) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import pathlib
 from typing import Any, Callable
 
 import numpy as np
@@ -107,6 +108,22 @@ def check_data_config(data, protocol: str) -> None:
   if protocol not in PROTOCOLS[data.name]:
     raise errors.ConfigError(f"config.protocol for {data.name} must be one of {', '.join(PROTOCOLS[data.name])}; "
                      f"got {protocol!r}.")
+
+
+def check_manual_dir(data) -> None:
+  """A ``manual_dir`` the user names must hold the raw files: a typo is refused here, not met by a download."""
+  if not data.manual_dir:
+    return
+  folder = pathlib.Path(os.path.expanduser(data.manual_dir))
+  if folder.is_file():
+    raise errors.ConfigError(f"config.data.manual_dir={data.manual_dir} is a file; give the folder it lies in "
+                             f"(config.data.manual_dir={folder.absolute().parent}).")
+  if not folder.is_dir() or not any(folder.iterdir()):
+    state = "is empty" if folder.is_dir() else "does not exist"
+    raise errors.ConfigError(
+        f"config.data.manual_dir={data.manual_dir} {state}; give the folder that holds the raw {data.name} files "
+        "(its archive or extracted folder), or leave it empty to use the build in config.data.data_dir as it is "
+        "(or to download it where a public copy is known).")
 
 
 def _dirs(data) -> tuple[str, str]:

@@ -179,3 +179,27 @@ def test_tfds_command_line_builds_it_with_hugging_face_datasets_installed(tmp_pa
   source = tfds.builder_from_directory(str(tmp_path / "fgnet" / "1.0.0")).as_data_source()["train"]
   assert sorted(source[i]["file_name"].decode() for i in range(len(source)))[0] == "001A02.JPG"
   assert len(source) == 5
+
+
+_FULL_DISK_BUILD = """
+import resource, sys
+from amr_jax import errors, tfds_builders
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.RLIM_INFINITY))  # a write past 20 kB fails: EFBIG
+try:
+  tfds_builders.build("fgnet", manual_dir=sys.argv[1], data_dir=sys.argv[2])
+except errors.StorageError as error:
+  print(f"error: {error}", file=sys.stderr)
+  sys.exit(1)
+"""
+
+
+def test_a_build_that_cannot_be_written_is_refused_in_one_line_and_leaves_nothing(tmp_path):
+  """TFDS reports a failed write as a RuntimeError deep in its array_record writer: it comes out as one line."""
+  result = subprocess.run([sys.executable, "-c", _FULL_DISK_BUILD, str(DUMMY), str(tmp_path / "data")],
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+  (line,) = [line for line in result.stderr.replace("\r", "\n").splitlines() if line.startswith("error: ")]
+  assert line == (f"error: data_dir {tmp_path / 'data'}: the fgnet dataset could not be written there (File too "
+                  "large); TFDS keeps no incomplete build. Free space there, or build into another folder "
+                  "(config.data.data_dir), then run again.")
+  assert not list((tmp_path / "data" / "fgnet").iterdir())

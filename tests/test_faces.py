@@ -185,6 +185,34 @@ def test_a_second_photograph_of_a_nearby_size_compiles_nothing(detector):
   assert (faces._pnet._cache_size(), faces._refine._cache_size()) == sizes  # pylint: disable=protected-access
 
 
+def test_a_photograph_longer_than_max_side_is_searched_on_a_shrunk_copy_and_mapped_back(monkeypatch):
+  """The astronaut blown up 4x by repeating each pixel: its area-averaged copy at 512 px is the astronaut itself
+  (each 4x4 block averages 16 equal pixels), so the faces are the astronaut's exactly, moved to the big image's
+  pixels (centre of pixel i -> centre of block i: 4 i + 1.5). The networks see no image larger than 512 px."""
+  small = skimage.data.astronaut()
+  large = np.repeat(np.repeat(small, 4, axis=0), 4, axis=1)
+  detector = faces.Detector(max_side=512)
+  seen = []
+  pnet = faces._pnet  # pylint: disable=protected-access
+  monkeypatch.setattr(faces, "_pnet", lambda params, image, *rest: seen.append(image.shape) or pnet(params, image, *rest))
+  expected, got = detector.detect(small), detector.detect(large)
+  assert len(got) == len(expected) == 1 and seen and max(shape[0] for shape in seen) <= 512
+  np.testing.assert_allclose(got[0].box, expected[0].box * 4 + 1.5, atol=1e-9)
+  np.testing.assert_allclose(got[0].landmarks, expected[0].landmarks * 4 + 1.5, atol=1e-9)
+  assert got[0].score == expected[0].score
+  with pytest.raises(ValueError, match="max_side must be None or at least twice min_face_size"):
+    faces.Detector(max_side=30, params={})
+
+
+def test_boxes_mapped_back_stay_inside_the_photograph():
+  """A face at the very edge of a long photograph: its box is clipped to the photograph, as at full size."""
+  astronaut = skimage.data.astronaut()[:300, 100:400]  # the face near the top edge
+  wide = np.zeros((300, 1500, 3), np.uint8)
+  wide[:, :300] = astronaut
+  (face,) = faces.Detector(max_side=600).detect(wide)
+  assert 0 <= face.box[0] < face.box[2] <= 1499 and 0 <= face.box[1] < face.box[3] <= 299
+
+
 def test_photographs_without_faces_and_too_small_ones_give_no_faces(detector):
   assert detector.detect(np.zeros((120, 90, 3), np.uint8)) == []
   assert detector.detect(np.full((15, 15, 3), 128, np.uint8)) == []  # smaller than the smallest face

@@ -179,10 +179,25 @@ def test_a_build_from_another_changed_or_missing_source_is_refused_unless_the_ma
   shutil.copytree(data_dir, tmp_path / "tfds_copy")
   mistyped = training_setup.config("fgnet_ce", "3", **{"data.manual_dir": str(tmp_path / "frist"),
                                                        "data.data_dir": str(tmp_path / "tfds_copy")})
-  with pytest.raises(errors.DataError, match=(
-      rf"the manual directory {re.escape(str(tmp_path / 'frist'))} does not exist or is empty; .* was built from "
-      rf"{re.escape(str(first.resolve()))} \(32 files.*leaving config.data.manual_dir empty")):
+  copied = sorted(tmp_path.joinpath("tfds_copy").rglob("*"))
+  with pytest.raises(errors.ConfigError, match=(  # refused before any data is read, and nothing is downloaded
+      rf"config.data.manual_dir={re.escape(str(tmp_path / 'frist'))} does not exist; give the folder that holds the "
+      "raw fgnet files .*or leave it empty to use the build in config.data.data_dir as it is")):
     train.train_and_evaluate(mistyped, tmp_path / "run")
+  assert sorted(tmp_path.joinpath("tfds_copy").rglob("*")) == copied
+  (tmp_path / "empty").mkdir()
+  (tmp_path / "FGNET.zip").write_bytes(b"PK")
+  for manual_dir, message in ((tmp_path / "empty", "is empty; give the folder"),
+                              (tmp_path / "FGNET.zip", "is a file; give the folder it lies in "
+                                                       rf"\(config.data.manual_dir={re.escape(str(tmp_path))}\)")):
+    mistaken = training_setup.config("fgnet_ce", "3", **{"data.manual_dir": str(manual_dir),
+                                                         "data.data_dir": str(tmp_path / "tfds_copy")})
+    with pytest.raises(errors.ConfigError, match=f"config.data.manual_dir={re.escape(str(manual_dir))} {message}"):
+      train.train_and_evaluate(mistaken, tmp_path / "run")
+  with pytest.raises(errors.DataError, match=f"manual_dir {re.escape(str(tmp_path / 'FGNET.zip'))} is a file"):
+    tfds_builders.build("fgnet", manual_dir=tmp_path / "FGNET.zip", data_dir=tmp_path / "tfds_new")
+  with pytest.raises(errors.DataError, match=f"data_dir {re.escape(str(tmp_path / 'FGNET.zip'))} is a file"):
+    tfds_builders.build("fgnet", manual_dir=first, data_dir=tmp_path / "FGNET.zip")
   as_built = training_setup.config("fgnet_ce", "3", num_train_steps=1,
                                    **{"data.manual_dir": "", "data.data_dir": str(tmp_path / "tfds_copy")})
   assert train.train_and_evaluate(as_built, tmp_path / "run")["count"] == 4
@@ -285,6 +300,27 @@ def test_a_config_file_that_is_not_python_is_refused_naming_its_line(tmp_path):
   config.write_text("from configs import fgnet_amr\n\ndef get_config(arg=None:\n  return fgnet_amr.get_config(arg)\n")
   line = _one_error_line(_run("run_train.py", f"--config={config}", env={"HOME": str(tmp_path)}))
   assert line.startswith(f"error: --config={config}: not valid Python at line 3, column "), line
+
+
+_FULL_DISK_ACTION = """
+import errno, sys
+from amr_jax import cli
+
+def train_and_evaluate(config, workdir):  # the disk fills up as the first report is written
+  raise OSError(errno.ENOSPC, "No space left on device", f"{workdir}/test/predictions.csv")
+
+cli.run(train_and_evaluate, "The workdir.")
+"""
+
+
+def test_a_write_the_machine_refuses_is_one_line_naming_the_file_and_saying_what_is_kept(tmp_path):
+  workdir = tmp_path / "run"
+  line = _one_error_line(subprocess.run(
+      [sys.executable, "-c", _FULL_DISK_ACTION, "--config=configs/fgnet_amr.py:17", f"--workdir={workdir}"], cwd=ROOT,
+      capture_output=True, text=True, timeout=300))
+  assert line == (f"error: {workdir}/test/predictions.csv: could not be written (No space left on device). "
+                  "Checkpoints already saved are kept, and every report is whole or as it was; free space there (or "
+                  "make it writable), then run the same command again. (AMR_JAX_TRACEBACK=1 shows the traceback)")
 
 
 def test_the_traceback_of_a_refusal_is_shown_with_the_variable_the_message_names(tmp_path):
