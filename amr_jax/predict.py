@@ -308,7 +308,9 @@ def predict_photographs(model: Model, inputs: Iterable[str | os.PathLike], out: 
   detector = detector or (faces.default_detector() if config.data.crop != "whole" else None)
   prepare_outputs(out, annotate, paths)
   annotate_dir = pathlib.Path(annotate) if annotate else None
-  taken: set[str] = set()
+  # A photograph in the annotation folder keeps its name: no copy is written over an input.
+  taken = {path.name for path in paths if annotate_dir and path.parent.resolve() == annotate_dir.resolve()}
+  replaced = 0
   counts = {"files": len(paths), "faces": 0, "no_face": 0, "bad": 0}
   lines, start, shown = [], time.monotonic(), time.monotonic()
   for number, path in enumerate(paths, start=1):
@@ -329,7 +331,9 @@ def predict_photographs(model: Model, inputs: Iterable[str | os.PathLike], out: 
       if annotate_dir:
         target = _annotated_path(annotate_dir, path, taken)
         try:
+          existed = target.exists()
           _annotate(image, rows, target)
+          replaced += existed
         except OSError as error:  # a full disk, say: the predictions still go to the CSV
           log(f"{target}: the annotated copy could not be written ({error.strerror or error}); no more annotated "
               "copies are made, the predictions go on.")
@@ -338,6 +342,8 @@ def predict_photographs(model: Model, inputs: Iterable[str | os.PathLike], out: 
       shown = time.monotonic()
       log(f"  {number}/{len(paths)} files, {counts['faces']} faces, {shown - start:.0f} s")
   _write_csv(pathlib.Path(out), lines, log)
+  if replaced:
+    log(f"{annotate_dir}: {replaced} annotated copies replaced earlier files of the same name.")
   log(f"{counts['files']} file(s): {counts['faces']} face(s) predicted, {counts['no_face']} without a face, "
       f"{counts['bad']} unreadable -> {out}" + (f"; annotated copies in {annotate_dir}" if annotate_dir else ""))
   return counts

@@ -187,6 +187,27 @@ def test_a_full_disk_for_the_annotated_copies_costs_no_prediction(detected_run, 
              for line in lines) == 1
 
 
+def test_annotated_copies_never_replace_a_photograph_and_say_when_they_replace_earlier_copies(detected_run, tmp_path):
+  """Annotating into the photographs' own folder, where a photograph is named as a copy of another would be."""
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  for name in ("a.jpg", "a_ages.jpg"):
+    PIL.Image.fromarray(skimage.data.astronaut()).save(photos / name)
+  originals = {p.name: p.read_bytes() for p in photos.iterdir()}
+  model = predict.load_model(detected_run[0])
+  lines = []
+  predict.predict_photographs(model, [photos / "a.jpg", photos / "a_ages.jpg"], tmp_path / "ages.csv",
+                              annotate=photos, log=lines.append)
+  assert {name: (photos / name).read_bytes() for name in originals} == originals
+  assert sorted(p.name for p in photos.iterdir()) == ["a.jpg", "a_ages.jpg", "a_ages_2.jpg", "a_ages_ages.jpg"]
+  assert not any("replaced earlier files" in line for line in lines)
+  annotated = tmp_path / "annotated"
+  for run in range(2):
+    lines = []
+    predict.predict_photographs(model, [photos / "a.jpg"], tmp_path / "ages.csv", annotate=annotated, log=lines.append)
+    assert (f"{annotated}: 1 annotated copies replaced earlier files of the same name." in lines) == (run == 1)
+
+
 def test_a_run_without_test_metrics_is_refused_unless_its_checkpoint_is_asked_for(detected_run, tmp_path):
   unfinished = tmp_path / "unfinished"
   shutil.copytree(detected_run[0], unfinished)
