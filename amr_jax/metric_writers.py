@@ -16,11 +16,13 @@ and time left::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import pathlib
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -64,16 +66,34 @@ class MetricWriter:
     self.workdir.mkdir(parents=True, exist_ok=True)
     _truncate_jsonl(self.workdir / "metrics.jsonl", resume_step)
     self._jsonl = open(self.workdir / "metrics.jsonl", "a", encoding="utf-8")
-    self._tensorboard = None
+    self._events = None
     if tensorboard:
-      from tensorboardX import SummaryWriter  # imported here: only writers need it
+      from tensorboardX.proto import event_pb2  # imported here: only writers need it
+      from tensorboardX.record_writer import RecordWriter
 
-      # tensorboardX names the file after the second and the host only, and truncates an existing file of that
-      # name: a run restarted within the same second would erase the events of the one before. The nanosecond
-      # suffix keeps the names distinct and in the order they were written, which TensorBoard reads them in.
-      # TensorBoard hides the events at steps >= purge_step of the files before this one.
-      self._tensorboard = SummaryWriter(str(self.workdir / "tensorboard"), filename_suffix=f".{time.time_ns():020d}",
-                                        purge_step=None if resume_step is None else int(resume_step) + 1)
+      # Written here, in the caller's thread: tensorboardX's SummaryWriter writes from a daemon thread and flushes
+      # again at exit, so a full disk there ends in tracebacks nobody can catch. The name is SummaryWriter's
+      # (seconds, host) with a nanosecond suffix: a run restarted within the same second would otherwise truncate
+      # the file of the one before, and the suffix keeps the files in the order TensorBoard reads them.
+      folder = self.workdir / "tensorboard"
+      folder.mkdir(exist_ok=True)
+      now = time.time_ns()
+      self._events_path = folder / f"events.out.tfevents.{now // 10**9}.{socket.gethostname()}.{now:020d}"
+      with self._naming_failures(self._events_path):
+        self._events = RecordWriter(str(self._events_path))
+        self._write_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+        if resume_step is not None:  # TensorBoard hides the events of earlier files at steps >= this one
+          self._write_event(event_pb2.Event(wall_time=time.time(), step=int(resume_step) + 1,
+                                            session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+        self._events.flush()
+
+  def _write_event(self, event) -> None:
+    self._events.write(event.SerializeToString())
+
+  def _write_summary(self, step: int, summary) -> None:
+    from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+
+    self._write_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any], prefix: str = "") -> None:
     """Appends ``{"step", "time", "<prefix>/<name>": value, ...}`` to the JSON file and to TensorBoard.
@@ -91,25 +111,48 @@ class MetricWriter:
     if clash:
       raise ValueError(f"scalar names {clash} clash with the keys {list(_RESERVED_KEYS)} of metrics.jsonl.")
     record = {"step": step, "time": time.time(), **{key: _json_value(v) for key, v in values.items()}}
-    self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
-    self._jsonl.flush()
-    if self._tensorboard is not None:
-      for tag, value in values.items():
-        self._tensorboard.add_scalar(tag, value, global_step=step)
-      self._tensorboard.flush()
+    with self._naming_failures(self.workdir / "metrics.jsonl"):
+      self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
+      self._jsonl.flush()
+    if self._events is not None:
+      from tensorboardX import summary  # pylint: disable=import-outside-toplevel
+
+      with self._naming_failures(self._events_path):
+        for tag, value in values.items():
+          self._write_summary(step, summary.scalar(tag, value))
+        self._events.flush()
+
+  @staticmethod
+  @contextlib.contextmanager
+  def _naming_failures(path: pathlib.Path):
+    """An ``OSError`` (a full disk) names ``path``: file objects raise without a name."""
+    try:
+      yield
+    except OSError as error:
+      if error.filename is not None or error.errno is None:
+        raise
+      raise OSError(error.errno, error.strerror, str(path)) from error
 
   def write_text(self, step: int, tag: str, text: str) -> None:
     """Writes ``text`` (Markdown, e.g. the config) to TensorBoard's text tab; nothing without TensorBoard."""
-    if self._tensorboard is not None:
-      self._tensorboard.add_text(tag, text, global_step=int(step))
-      self._tensorboard.flush()
+    if self._events is not None:
+      from tensorboardX import summary  # pylint: disable=import-outside-toplevel
+
+      with self._naming_failures(self._events_path):
+        self._write_summary(int(step), summary.text(tag, text))
+        self._events.flush()
 
   def close(self) -> None:
-    """Flushes and closes the files; calling it again does nothing."""
-    self._jsonl.close()
-    if self._tensorboard is not None:
-      self._tensorboard.close()
-      self._tensorboard = None
+    """Flushes and closes the files; calling it again does nothing. Both are closed even when a flush fails (a
+    full disk), and then the first failure is raised."""
+    try:
+      with self._naming_failures(self.workdir / "metrics.jsonl"):
+        self._jsonl.close()  # closed even when its flush fails
+    finally:
+      if self._events is not None:
+        events, self._events = self._events, None
+        with self._naming_failures(self._events_path):
+          events.close()  # likewise
 
   def __enter__(self) -> MetricWriter:
     return self

@@ -38,6 +38,7 @@ import json
 import math
 import os
 import pathlib
+import sys
 import time
 from typing import Any, Callable, Iterator
 
@@ -423,9 +424,14 @@ def train_folds(config, runs: list[FoldRun], stage_steps: list[Steps], layout: f
       if run.store.latest_step() != run.total_steps:
         save(slot, run.total_steps)
   finally:
+    failing = sys.exc_info()[1] is not None  # then a writer that cannot close (the same full disk) must not hide it
     for run in runs:
       if run.writer:
-        run.writer.close()
+        try:
+          run.writer.close()
+        except OSError:
+          if not failing:
+            raise
   return [_evaluate_splits(config, run.workdir, run.fold, evaluation, layout.fold(states, slot), run.selection,
                            initial_state) for slot, run in enumerate(runs)]
 

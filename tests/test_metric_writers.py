@@ -12,6 +12,8 @@ import math
 import os
 import pathlib
 import struct
+import subprocess
+import sys
 import time
 
 import jax.numpy as jnp
@@ -267,3 +269,35 @@ def test_progress_line_validates():
     ProgressLine(100, 0, 8)
   with pytest.raises(ValueError, match="start_step"):
     ProgressLine(100, 10, 8, start_step=101)
+
+
+_FULL_DISK = """
+import resource, sys
+from amr_jax.metric_writers import MetricWriter
+limit = int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))  # a write past the limit fails: EFBIG
+writer = MetricWriter(sys.argv[1])
+try:
+  for step in range(10_000):
+    writer.write_scalars(step, {"loss": 1.0, "mae": 2.0}, prefix="train")
+except OSError as error:
+  print(error.filename, error.strerror)
+  try:
+    writer.close()
+  except OSError as again:
+    print("close:", again.filename)
+"""
+
+
+@pytest.mark.parametrize("limit", [2_000, 200_000])
+def test_a_full_disk_is_an_oserror_naming_the_file_and_nothing_is_left_to_fail_at_exit(tmp_path, limit):
+  """Both files are written in the caller's thread: the failure comes back to it with the file's name, and once
+  closed, no thread or exit handler tries the write again (tensorboardX's SummaryWriter did both, as tracebacks).
+  Either file may meet the limit first; close then fails on whichever still holds unwritten bytes."""
+  result = subprocess.run([sys.executable, "-c", _FULL_DISK, str(tmp_path), str(limit)], capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0 and result.stderr == "", result.stderr
+  first, *rest = result.stdout.splitlines()
+  events = next((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+  assert first in (f"{tmp_path / 'metrics.jsonl'} File too large", f"{events} File too large"), result.stdout
+  assert all(line in (f"close: {tmp_path / 'metrics.jsonl'}", f"close: {events}") for line in rest), result.stdout
