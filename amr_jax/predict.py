@@ -259,8 +259,10 @@ def _annotate(image: np.ndarray, rows: list[_Row], path: pathlib.Path) -> None:
     label = f"{row.prediction[0]:.1f}"
     draw.text((x0 + width, max(0.0, y0 - 12 * width)), label, fill=(255, 255, 0),
               font_size=max(12, 10 * width), stroke_width=max(1, width // 2), stroke_fill=(0, 0, 0))
+  encoded = io.BytesIO()  # Pillow's JPEG encoder writes to a file's descriptor and ignores a short write (a full
+  picture.save(encoded, format="JPEG", quality=92)  # disk): it would leave a cut copy. Python's write raises.
   with atomic_files.replacing(path) as temporary:  # a failure leaves no half-written copy
-    picture.save(temporary, format="JPEG", quality=92)
+    temporary.write_bytes(encoded.getvalue())
 
 
 def _annotated_path(folder: pathlib.Path, source: pathlib.Path, taken: set[str]) -> pathlib.Path:
@@ -295,8 +297,9 @@ def predict_photographs(model: Model, inputs: Iterable[str | os.PathLike], out: 
                         log: Callable[[str], None] = print, progress_every: float = 10.0) -> dict[str, int]:
   """Writes ``out`` (CSV, :data:`COLUMNS`) for every photograph of ``inputs``; returns counts for the summary.
 
-  ``annotate``: a folder for copies of the photographs with each face's box and age. Progress is logged every
-  ``progress_every`` seconds.
+  ``annotate``: a folder for copies of the photographs with each face's box and age. An annotated copy that cannot
+  be written (a full disk) stops the copies, not the predictions; the counts then hold ``"annotation_failure"``,
+  the message. Progress is logged every ``progress_every`` seconds.
   """
   config = model.config
   paths = photograph_paths(inputs)
@@ -335,8 +338,9 @@ def predict_photographs(model: Model, inputs: Iterable[str | os.PathLike], out: 
           _annotate(image, rows, target)
           replaced += existed
         except OSError as error:  # a full disk, say: the predictions still go to the CSV
-          log(f"{target}: the annotated copy could not be written ({error.strerror or error}); no more annotated "
-              "copies are made, the predictions go on.")
+          counts["annotation_failure"] = (f"{target}: the annotated copy could not be written "
+                                          f"({error.strerror or error}); no more were made after it")
+          log(f"{counts['annotation_failure']}; the predictions go on.")
           annotate_dir = None
     if time.monotonic() - shown >= progress_every and number < len(paths):
       shown = time.monotonic()

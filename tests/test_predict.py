@@ -183,8 +183,33 @@ def test_a_full_disk_for_the_annotated_copies_costs_no_prediction(detected_run, 
                                        annotate=tmp_path / "annotated", log=lines.append)
   assert counts["faces"] == 2
   assert [row["note"] for row in _rows(tmp_path / "ages.csv")] == ["", ""]
-  assert sum("the annotated copy could not be written (No space left on device); no more annotated copies" in line
-             for line in lines) == 1
+  assert sum("the annotated copy could not be written (No space left on device); no more were made after it; the "
+             "predictions go on." in line for line in lines) == 1
+  assert counts["annotation_failure"].endswith("could not be written (No space left on device); no more were made "
+                                               "after it")
+
+
+def test_run_predict_on_a_disk_too_small_for_the_copies_writes_the_csv_and_exits_1(detected_run, tmp_path):
+  """A file-size limit of 20 kB (writes past it fail with EFBIG, as on a full disk): the CSV (a few hundred bytes)
+  is written, the annotated copy (a 512 px JPEG, about 60 kB) is not, and the exit status says so."""
+  import resource  # pylint: disable=import-outside-toplevel
+
+  photo = tmp_path / "astronaut.jpg"
+  PIL.Image.fromarray(skimage.data.astronaut()).save(photo)
+  out = tmp_path / "ages.csv"
+
+  def limit():
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.RLIM_INFINITY))
+
+  result = subprocess.run([sys.executable, str(ROOT / "run_predict.py"), f"--workdir={detected_run[0]}", f"--out={out}",
+                           f"--annotate={tmp_path / 'annotated'}", str(photo)], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT, preexec_fn=limit)
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+      f"error: {tmp_path / 'annotated' / 'astronaut_ages.jpg'}: the annotated copy could not be written (File too "
+      f"large); no more were made after it; every prediction is in {out}.")
+  assert [row["file"] for row in _rows(out)] == [str(photo)] and _rows(out)[0]["age"]
+  assert list((tmp_path / "annotated").iterdir()) == []
 
 
 def test_annotated_copies_never_replace_a_photograph_and_say_when_they_replace_earlier_copies(detected_run, tmp_path):
