@@ -40,9 +40,12 @@ def main(argv):
     counts = predict.predict_photographs(model, photographs, flags.FLAGS.out, annotate=flags.FLAGS.annotate or None)
     if "annotation_failure" in counts:  # the CSV is whole; the exit status says the copies are not
       cli.refuse(f"{counts['annotation_failure']}; every prediction is in {flags.FLAGS.out}.")
+  except errors.Interrupted as stop:
+    print(f"interrupted {stop}", file=sys.stderr, flush=True)
+    sys.exit(130)
   except errors.RunError as error:
     cli.refuse(str(error))
-  except KeyboardInterrupt:
+  except KeyboardInterrupt:  # before the first photograph: while the model loads
     print("interrupted; nothing written.", file=sys.stderr, flush=True)
     sys.exit(130)
 

@@ -299,7 +299,11 @@ def predict_photographs(model: Model, inputs: Iterable[str | os.PathLike], out: 
 
   ``annotate``: a folder for copies of the photographs with each face's box and age. An annotated copy that cannot
   be written (a full disk) stops the copies, not the predictions; the counts then hold ``"annotation_failure"``,
-  the message. Progress is logged every ``progress_every`` seconds.
+  the message. A photograph whose reading, detection or prediction fails gets a row whose note says why, and the
+  rest go on. Progress is logged every ``progress_every`` seconds.
+
+  Raises:
+    errors.Interrupted: Ctrl-C; the rows of the photographs done before it are written to ``out`` first.
   """
   config = model.config
   paths = photograph_paths(inputs)
@@ -314,40 +318,54 @@ def predict_photographs(model: Model, inputs: Iterable[str | os.PathLike], out: 
   # A photograph in the annotation folder keeps its name: no copy is written over an input.
   taken = {path.name for path in paths if annotate_dir and path.parent.resolve() == annotate_dir.resolve()}
   replaced = 0
-  counts = {"files": len(paths), "faces": 0, "no_face": 0, "bad": 0}
+  counts = {"files": len(paths), "faces": 0, "no_face": 0, "bad": 0, "failed": 0}
   lines, start, shown = [], time.monotonic(), time.monotonic()
-  for number, path in enumerate(paths, start=1):
-    try:
-      image = read_photograph(path)
-    except errors.DataError as error:
-      counts["bad"] += 1
-      log(f"{path}: {error}; skipped.")
-      lines.append(_Row(str(path), note=str(error)).cells())
-    else:
-      rows = _rows_of(path, image, config.data.crop, config.image_size, detector)
-      _predict(model, rows)
-      counts["faces"] += sum(row.prediction is not None for row in rows)
-      if rows[0].note == "no face found":
-        counts["no_face"] += 1
-        log(f"{path}: no face found.")
-      lines += [row.cells() for row in rows]
-      if annotate_dir:
-        target = _annotated_path(annotate_dir, path, taken)
-        try:
-          existed = target.exists()
-          _annotate(image, rows, target)
-          replaced += existed
-        except OSError as error:  # a full disk, say: the predictions still go to the CSV
-          counts["annotation_failure"] = (f"{target}: the annotated copy could not be written "
-                                          f"({error.strerror or error}); no more were made after it")
-          log(f"{counts['annotation_failure']}; the predictions go on.")
-          annotate_dir = None
-    if time.monotonic() - shown >= progress_every and number < len(paths):
-      shown = time.monotonic()
-      log(f"  {number}/{len(paths)} files, {counts['faces']} faces, {shown - start:.0f} s")
+  try:
+    for number, path in enumerate(paths, start=1):
+      try:
+        image = read_photograph(path)
+        rows = _rows_of(path, image, config.data.crop, config.image_size, detector)
+        _predict(model, rows)
+      except errors.DataError as error:
+        counts["bad"] += 1
+        log(f"{path}: {error}; skipped.")
+        lines.append(_Row(str(path), note=str(error)).cells())
+      except Exception as error:  # pylint: disable=broad-except  # one photograph's failure is its row's note
+        counts["failed"] += 1
+        note = f"failed: {type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
+        log(f"{path}: {note}; skipped.")
+        lines.append(_Row(str(path), note=note).cells())
+      else:
+        counts["faces"] += sum(row.prediction is not None for row in rows)
+        if rows[0].note == "no face found":
+          counts["no_face"] += 1
+          log(f"{path}: no face found.")
+        lines += [row.cells() for row in rows]
+        if annotate_dir:
+          target = _annotated_path(annotate_dir, path, taken)
+          try:
+            existed = target.exists()
+            _annotate(image, rows, target)
+            replaced += existed
+          except OSError as error:  # a full disk, say: the predictions still go to the CSV
+            counts["annotation_failure"] = (f"{target}: the annotated copy could not be written "
+                                            f"({error.strerror or error}); no more were made after it")
+            log(f"{counts['annotation_failure']}; the predictions go on.")
+            annotate_dir = None
+      if time.monotonic() - shown >= progress_every and number < len(paths):
+        shown = time.monotonic()
+        log(f"  {number}/{len(paths)} files, {counts['faces']} faces, {shown - start:.0f} s")
+  except KeyboardInterrupt:  # Ctrl-C: the photographs done so far keep their rows
+    done = len({line[0] for line in lines})
+    if not lines:
+      raise errors.Interrupted("before the first photograph was done; nothing written.") from None
+    _write_csv(pathlib.Path(out), lines, log)
+    raise errors.Interrupted(f"after {done} of {len(paths)} files; their {len(lines)} row(s) are in {out} (the "
+                             "photographs after them have none).") from None
   _write_csv(pathlib.Path(out), lines, log)
   if replaced:
     log(f"{annotate_dir}: {replaced} annotated copies replaced earlier files of the same name.")
+  failed = f", {counts['failed']} failed (see their notes)" if counts["failed"] else ""
   log(f"{counts['files']} file(s): {counts['faces']} face(s) predicted, {counts['no_face']} without a face, "
-      f"{counts['bad']} unreadable -> {out}" + (f"; annotated copies in {annotate_dir}" if annotate_dir else ""))
+      f"{counts['bad']} unreadable{failed} -> {out}" + (f"; annotated copies in {annotate_dir}" if annotate_dir else ""))
   return counts

@@ -15,7 +15,7 @@ import skimage.data
 import tensorflow_datasets as tfds
 
 import training_setup
-from amr_jax import errors, predict, train
+from amr_jax import errors, faces, predict, train
 
 ROOT = training_setup.ROOT
 
@@ -56,7 +56,7 @@ def test_predictions_on_the_runs_test_photographs_are_run_evals(detected_run, tm
     if example["subject_id"] == 1:
       PIL.Image.fromarray(example["image"]).save(photos / f"{example['file_name'].decode()}.png")
   counts = predict.predict_photographs(predict.load_model(workdir), [photos], tmp_path / "ages.csv", log=print)
-  assert counts == {"files": 2, "faces": 2, "no_face": 0, "bad": 0}
+  assert counts == {"files": 2, "faces": 2, "no_face": 0, "bad": 0, "failed": 0}
   expected = {row["file_name"]: row for row in _rows(workdir / "test" / "predictions.csv")}
   got = _rows(tmp_path / "ages.csv")
   assert len(got) == 2 and len(expected) == 2
@@ -82,7 +82,7 @@ def test_a_folder_with_a_corrupt_file_a_text_file_and_a_faceless_photo_gives_a_r
   lines = []  # in process: the command line itself is run by the README example's test
   counts = predict.predict_photographs(predict.load_model(workdir), [photos], out, annotate=annotated,
                                        log=lines.append, progress_every=0)
-  assert counts == {"files": 4, "faces": 1, "no_face": 1, "bad": 2}
+  assert counts == {"files": 4, "faces": 1, "no_face": 1, "bad": 2, "failed": 0}
   with open(out, newline="") as f:
     header = next(csv.reader(f))
   assert tuple(header) == predict.COLUMNS
@@ -210,6 +210,40 @@ def test_run_predict_on_a_disk_too_small_for_the_copies_writes_the_csv_and_exits
       f"large); no more were made after it; every prediction is in {out}.")
   assert [row["file"] for row in _rows(out)] == [str(photo)] and _rows(out)[0]["age"]
   assert list((tmp_path / "annotated").iterdir()) == []
+
+
+def test_a_photograph_that_fails_gets_a_note_and_ctrl_c_keeps_the_rows_done(detected_run, tmp_path, monkeypatch):
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  for name in ("a.jpg", "b.jpg", "c.jpg"):
+    PIL.Image.fromarray(skimage.data.astronaut()).save(photos / name)
+  model, detector = predict.load_model(detected_run[0]), faces.Detector()
+  detect = detector.detect
+
+  def failing_on_b(image, path=iter(["a", "b", "c"])):
+    if next(path) == "b":
+      raise RuntimeError("a detector bug\nsecond line")
+    return detect(image)
+
+  monkeypatch.setattr(detector, "detect", failing_on_b)
+  lines = []
+  counts = predict.predict_photographs(model, [photos], tmp_path / "ages.csv", detector=detector, log=lines.append)
+  assert [row["note"] for row in _rows(tmp_path / "ages.csv")] == ["", "failed: RuntimeError: a detector bug", ""]
+  assert counts["failed"] == 1 and counts["faces"] == 2 and "1 failed (see their notes)" in lines[-1]
+
+  def interrupted_on_c(image, path=iter(["a", "b", "c"])):
+    if next(path) == "c":
+      raise KeyboardInterrupt
+    return detect(image)
+
+  monkeypatch.setattr(detector, "detect", interrupted_on_c)
+  with pytest.raises(errors.Interrupted, match=r"after 2 of 3 files; their 2 row\(s\) are in .*ages2.csv"):
+    predict.predict_photographs(model, [photos], tmp_path / "ages2.csv", detector=detector, log=lines.append)
+  assert [row["file"] for row in _rows(tmp_path / "ages2.csv")] == [str(photos / "a.jpg"), str(photos / "b.jpg")]
+  monkeypatch.setattr(detector, "detect", lambda image: (_ for _ in ()).throw(KeyboardInterrupt))
+  with pytest.raises(errors.Interrupted, match="before the first photograph was done; nothing written"):
+    predict.predict_photographs(model, [photos], tmp_path / "ages3.csv", detector=detector, log=lines.append)
+  assert not (tmp_path / "ages3.csv").exists()
 
 
 def test_annotated_copies_never_replace_a_photograph_and_say_when_they_replace_earlier_copies(detected_run, tmp_path):
