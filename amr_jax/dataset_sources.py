@@ -88,11 +88,19 @@ def _first_line(error: Exception) -> str:
 
 
 def manual_dir_or_none(dl_manager) -> pathlib.Path | None:
-  """The builder's manual directory, or ``None`` when it is missing or empty."""
+  """The builder's manual directory, or ``None`` when it is missing or empty.
+
+  Raises:
+    errors.DataError: it is a file.
+  """
   try:
     return pathlib.Path(dl_manager.manual_dir)
   except AssertionError:  # TFDS's way of saying missing or empty
     return None
+  except NotADirectoryError:  # TFDS lists it: a file there (the archive itself) fails deep in etils
+    folder = pathlib.Path(dl_manager._manual_dir)  # pylint: disable=protected-access
+    raise errors.DataError(f"manual directory {folder} is a file; give the folder it lies in ({folder.parent}): the "
+                           "manual directory holds the dataset's archive or its extracted folder.") from None
 
 
 def _root_in_folder_or_zip(folder: pathlib.Path, extract_to: pathlib.Path, find_root: FindRoot) -> pathlib.Path:

@@ -203,3 +203,14 @@ def test_a_build_that_cannot_be_written_is_refused_in_one_line_and_leaves_nothin
                   "large); TFDS keeps no incomplete build. Free space there, or build into another folder "
                   "(config.data.data_dir), then run again.")
   assert not list((tmp_path / "data" / "fgnet").iterdir())
+
+
+def test_a_manual_dir_that_is_the_zip_itself_is_named_by_the_builder_too(tmp_path):
+  """`tfds build datasets/fgnet --manual_dir=FGNET.zip` goes to the builder without amr_jax's own check."""
+  from amr_jax import errors
+
+  _zip_dummy_data(tmp_path / "FGNET.zip")
+  builder = tfds_builders.builder_class("fgnet")(data_dir=str(tmp_path / "data"))
+  with pytest.raises(errors.DataError, match=f"manual directory {tmp_path / 'FGNET.zip'} is a file; give the folder "
+                     f"it lies in \\({tmp_path}\\)"):
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / "FGNET.zip")))
