@@ -37,7 +37,7 @@ RULES = ("one face", "several faces: the main one", "no face: the whole photogra
 
 def _settings(detector: faces.Detector) -> dict:
   return {"weights": mtcnn_networks.PACKAGE, "min_face_size": detector.min_face_size,
-          "scale_factor": detector.scale_factor, "thresholds": list(detector.thresholds)}
+          "scale_factor": detector.scale_factor, "thresholds": list(detector.thresholds), "max_side": detector.max_side}
 
 
 def _to_json(found: Sequence[faces.Face]) -> list[dict]:

@@ -81,6 +81,9 @@ def test_detection_is_cached_beside_the_build_and_redone_only_where_needed(tmp_p
   other_settings = CountingDetector(min_face_size=40)
   detected_crops.detect_all(resized, names, tmp_path, detector=other_settings, log=lines.append)
   assert other_settings.calls == 2  # another detector's cache is not this one's
+  unbounded = CountingDetector(min_face_size=40, max_side=None)  # large photographs searched at full size
+  detected_crops.detect_all(resized, names, tmp_path, detector=unbounded, log=lines.append)
+  assert unbounded.calls == 2
   (tmp_path / detected_crops.CACHE_NAME).write_text("{not json")
   detected_crops.detect_all(resized, names, tmp_path, detector=detector, log=lines.append)
   assert detector.calls == 5  # an unreadable cache is detected again and rewritten
