@@ -51,6 +51,14 @@ def main(argv):
 
 
 def parse_flags(argv):
+  if any(arg in cli.HELP_FLAGS for arg in argv[1:]):
+    lines = [__doc__.strip(), "", "Flags:"]
+    for name in ("workdir", "fold", "checkpoint", "out", "annotate"):
+      flag = flags.FLAGS[name]
+      lines.append(f"  --{name}: {flag.help}" + (f" Default: {flag.default!r}." if flag.default not in (None, "")
+                                                  else ""))
+    print("\n".join(lines))
+    sys.exit(0)
   try:
     return flags.FLAGS(argv)
   except flags.Error as error:

@@ -5,12 +5,18 @@ JAX is imported only once the flags are parsed, so that a mistake in them is ref
 
 from __future__ import annotations
 
+import ast
 import functools
 import glob
+import importlib.util
+import io
 import os
+import pathlib
 import re
 import shutil
 import sys
+import textwrap
+import tokenize
 
 from absl import app, flags, logging
 
@@ -159,10 +165,113 @@ def _config_file_argument(argv: list[str]) -> str | None:
   return next((arg for arg in argv[1:] if not arg.startswith("-") and re.search(r"\.py(:|$)", arg)), None)
 
 
+HELP_FLAGS = ("--help", "-h", "--helpshort", "--helpfull", "-?")
+CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+def field_comments(sources: list[pathlib.Path]) -> dict[str, str]:
+  """``{"data.manual_dir": "its comment", ...}`` from the config files' assignments (the first file's comment wins).
+
+  A field's comment is the block of comment lines right above ``config.<field> = ...`` and the comment at the end
+  of its line; the keys of a ``ConfigDict({...})`` literal get their end-of-line comments.
+  """
+  comments: dict[str, str] = {}
+  for source in sources:
+    text = source.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    line_comments = {token.start[0]: token.string.lstrip("#").strip() for token in
+                     tokenize.generate_tokens(io.StringIO(text).readline) if token.type == tokenize.COMMENT}
+
+    def comment_at(line: int, above: bool) -> str:
+      parts = []
+      if above:
+        number = line - 1
+        while number >= 1 and lines[number - 1].strip().startswith("#"):
+          parts.insert(0, line_comments[number])
+          number -= 1
+      if line in line_comments and not lines[line - 1].strip().startswith("#"):
+        parts.append(line_comments[line])
+      return " ".join(parts)
+
+    for node in ast.walk(ast.parse(text)):
+      if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Attribute)):
+        continue
+      names, target = [], node.targets[0]
+      while isinstance(target, ast.Attribute):
+        names.insert(0, target.attr)
+        target = target.value
+      if not (isinstance(target, ast.Name) and target.id == "config"):
+        continue
+      field = ".".join(names)
+      comments.setdefault(field, comment_at(node.lineno, above=True))
+      literal = node.value.args[0] if isinstance(node.value, ast.Call) and node.value.args else node.value
+      if isinstance(literal, ast.Dict):
+        for key, value in zip(literal.keys, literal.values):
+          if isinstance(key, ast.Constant):
+            comments.setdefault(f"{field}.{key.value}", comment_at(value.end_lineno, above=False))
+  return comments
+
+
+def help_text(argv: list[str], *, config_from_workdir: bool) -> str:
+  """The entry script's docstring, its flags, and every config field with its value and comment."""
+  import __main__  # pylint: disable=import-outside-toplevel
+
+  config_file = _flag_value(argv, "config")
+  workdir = _flag_value(argv, "workdir")
+  if config_file is None and config_from_workdir and workdir is not None:
+    config, origin = workdir_config.load(workdir), f"the run in {workdir}"
+  else:
+    path, _, argument = (config_file or str(CONFIGS_DIR / "base.py")).partition(":")
+    spec = importlib.util.spec_from_file_location("help_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(argument) if argument else module.get_config()
+    origin = (path if config_file else f"{os.path.relpath(path)} (the defaults; --config=FILE --help shows a "
+              "config's own)")
+  sources = [CONFIGS_DIR / "base.py", *sorted(CONFIGS_DIR.glob("*.py"))]
+  comments = field_comments(sources)
+  lines = [(getattr(__main__, "__doc__", None) or "").strip(), "", "Flags:",
+           f"  --config: {CONFIG_HELP}" + (" Default: the config of --workdir." if config_from_workdir else ""),
+           f"  --workdir: {flags.FLAGS['workdir'].help if 'workdir' in flags.FLAGS else ''}",
+           "  --verbosity=1: tracebacks and absl's INFO logs.", "",
+           f"Config fields (the values of {origin}; set any with --config.<field>=VALUE):"]
+  for field, value in sorted(_leaves(config.to_dict()).items(), key=lambda item: _order(item[0], comments)):
+    lines.append(f"  --config.{field}={value!r}")
+    if comments.get(field):
+      lines += textwrap.wrap(comments[field], width=110, initial_indent="      ", subsequent_indent="      ")
+  return "\n".join(lines)
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict[str, object]:
+  leaves = {}
+  for key, value in tree.items():
+    if isinstance(value, dict) and value:
+      leaves.update(_leaves(value, f"{prefix}{key}."))
+    else:
+      leaves[f"{prefix}{key}"] = value
+  return leaves
+
+
+def _order(field: str, comments: dict[str, str]) -> tuple[int, str]:
+  order = list(comments)  # the order of the config files' assignments, base.py's first
+  return (order.index(field) if field in order else len(order), field)
+
+
 def parse_flags(argv: list[str], *, config_from_workdir: bool = False) -> list[str]:
-  """Defines ``--config`` and parses the flags; every mistake in them is one line naming the flag."""
+  """Defines ``--config`` and parses the flags; every mistake in them is one line naming the flag. ``--help`` (or
+  ``-h``) prints :func:`help_text` and exits 0."""
   from ml_collections import config_flags
 
+  if any(arg in HELP_FLAGS for arg in argv[1:]):
+    try:
+      text = help_text(argv, config_from_workdir=config_from_workdir)
+    except (errors.RunError, OSError, SyntaxError, ValueError, AttributeError, TypeError) as error:
+      refuse(f"--help: the config could not be read ({_one_line(str(error))}).")
+    try:
+      print(text, flush=True)
+    except BrokenPipeError:  # `--help | head`: the reader has seen enough
+      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(0)
   if _flag_value(argv, "config") is None:
     bare = _config_file_argument(argv)
     if bare is not None:

@@ -332,6 +332,33 @@ def test_the_traceback_of_a_refusal_is_shown_with_the_variable_the_message_names
   assert "amr_jax.errors.ConfigError: config.num_train_steps must be -1" in shown.stderr
 
 
+def test_help_exits_0_with_usage_and_every_config_field_with_its_comment(finished_run):
+  from configs import base
+
+  result = _run("run_train.py", "--help")
+  assert result.returncode == 0 and result.stderr == "", result.stderr
+  text = result.stdout
+  assert text.startswith("Trains and evaluates age estimators: ``python run_train.py --config=")
+  fields = [line.split("=", 1)[0].strip()[len("--config."):] for line in text.splitlines()
+            if line.startswith("  --config.")]
+
+  def leaves(tree, prefix=""):
+    for key, value in tree.items():
+      yield from leaves(value, f"{prefix}{key}.") if isinstance(value, dict) and value else [f"{prefix}{key}"]
+
+  assert sorted(fields) == sorted(leaves(base.get_config().to_dict()))  # every field, once
+  assert "  --config.data.manual_dir=''\n      Where the raw archive or extracted folder lies (TFDS manual_dir)" in text
+  assert "  --config.augmentation.downscale_range=(1.0, 1.0)\n      DLDL-v2's shrink-and-enlarge" in text
+  own = _run("run_train.py", "--config=configs/fgnet_ce.py:17", "-h")
+  assert own.returncode == 0 and "  --config.name='fgnet_ce'" in own.stdout and "  --config.fold=17\n" in own.stdout
+  config, run, _ = finished_run
+  stored = _run("run_eval.py", f"--workdir={run}", "--help")
+  assert stored.returncode == 0 and f"the values of the run in {run}" in stored.stdout
+  assert f"  --config.num_train_steps={config.num_train_steps}\n" in stored.stdout
+  predict = _run("run_predict.py", "--help")
+  assert predict.returncode == 0 and "  --annotate: A folder for copies of the photographs" in predict.stdout
+
+
 def test_run_eval_needs_only_the_workdir_and_refuses_training_overrides(finished_run, tmp_path):
   config, run, result = finished_run
   copy = _copy(run, tmp_path)
