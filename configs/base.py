@@ -67,7 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Gaussian of 2 years (amr_jax.head_init), so training starts from the prior; or "zeros" (a near-uniform
   # first distribution, its expected age mid-range; the default before, and the workdirs made then).
   # The prior was better for all four losses on the frozen-backbone FG-NET comparisons (benchmarks/head_bias.py);
-  # training a network from random weights, it was worse for cross-entropy: use "zeros" there (README, Results).
+  # training a network from random weights, it was worse for cross-entropy: use "zeros" there (docs/results.md).
   config.head_bias = "age_prior"
 
   # Data.
