@@ -214,8 +214,6 @@ def field_comments(sources: list[pathlib.Path]) -> dict[str, str]:
 
 def help_text(argv: list[str], *, config_from_workdir: bool) -> str:
   """The entry script's docstring, its flags, and every config field with its value and comment."""
-  import __main__  # pylint: disable=import-outside-toplevel
-
   config_file = _flag_value(argv, "config")
   workdir = _flag_value(argv, "workdir")
   if config_file is None and config_from_workdir and workdir is not None:
@@ -230,7 +228,7 @@ def help_text(argv: list[str], *, config_from_workdir: bool) -> str:
               "config's own)")
   sources = [CONFIGS_DIR / "base.py", *sorted(CONFIGS_DIR.glob("*.py"))]
   comments = field_comments(sources)
-  lines = [(getattr(__main__, "__doc__", None) or "").strip(), "", "Flags:",
+  lines = [(getattr(sys.modules["__main__"], "__doc__", None) or "").strip(), "", "Flags:",
            f"  --config: {CONFIG_HELP}" + (" Default: the config of --workdir." if config_from_workdir else ""),
            f"  --workdir: {flags.FLAGS['workdir'].help if 'workdir' in flags.FLAGS else ''}",
            "  --verbosity=1: tracebacks and absl's INFO logs.", "",
