@@ -158,11 +158,33 @@ def age_metric_sums(
   )
 
 
+_compiled_sums = jax.jit(age_metric_sums, static_argnames=("max_theta", "reference_rounding"))
+
+
 def compute_age_metrics(predicted_ages: ArrayLike, true_ages: ArrayLike, **kwargs) -> dict[str, Any]:
-  """One-shot metrics for arrays that fit in memory: ``age_metric_sums(...).compute()``."""
-  return AgeMetricSums.zeros(kwargs.get("max_theta", 10)).merge(
-      jax.device_get(age_metric_sums(predicted_ages, true_ages, **kwargs))
-  ).compute()
+  """One-shot metrics for arrays that fit in memory: ``age_metric_sums(...).compute()``.
+
+  Compiled once per power-of-two length: the ``[N]`` arrays are padded and the padding masked out (it counts in
+  no sum). Run op by op, every new ``N`` (each fold's test set) compiled every operation again.
+  """
+  predicted = np.asarray(predicted_ages)
+  batch = {"true_ages": true_ages, "mask": kwargs.pop("mask", None), "age_std": kwargs.pop("age_std", None)}
+  batch = {name: None if value is None else np.asarray(value) for name, value in batch.items()}
+  if predicted.ndim != 1 or not len(predicted) or any(v is not None and v.shape != predicted.shape
+                                                       for v in batch.values()):
+    sums = age_metric_sums(predicted, batch["true_ages"], mask=batch["mask"], age_std=batch["age_std"], **kwargs)
+  else:  # padded: zeros, masked out (a sigma of 1, so that no padded value is 0/0 even where it is unused)
+    count = len(predicted)
+    size = 1 << max(4, (count - 1).bit_length())
+    padding = {"true_ages": 0, "mask": False, "age_std": 1}
+    mask = np.ones(count, bool) if batch["mask"] is None else batch["mask"]
+    batch = {**batch, "mask": mask}
+    padded = {name: None if value is None else np.concatenate([value, np.full(size - count, padding[name],
+                                                                                value.dtype)])
+              for name, value in batch.items()}
+    sums = _compiled_sums(np.concatenate([predicted, np.zeros(size - count, predicted.dtype)]), padded["true_ages"],
+                          mask=padded["mask"], age_std=padded["age_std"], **kwargs)
+  return AgeMetricSums.zeros(kwargs.get("max_theta", 10)).merge(jax.device_get(sums)).compute()
 
 
 __all__ = ["AgeMetricSums", "age_metric_sums", "compute_age_metrics", "REFERENCE_SIGMA_OFFSET"]

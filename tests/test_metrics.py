@@ -107,3 +107,20 @@ def test_bad_shapes_and_mismatched_theta():
     age_metric_sums(jnp.zeros((3, 1)), jnp.zeros((3, 1)))
   with pytest.raises(ValueError, match="different max_theta"):
     AgeMetricSums.zeros(10).merge(AgeMetricSums.zeros(5))
+
+
+@pytest.mark.parametrize("count", [1, 15, 16, 17, 100])
+def test_compute_age_metrics_pads_to_a_compiled_size_without_changing_a_metric(count):
+  """The padded, compiled path against the plain sums of the same examples: counts exactly, sums to float32
+  rounding (the padding adds zeros, which may change only the order of the additions)."""
+  rng = np.random.default_rng(count)
+  predicted, true = rng.uniform(0, 70, count), rng.integers(0, 70, count).astype(np.float64)
+  sigma, mask = rng.uniform(0, 5, count), rng.uniform(size=count) < 0.8
+  mask[0] = True
+  got = compute_age_metrics(predicted, true, age_std=sigma, mask=mask)
+  want = AgeMetricSums.zeros(10).merge(jax.device_get(age_metric_sums(predicted, true, age_std=sigma,
+                                                                      mask=mask))).compute()
+  assert got["count"] == want["count"] == mask.sum()
+  np.testing.assert_array_equal(got["cs"], want["cs"])
+  for name in ("mae", "eps_error"):
+    np.testing.assert_allclose(got[name], want[name], rtol=1e-6)
