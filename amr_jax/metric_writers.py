@@ -144,7 +144,7 @@ class MetricWriter:
 
   def close(self) -> None:
     """Flushes and closes the files; calling it again does nothing. Both are closed even when a flush fails (a
-    full disk), and then the first failure is raised."""
+    full disk); the failure is raised once both are (if both fail, the second, with the first as its context)."""
     try:
       with self._naming_failures(self.workdir / "metrics.jsonl"):
         self._jsonl.close()  # closed even when its flush fails
