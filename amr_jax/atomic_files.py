@@ -27,15 +27,26 @@ def replacing(path: str | os.PathLike) -> Iterator[pathlib.Path]:
   os.close(handle)
   temporary = pathlib.Path(name)
   try:
-    # mkstemp's file is private (0600); the result gets an earlier file's mode, else what open() would give.
-    os.chmod(temporary, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_UMASK)
-    yield temporary
-    os.replace(temporary, path)
-  except BaseException as error:  # the target keeps its old contents; the partial copy goes
+    with naming_failures(path, replace_name=True):  # named by the file meant, not the temporary
+      # mkstemp's file is private (0600); the result gets an earlier file's mode, else what open() would give.
+      os.chmod(temporary, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_UMASK)
+      yield temporary
+      os.replace(temporary, path)
+  except BaseException:  # the target keeps its old contents; the partial copy goes
     temporary.unlink(missing_ok=True)
-    if isinstance(error, OSError) and error.errno is not None:  # named by the file meant, not a temporary (or none)
-      raise OSError(error.errno, error.strerror or str(error), os.fspath(path)) from error
     raise
+
+
+@contextlib.contextmanager
+def naming_failures(path: str | os.PathLike, *, replace_name: bool = False) -> Iterator[None]:
+  """An ``OSError`` raised in the block (a full disk) comes back with ``path`` as its filename: file objects and
+  encoders raise without one. With ``replace_name``, a name it has (a temporary file's) is replaced too."""
+  try:
+    yield
+  except OSError as error:
+    if error.errno is None or (error.filename is not None and not replace_name):
+      raise
+    raise OSError(error.errno, error.strerror or str(error), os.fspath(path)) from error
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -233,7 +233,9 @@ def help_text(argv: list[str], *, config_from_workdir: bool) -> str:
            f"  --workdir: {flags.FLAGS['workdir'].help if 'workdir' in flags.FLAGS else ''}",
            "  --verbosity=1: tracebacks and absl's INFO logs.", "",
            f"Config fields (the values of {origin}; set any with --config.<field>=VALUE):"]
-  for field, value in sorted(_leaves(config.to_dict()).items(), key=lambda item: _order(item[0], comments)):
+  order = {field: index for index, field in enumerate(comments)}  # the config files' order, base.py's first
+  for field, value in sorted(_leaves(config.to_dict()).items(), key=lambda item: (order.get(item[0], len(order)),
+                                                                                   item[0])):
     lines.append(f"  --config.{field}={value!r}")
     if comments.get(field):
       lines += textwrap.wrap(comments[field], width=110, initial_indent="      ", subsequent_indent="      ")
@@ -248,11 +250,6 @@ def _leaves(tree: dict, prefix: str = "") -> dict[str, object]:
     else:
       leaves[f"{prefix}{key}"] = value
   return leaves
-
-
-def _order(field: str, comments: dict[str, str]) -> tuple[int, str]:
-  order = list(comments)  # the order of the config files' assignments, base.py's first
-  return (order.index(field) if field in order else len(order), field)
 
 
 def parse_flags(argv: list[str], *, config_from_workdir: bool = False) -> list[str]:

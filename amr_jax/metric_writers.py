@@ -16,7 +16,6 @@ and time left::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -28,7 +27,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from amr_jax import errors
+from amr_jax import atomic_files, errors
 
 # Non-finite values are stored as these strings so the file stays strict JSON
 # (``NaN``/``Infinity`` are not JSON, and ``null`` would lose which one it was).
@@ -79,7 +78,7 @@ class MetricWriter:
       folder.mkdir(exist_ok=True)
       now = time.time_ns()
       self._events_path = folder / f"events.out.tfevents.{now // 10**9}.{socket.gethostname()}.{now:020d}"
-      with self._naming_failures(self._events_path):
+      with atomic_files.naming_failures(self._events_path):
         self._events = RecordWriter(str(self._events_path))
         self._write_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
         if resume_step is not None:  # TensorBoard hides the events of earlier files at steps >= this one
@@ -111,34 +110,23 @@ class MetricWriter:
     if clash:
       raise ValueError(f"scalar names {clash} clash with the keys {list(_RESERVED_KEYS)} of metrics.jsonl.")
     record = {"step": step, "time": time.time(), **{key: _json_value(v) for key, v in values.items()}}
-    with self._naming_failures(self.workdir / "metrics.jsonl"):
+    with atomic_files.naming_failures(self.workdir / "metrics.jsonl"):
       self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
       self._jsonl.flush()
     if self._events is not None:
       from tensorboardX import summary  # pylint: disable=import-outside-toplevel
 
-      with self._naming_failures(self._events_path):
+      with atomic_files.naming_failures(self._events_path):
         for tag, value in values.items():
           self._write_summary(step, summary.scalar(tag, value))
         self._events.flush()
-
-  @staticmethod
-  @contextlib.contextmanager
-  def _naming_failures(path: pathlib.Path):
-    """An ``OSError`` (a full disk) names ``path``: file objects raise without a name."""
-    try:
-      yield
-    except OSError as error:
-      if error.filename is not None or error.errno is None:
-        raise
-      raise OSError(error.errno, error.strerror, str(path)) from error
 
   def write_text(self, step: int, tag: str, text: str) -> None:
     """Writes ``text`` (Markdown, e.g. the config) to TensorBoard's text tab; nothing without TensorBoard."""
     if self._events is not None:
       from tensorboardX import summary  # pylint: disable=import-outside-toplevel
 
-      with self._naming_failures(self._events_path):
+      with atomic_files.naming_failures(self._events_path):
         self._write_summary(int(step), summary.text(tag, text))
         self._events.flush()
 
@@ -146,12 +134,12 @@ class MetricWriter:
     """Flushes and closes the files; calling it again does nothing. Both are closed even when a flush fails (a
     full disk); the failure is raised once both are (if both fail, the second, with the first as its context)."""
     try:
-      with self._naming_failures(self.workdir / "metrics.jsonl"):
+      with atomic_files.naming_failures(self.workdir / "metrics.jsonl"):
         self._jsonl.close()  # closed even when its flush fails
     finally:
       if self._events is not None:
         events, self._events = self._events, None
-        with self._naming_failures(self._events_path):
+        with atomic_files.naming_failures(self._events_path):
           events.close()  # likewise
 
   def __enter__(self) -> MetricWriter:
