@@ -37,7 +37,7 @@ def main(argv):
     paths = predict.photograph_paths(photographs)
     predict.prepare_outputs(flags.FLAGS.out, flags.FLAGS.annotate or None, paths)
     model = predict.load_model(flags.FLAGS.workdir, flags.FLAGS.fold, flags.FLAGS.checkpoint)
-    counts = predict.predict_photographs(model, photographs, flags.FLAGS.out, annotate=flags.FLAGS.annotate or None)
+    counts = predict.predict_photographs(model, paths, flags.FLAGS.out, annotate=flags.FLAGS.annotate or None)
     if "annotation_failure" in counts:  # the CSV is whole; the exit status says the copies are not
       cli.refuse(f"{counts['annotation_failure']}; every prediction is in {flags.FLAGS.out}.")
   except errors.Interrupted as stop:
