@@ -3,7 +3,7 @@
 Rewrites each fold's ``test/`` (and ``validation/``) report and, for a run
 over several folds, ``summary/``. The config is the one the run was trained
 with (``DIR/config.json``); only evaluation fields may be set
-(``amr_jax.workdir_config.EVAL_FIELDS``). ``--config=FILE`` with overrides is
+(``amr_jax.workdir_layout.EVAL_FIELDS``). ``--config=FILE`` with overrides is
 accepted when it gives that same config.
 """
 
@@ -11,9 +11,9 @@ from amr_jax import cli
 
 
 def evaluate_workdir(config, workdir):
-  from amr_jax import evaluate  # after the flags are parsed: a mistake in them is refused before JAX loads
+  from amr_jax import experiment  # after the flags are parsed: a mistake in them is refused before JAX loads
 
-  return evaluate.evaluate_workdir(config, workdir)
+  return experiment.evaluate_workdir(config, workdir)
 
 
 if __name__ == "__main__":

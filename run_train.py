@@ -8,9 +8,9 @@ from amr_jax import cli
 
 
 def train_and_evaluate(config, workdir):
-  from amr_jax import train  # after the flags are parsed: a mistake in them is refused before JAX loads
+  from amr_jax import experiment  # after the flags are parsed: a mistake in them is refused before JAX loads
 
-  return train.train_and_evaluate(config, workdir)
+  return experiment.train_and_evaluate(config, workdir)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ import tokenize
 
 from absl import app, flags, logging
 
-from amr_jax import errors, interruption, workdir_config
+from amr_jax import errors, workdir_layout
+from amr_jax.training import interruption
 
 
 TRACEBACK_VARIABLE = "AMR_JAX_TRACEBACK"  # =1 shows the traceback of a refusal
@@ -217,7 +218,7 @@ def help_text(argv: list[str], *, config_from_workdir: bool) -> str:
   config_file = _flag_value(argv, "config")
   workdir = _flag_value(argv, "workdir")
   if config_file is None and config_from_workdir and workdir is not None:
-    config, origin = workdir_config.load(workdir), f"the run in {workdir}"
+    config, origin = workdir_layout.load(workdir), f"the run in {workdir}"
   else:
     path, _, argument = (config_file or str(CONFIGS_DIR / "base.py")).partition(":")
     spec = importlib.util.spec_from_file_location("help_config", path)
@@ -277,10 +278,10 @@ def parse_flags(argv: list[str], *, config_from_workdir: bool = False) -> list[s
     if workdir is None:
       refuse("give the run to evaluate: --workdir=W (its config.json is the config), or --config=... as well.")
     try:
-      stored = workdir_config.load(workdir)
+      stored = workdir_layout.load(workdir)
     except errors.RunError as error:
       refuse(str(error))
-    config_flags.DEFINE_config_dict("config", stored, f"The config of --workdir ({workdir_config.FILE_NAME}).",
+    config_flags.DEFINE_config_dict("config", stored, f"The config of --workdir ({workdir_layout.CONFIG_FILE}).",
                                     lock_config=True, sys_argv=argv)
   else:
     path = _flag_value(argv, "config").split(":", 1)[0]

@@ -9,9 +9,14 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import pathlib
 from typing import Any
 
-from amr_jax import errors, optim
+import jax
+
+from amr_jax import errors
+from amr_jax.data import folds, training_data
+from amr_jax.training import optim, selection, stages
 
 POSITIVE_INTEGERS = ("batch_size", "eval_batch_size", "num_epochs", "checkpoint_every_steps", "log_every_steps",
                      "image_size", "max_checkpoints_to_keep")
@@ -29,6 +34,25 @@ HEAD_BIASES = ("zeros", "age_prior")
 MIN_IMAGE_SIZE = 64  # five 2x poolings leave a 2x2 feature map
 
 
+def check(config, *, training: bool = True) -> None:
+  """Fails early, naming the field, on every value a run would fail on later: the whole check of a run.
+
+  The fields (:func:`check_fields`, of each stage too), the dataset, crop and protocol, the model selection, and
+  last the manual directory, so that a data mistake is not the first one named.
+  """
+  check_data_config(config.data, config.protocol)
+  check_sigma_field(config)
+  check_model_selection(config)
+  check_fields(config, jax.device_count(), jax.process_count(), training=training)
+  run_stages = stages.stages_of(config)
+  for index, stage in enumerate(run_stages if len(run_stages) > 1 else []):
+    try:
+      check_fields(stage.config, jax.device_count(), jax.process_count(), training=training)
+    except errors.ConfigError as error:
+      raise errors.ConfigError(f"config.stages[{index}] ({stage.name}): {error}") from None
+  check_manual_dir(config.data)  # after the fields: a data mistake is not the first one named
+
+
 def _is_integer(value: Any) -> bool:
   return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
@@ -41,8 +65,9 @@ def _interval(low: float, high: float, low_in: bool, high_in: bool) -> str:
   return f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
 
 
-def check(config, num_devices: int, num_processes: int = 1, *, training: bool = True) -> None:
-  """Raises :class:`~amr_jax.errors.ConfigError` naming the first field whose value a run cannot use.
+def check_fields(config, num_devices: int, num_processes: int = 1, *, training: bool = True) -> None:
+  """Raises :class:`~amr_jax.errors.ConfigError` naming the first field of ``configs/base.py`` whose value a run
+  cannot use.
 
   Args:
     config: the run's config (``configs/base.py``'s fields).
@@ -89,7 +114,7 @@ def check(config, num_devices: int, num_processes: int = 1, *, training: bool = 
 def check_pretrained(config) -> None:
   """``config.pretrained``: '' (random weights), 'imagenet' for a model with packaged ImageNet weights, or the path
   of a torchvision state_dict for a ResNet; refused naming the field otherwise."""
-  from amr_jax import pretrained  # pylint: disable=import-outside-toplevel
+  from amr_jax.models import pretrained  # pylint: disable=import-outside-toplevel
 
   if not config.pretrained:
     return
@@ -122,26 +147,6 @@ def _check_optimisation_names(config) -> None:
                              f"(config.num_epochs={config.num_epochs}).")
 
 
-def parse_folds(text: str) -> list[int]:
-  """``"1-8,20"`` as ``[1, 2, ..., 8, 20]`` (sorted, each once); ``""`` as ``[]`` (every fold).
-
-  Raises:
-    errors.ConfigError: naming ``config.folds`` and the part that is not a number or a range ``a-b`` with a <= b.
-  """
-  folds: set[int] = set()
-  for part in filter(None, (p.strip() for p in str(text).split(","))):
-    bounds = part.split("-")
-    try:
-      low, high = (int(bounds[0]), int(bounds[-1])) if len(bounds) <= 2 else (None, None)
-    except ValueError:
-      low = high = None
-    if low is None or low < 0 or low > high:
-      raise errors.ConfigError(f"config.folds: {part!r} in {text!r} is not a fold number or a range such as 1-8 "
-                               "(expected e.g. \"1-8,20\").")
-    folds.update(range(low, high + 1))
-  return sorted(folds)
-
-
 def _check_parallel_folds(config, num_devices: int, num_processes: int, training: bool) -> None:
   parallel, over_devices = config.parallel_folds, config.folds_over_devices
   if not _is_integer(parallel) or parallel < 1:
@@ -162,9 +167,79 @@ def _check_folds(config) -> None:
   if not _is_integer(config.fold) or config.fold < -1:
     raise errors.ConfigError(f"config.fold must be a fold number or -1 (every fold); got {config.fold!r}.")
   if config.get("folds", ""):
-    parse_folds(config.folds)
+    folds.parse_folds(config.folds)
     if config.fold != -1:
       raise errors.ConfigError(f"config.folds={config.folds!r} selects folds of a run over all folds, and "
                                f"config.fold={config.fold} one fold: give one of them.")
   if not _is_integer(config.num_folds) or config.num_folds < 2:
     raise errors.ConfigError(f"config.num_folds must be an integer >= 2; got {config.num_folds!r}.")
+
+
+def check_data_config(data, protocol: str) -> None:
+  """Raises ``ValueError`` naming the config field when ``data.name``, ``data.crop`` or ``protocol`` is invalid."""
+  if data.name not in training_data.PROTOCOLS:
+    raise errors.ConfigError(f"config.data.name must be one of {', '.join(training_data.PROTOCOLS)}; "
+                             f"got {data.name!r}.")
+  if data.crop not in training_data.CROPS[data.name]:
+    crops = training_data.CROPS[data.name]
+    raise errors.ConfigError(f"config.data.crop for {data.name} must be one of {', '.join(crops)}; "
+                             f"got {data.crop!r}.")
+  if data.crop == "detected":
+    from amr_jax.faces import mtcnn_networks  # pylint: disable=import-outside-toplevel
+
+    mtcnn_networks.weights_dir()  # the detector's weights are installed, or the message says how
+  if protocol not in training_data.PROTOCOLS[data.name]:
+    protocols = training_data.PROTOCOLS[data.name]
+    raise errors.ConfigError(f"config.protocol for {data.name} must be one of {', '.join(protocols)}; "
+                             f"got {protocol!r}.")
+
+
+def check_sigma_field(config) -> None:
+  """Refuses a ``config.sigma_field`` the dataset lacks, or a loss that takes no sigma."""
+  field = config.sigma_field
+  if not field:
+    return
+  if field not in training_data.SIGMA_FIELDS[config.data.name]:
+    has = training_data.SIGMA_FIELDS[config.data.name]
+    raise errors.ConfigError(
+        f"config.sigma_field={field!r}: {config.data.name} has " + (f"only {', '.join(has)}" if has else
+        "no per-image age spread (a constant config.loss_kwargs.sigma applies to every image); set it to ''") + ".")
+  for stage in stages.stages_of(config):
+    if stage.config.loss not in ("dldl", "dldl_v2"):
+      where = f"the {stage.name} loss" if stage.name else "config.loss"
+      raise errors.ConfigError(f"config.sigma_field={field!r} gives each image's sigma to a label-distribution loss "
+                               f"(dldl, dldl_v2); {where} is {stage.config.loss!r}.")
+
+
+def check_model_selection(config) -> None:
+  """Refuses a ``config.model_selection`` the run cannot honour, naming the field to change."""
+  name = config.model_selection
+  if name not in selection.SELECTIONS:
+    raise errors.ConfigError(f"config.model_selection must be one of {', '.join(selection.SELECTIONS)}; got {name!r}.")
+  if name == "last":
+    return
+  if name == "validation_eps" and config.data.name != "clap2016":
+    raise errors.ConfigError("config.model_selection='validation_eps' needs the annotators' spread of CLAP2016; "
+                             f"{config.data.name} has none: use 'validation_mae'.")
+  if config.data.name == "fgnet" and config.num_validation_subjects < 1:
+    raise errors.ConfigError(f"config.model_selection={name!r} selects on validation subjects drawn from the "
+                             "training subjects: set config.num_validation_subjects (e.g. 5).")
+  if config.eval_every_epochs < 1:
+    raise errors.ConfigError(f"config.model_selection={name!r} chooses among validations: set "
+                             "config.eval_every_epochs (e.g. 1) so the run validates during training.")
+
+
+def check_manual_dir(data) -> None:
+  """A ``manual_dir`` the user names must hold the raw files: a typo is refused here, not met by a download."""
+  if not data.manual_dir:
+    return
+  folder = pathlib.Path(os.path.expanduser(data.manual_dir))
+  if folder.is_file():
+    raise errors.ConfigError(f"config.data.manual_dir={data.manual_dir} is a file; give the folder it lies in "
+                             f"(config.data.manual_dir={folder.absolute().parent}).")
+  if not folder.is_dir() or not any(folder.iterdir()):
+    state = "is empty" if folder.is_dir() else "does not exist"
+    raise errors.ConfigError(
+        f"config.data.manual_dir={data.manual_dir} {state}; give the folder that holds the raw {data.name} files "
+        "(its archive or extracted folder), or leave it empty to use the build in config.data.data_dir as it is "
+        "(or to download it where a public copy is known).")

@@ -1,12 +1,12 @@
 """Ages of the faces in anyone's photographs, by a run's trained model (``run_predict.py``).
 
 For each photograph: read it (EXIF orientation applied, converted to RGB),
-find its faces with MTCNN (:mod:`amr_jax.faces`), crop each as the run's
+find its faces with MTCNN (:mod:`amr_jax.faces.mtcnn`), crop each as the run's
 training crop was made, and predict with the run's evaluation step (the same
 compiled function ``run_eval.py`` uses, with the run's ``test_time_flip``):
 
 - ``aligned`` and ``detected`` runs: each face aligned on its detected eyes
-  (:func:`amr_jax.face_crop.eyes_face_crop`, the training crop's geometry);
+  (:func:`amr_jax.faces.face_crop.eyes_face_crop`, the training crop's geometry);
 - ``face`` runs (CLAP2016's own crops, whose maker is not published): the same
   eye-aligned crop, which is not the crop the model saw (said once in the log);
 - ``whole`` runs: the whole photograph squashed to a square, one row per
@@ -32,7 +32,9 @@ import PIL.Image
 import PIL.ImageDraw
 import PIL.ImageOps
 
-from amr_jax import atomic_files, checkpoints, errors, face_crop, faces, selection, workdir_config
+from amr_jax import atomic_files, errors, workdir_layout
+from amr_jax.faces import face_crop, mtcnn
+from amr_jax.training import checkpoints, selection
 
 #: The CSV's columns, in order.
 COLUMNS = ("file", "face", "x0", "y0", "x1", "y1", "face_score", "age", "age_std", "age_mode", "note")
@@ -50,19 +52,18 @@ class Model:
 
 
 def _fold_dir(config, stored_fold: int, workdir: pathlib.Path, fold: int | None) -> tuple[pathlib.Path, str]:
-  from amr_jax import train  # pylint: disable=import-outside-toplevel  # the run's layout is the trainer's
-
   all_folds = stored_fold == -1 and config.protocol != "splits"
   if not all_folds:
     if fold is not None and fold != stored_fold:
       raise errors.ConfigError(f"--fold={fold}: {workdir} is a run of fold {stored_fold} only; leave --fold out.")
     return workdir, "the run's model"
-  folds_dir = workdir / "folds"
-  trained = sorted(p.name for p in folds_dir.glob("*") if (p / "checkpoints").is_dir()) if folds_dir.is_dir() else []
+  folds_dir = workdir / workdir_layout.FOLDS_FOLDER
+  trained = (sorted(p.name for p in folds_dir.glob("*") if workdir_layout.checkpoints_dir(p).is_dir())
+             if folds_dir.is_dir() else [])
   if fold is None:
     raise errors.ConfigError(f"{workdir} is a run over all folds, one model per fold: choose one with --fold=N "
                              f"(trained: {', '.join(trained) or 'none yet'}).")
-  fold_dir = train.fold_workdir(config, workdir, fold, all_folds=True)
+  fold_dir = workdir_layout.fold_workdir(config, workdir, fold, all_folds=True)
   if fold_dir.name not in trained:
     raise errors.WorkdirError(f"--fold={fold}: {fold_dir} holds no checkpoint (trained: {', '.join(trained) or 'none'}).")
   return fold_dir, fold_dir.name
@@ -80,22 +81,23 @@ def load_model(workdir: str | os.PathLike, fold: int | None = None, checkpoint: 
   """
   import jax  # pylint: disable=import-outside-toplevel
 
-  from amr_jax import evaluate, from_config  # pylint: disable=import-outside-toplevel
+  from amr_jax.evaluation import evaluate  # pylint: disable=import-outside-toplevel
+  from amr_jax.training import train_state  # pylint: disable=import-outside-toplevel
 
   if checkpoint not in CHECKPOINTS:
     raise errors.ConfigError(f"--checkpoint must be 'last' or 'selected' (or empty: the one the run reports); "
                              f"got {checkpoint!r}.")
   workdir = pathlib.Path(workdir).absolute()
-  config = workdir_config.load(workdir)
-  fold_dir, fold_name = _fold_dir(config, workdir_config.read(workdir)["fold"], workdir, fold)
-  kind = checkpoint or ("last" if config.model_selection == "last" else "selected")
-  directory = fold_dir / ("checkpoints" if kind == "last" else selection.CHECKPOINT_FOLDER)
+  config = workdir_layout.load(workdir)
+  fold_dir, fold_name = _fold_dir(config, workdir_layout.read(workdir)["fold"], workdir, fold)
+  kind = checkpoint or selection.reported_checkpoint(config.model_selection)
+  directory = (workdir_layout.checkpoints_dir(fold_dir) if kind == "last" else fold_dir / selection.CHECKPOINT_FOLDER)
   store = checkpoints.Checkpoints(directory, max_to_keep=1 if kind == "selected" else config.max_checkpoints_to_keep)
   if store.latest_step() is None:
     hint = (" (the run selects no checkpoint: config.model_selection is 'last')" if kind == "selected"
-            and config.model_selection == "last" else "; train first")
+            and not selection.selects(config.model_selection) else "; train first")
     raise errors.WorkdirError(f"{directory}: no checkpoint{hint}.")
-  finished = (fold_dir / "test" / "metrics.json").is_file()
+  finished = (fold_dir / "test" / workdir_layout.METRICS_FILE).is_file()
   if not finished and not checkpoint:
     where = workdir if fold_dir == workdir else f"{fold_name} of {workdir}"
     raise errors.WorkdirError(
@@ -103,8 +105,8 @@ def load_model(workdir: str | os.PathLike, fold: int | None = None, checkpoint: 
         f"training) and its {kind} checkpoint is step {store.latest_step()}; `python run_eval.py --workdir="
         f"{workdir}` says how far it got. Finish it with its run_train.py command, or predict with that checkpoint "
         f"anyway: --checkpoint={kind}.")
-  model = from_config.model(config, axis_name=None)
-  template = jax.device_get(from_config.initial_train_state(config, model, from_config.optimizer(config)))
+  model = train_state.model(config, axis_name=None)
+  template = jax.device_get(train_state.initial_train_state(config, model, train_state.optimizer(config)))
   state = store.restore(template)
   store.close()
   eval_step = jax.pmap(lambda s, b: evaluate.eval_step(s, b, start_age=config.start_age,
@@ -217,7 +219,7 @@ class _Row:
     return [self.file, str(self.face), *box, score, *age, self.note]
 
 
-def _rows_of(path: pathlib.Path, image: np.ndarray, crop: str, size: int, detector: faces.Detector) -> list[_Row]:
+def _rows_of(path: pathlib.Path, image: np.ndarray, crop: str, size: int, detector: mtcnn.Detector) -> list[_Row]:
   name = str(path)
   if crop == "whole":
     height, width = image.shape[:2]
@@ -236,7 +238,7 @@ def _rows_of(path: pathlib.Path, image: np.ndarray, crop: str, size: int, detect
 
 
 def _predict(model: Model, rows: list[_Row]) -> None:
-  from amr_jax import evaluate  # pylint: disable=import-outside-toplevel
+  from amr_jax.evaluation import evaluate  # pylint: disable=import-outside-toplevel
 
   todo = [row for row in rows if row.crop is not None]
   if not todo:
@@ -293,7 +295,7 @@ def _write_csv(out: pathlib.Path, lines: list[list[str]], log: Callable[[str], N
 
 
 def predict_photographs(model: Model, inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *,
-                        annotate: str | os.PathLike | None = None, detector: faces.Detector | None = None,
+                        annotate: str | os.PathLike | None = None, detector: mtcnn.Detector | None = None,
                         log: Callable[[str], None] = print, progress_every: float = 10.0) -> dict[str, int]:
   """Writes ``out`` (CSV, :data:`COLUMNS`) for every photograph of ``inputs``; returns counts for the summary.
 
@@ -312,7 +314,7 @@ def predict_photographs(model: Model, inputs: Iterable[str | os.PathLike], out: 
   if config.data.crop == "face":
     log("Note: this run trained on CLAP2016's own face crops; faces here are cropped on their detected eyes, "
         "which the model did not see in training.")
-  detector = detector or (faces.default_detector() if config.data.crop != "whole" else None)
+  detector = detector or (mtcnn.default_detector() if config.data.crop != "whole" else None)
   prepare_outputs(out, annotate, paths)
   annotate_dir = pathlib.Path(annotate) if annotate else None
   # A photograph in the annotation folder keeps its name: no copy is written over an input.

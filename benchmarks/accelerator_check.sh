@@ -146,8 +146,8 @@ else
   # One fold against eight at once: the group size the recipe's 82 folds would use.
   LOPO=(--model efficientnet_lite0 --image_size 224 --batch 64 --dtype bfloat16 --folds 1,8 --steps 3 --no_bound)
 fi
-stage speed 180 "$OUT/speed.log" "$PYTHON" benchmarks/speed.py "${SPEED[@]}" --out "$OUT/speed.md"
-stage lopo_speed 110 "$OUT/lopo_speed.log" "$PYTHON" benchmarks/lopo_speed.py "${LOPO[@]}" --out "$OUT/lopo_speed.md"
+stage speed 180 "$OUT/speed.log" "$PYTHON" -m benchmarks.speed "${SPEED[@]}" --out "$OUT/speed.md"
+stage lopo_speed 110 "$OUT/lopo_speed.log" "$PYTHON" -m benchmarks.lopo_speed "${LOPO[@]}" --out "$OUT/lopo_speed.md"
 
 echo "== done: $SUMMARY"
 cat "$SUMMARY"

@@ -2,10 +2,10 @@
 
 Each workdir is a finished ``benchmarks/fgnet_losses.py`` run (same protocol, losses and seeds; another
 ``--model``). For every loss, the two backbones' absolute errors (averaged over the seeds) are compared image by
-image with subjects as the unit of chance (``amr_jax.paired_comparison``: a sign-flip test and a bootstrap
+image with subjects as the unit of chance (``amr_jax.evaluation.paired_comparison``: a sign-flip test and a bootstrap
 interval), Holm-adjusted over the losses. Writes the table to ``--out`` and prints it:
 
-  python benchmarks/backbone_pairs.py --a=/tmp/fgnet_frozen_lite2 --a_name=efficientnet_lite2 \\
+  python -m benchmarks.backbone_pairs --a=/tmp/fgnet_frozen_lite2 --a_name=efficientnet_lite2 \\
       --b=/tmp/fgnet_frozen --b_name=efficientnet_lite0 --seeds=0,1 --out=/tmp/backbones.md
 """
 
@@ -15,15 +15,12 @@ import argparse
 import pathlib
 import sys
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
-
-from fgnet_losses import CONFIGS, PAIRED_NOTE  # noqa: E402
-from amr_jax import paired_comparison  # noqa: E402
+from amr_jax.evaluation import paired_comparison
+from benchmarks.fgnet_losses import CONFIGS, PAIRED_NOTE
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.backbone_pairs", description=__doc__.split("\n")[0])
   for side in ("a", "b"):
     parser.add_argument(f"--{side}", required=True, help="a finished fgnet_losses.py --workdir")
     parser.add_argument(f"--{side}_name", required=True, help="what the table calls it (its backbone)")
@@ -60,7 +57,7 @@ def table(args) -> str:
 def main(argv=None) -> None:
   args = parse_args(argv)
   command = " ".join(sys.argv[1:] if argv is None else argv)
-  text = (f"FG-NET, two backbones loss by loss: `python benchmarks/backbone_pairs.py {command}`\n\n"
+  text = (f"FG-NET, two backbones loss by loss: `python -m benchmarks.backbone_pairs {command}`\n\n"
           f"Paired differences ({args.a_name} − {args.b_name}): {PAIRED_NOTE.replace('over the pairs', 'over the losses')}"
           f"\n\n{table(args)}\n")
   pathlib.Path(args.out).write_text(text)

@@ -1,6 +1,6 @@
 """What turning XLA:CPU's YNNPACK fusions off (amr_jax.xla_flags) changes: finite bfloat16 logits, and the speed.
 
-  python benchmarks/cpu_fusion.py --out benchmarks/results/cpu_fusion.md
+  python -m benchmarks.cpu_fusion --out benchmarks/results/cpu_fusion.md
 
 For each model, size and dtype, two fresh processes, one per setting, one after the other:
 
@@ -26,7 +26,7 @@ import statistics
 import subprocess
 import sys
 
-HERE = pathlib.Path(__file__).resolve().parent
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 SETTINGS = ("XLA default", "fusions off")
 FLAG = "--xla_cpu_experimental_ynn_fusion_type="
 
@@ -44,11 +44,9 @@ def worker(settings: dict) -> dict:
   import jax.numpy as jnp
   import numpy as np
 
-  sys.path.insert(0, str(HERE))
-  import model_speed
-  from timing import median_time
-
   from amr_jax import models
+  from benchmarks import model_speed
+  from benchmarks.timing import median_time
 
   dtype = jnp.bfloat16 if settings["dtype"] == "bfloat16" else jnp.float32
   size, batch = settings["size"], settings["batch"]
@@ -68,8 +66,8 @@ def run_worker(settings: dict, fusions_off: bool) -> dict:
   env = {key: value for key, value in os.environ.items() if key != "XLA_FLAGS"}
   if fusions_off:
     env["XLA_FLAGS"] = FLAG
-  command = [sys.executable, str(pathlib.Path(__file__).resolve()), "--_worker", json.dumps(settings)]
-  done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=HERE.parent)
+  command = [sys.executable, "-m", "benchmarks.cpu_fusion", "--_worker", json.dumps(settings)]
+  done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
   lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
   if done.returncode or not lines:
     raise SystemExit(f"error: the worker for {settings} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
@@ -81,7 +79,8 @@ def main(argv=None) -> None:
   if argv[:1] == ["--_worker"]:
     print(json.dumps(worker(json.loads(argv[1]))), flush=True)
     return
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.cpu_fusion", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
   from amr_jax import models
 
   parser.add_argument("--models", nargs="+", default=["thin_age_net", "resnet18", "efficientnet_lite0"],
@@ -120,7 +119,7 @@ def main(argv=None) -> None:
   lines = [
       "# XLA:CPU's YNNPACK fusions: XLA's default against turned off", "",
       f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
-      f"- command: `python benchmarks/cpu_fusion.py {' '.join(argv)}`",
+      f"- command: `python -m benchmarks.cpu_fusion {' '.join(argv)}`",
       f"- jax {jax.__version__}, jaxlib {jaxlib.__version__}, Python {platform.python_version()}, "
       f"{os.cpu_count()} CPU cores, {platform.machine()}",
       f"- {args.size} px, batch {args.batch}; eval-mode forward for the fusions and NaN; training step (AMR, AdamW) "

@@ -1,10 +1,10 @@
-"""MTCNN (amr_jax.faces) on all FG-NET photographs: detection, eye error, agreement and time against the mtcnn package.
+"""MTCNN (amr_jax.faces.mtcnn) on all FG-NET photographs: detection, eye error, agreement and time against the mtcnn package.
 
-  python benchmarks/face_detection_fgnet.py --manual_dir=../shared/data/fgnet --out=benchmarks/results/face_detection_fgnet.md
+  python -m benchmarks.face_detection_fgnet --manual_dir=../shared/data/fgnet --out=benchmarks/results/face_detection_fgnet.md
 
 For each photograph, both pipelines (ours, and the ``mtcnn`` package's own
 TensorFlow pipeline; TensorFlow is a test-only dependency) detect faces. The
-face kept is :func:`amr_jax.faces.main_face`'s (what detected-eye crops and
+face kept is :func:`amr_jax.faces.mtcnn.main_face`'s (what detected-eye crops and
 ``run_predict.py`` use). Its eye error is the mean distance of its two eye
 landmarks from FG-NET's annotated pupils (landmarks 31 and 36), as a fraction
 of the annotated inter-ocular distance.
@@ -31,10 +31,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 import PIL.Image  # noqa: E402
 
-from amr_jax import face_crop, faces, fgnet  # noqa: E402
+from amr_jax.data import fgnet
+from amr_jax.faces import face_crop, mtcnn
 
 
-def _eye_error(face: faces.Face, landmarks: np.ndarray) -> float:
+def _eye_error(face: mtcnn.Face, landmarks: np.ndarray) -> float:
   annotated = landmarks[[face_crop.LEFT_PUPIL, face_crop.RIGHT_PUPIL]].astype(np.float64)
   interocular = np.linalg.norm(annotated[1] - annotated[0])
   return float(np.linalg.norm(face.eyes - annotated, axis=1).mean() / interocular)
@@ -50,7 +51,7 @@ def run(manual_dir: str, limit: int | None = None) -> dict:
   import mtcnn  # pylint: disable=import-outside-toplevel  # the reference; TensorFlow
 
   images = fgnet.index_images(fgnet.find_root(manual_dir))[:limit]
-  ours, reference = faces.Detector(), mtcnn.MTCNN()
+  ours, reference = mtcnn.Detector(), mtcnn.MTCNN()
   photographs = [np.asarray(PIL.Image.open(image.image_path).convert("RGB")) for image in images]
   start = time.perf_counter()
   for index, photograph in enumerate(photographs):  # warm-up: compiles every bucket ours needs
@@ -63,7 +64,7 @@ def run(manual_dir: str, limit: int | None = None) -> dict:
     found, our_time = _timed(lambda: ours.detect(photograph))
     expected, reference_time = _timed(
         lambda: reference.detect_faces(photograph, box_format="xyxy", output_type="numpy"))
-    chosen = faces.main_face(found, photograph.shape[0], photograph.shape[1])
+    chosen = mtcnn.main_face(found, photograph.shape[0], photograph.shape[1])
     landmarks = fgnet.read_landmarks(image.landmarks_path)
     same = len(found) == len(expected) and all(
         np.abs(face.box - row[1:5]).max() <= 0.5 and np.abs(face.landmarks - np.stack([row[6:11], row[11:16]], -1)).max()
@@ -73,8 +74,8 @@ def run(manual_dir: str, limit: int | None = None) -> dict:
                  "time": our_time, "reference_time": reference_time})
     if (index + 1) % 100 == 0:
       print(f"timed {index + 1}/{len(photographs)} ({time.perf_counter() - start:.0f} s)", flush=True)
-  return {"rows": rows, "compiled": (faces._pnet._cache_size(),  # pylint: disable=protected-access
-                                      faces._refine._cache_size())}  # pylint: disable=protected-access
+  return {"rows": rows, "compiled": (mtcnn._pnet._cache_size(),  # pylint: disable=protected-access
+                                      mtcnn._refine._cache_size())}  # pylint: disable=protected-access
 
 
 def report(result: dict, command: str) -> str:
@@ -97,7 +98,7 @@ def report(result: dict, command: str) -> str:
       f"| {count} | {len(detected)} ({100 * len(detected) / count:.1f}%) | {sum(r['faces'] > 1 for r in rows)} "
       f"| {count - len(detected)} | {sum(r['same_as_package'] for r in rows)} |",
       "",
-      "Eye error of the kept face (`amr_jax.faces.main_face`): the mean distance of its two eye landmarks from the "
+      "Eye error of the kept face (`amr_jax.faces.mtcnn.main_face`): the mean distance of its two eye landmarks from the "
       "annotated pupils (landmarks 31, 36), over the annotated inter-ocular distance.",
       "",
       "| median | 90th percentile | mean | max | below 0.1 | below 0.25 |",
@@ -131,12 +132,13 @@ def report(result: dict, command: str) -> str:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.face_detection_fgnet",
+                                   description=__doc__.splitlines()[0])
   parser.add_argument("--manual_dir", required=True, help="the folder holding FGNET/ (images/, points/)")
   parser.add_argument("--out", default=None, help="write the Markdown report here (default: print it)")
   parser.add_argument("--limit", type=int, default=None, help="only the first N photographs (a quick look)")
   args = parser.parse_args(argv)
-  command = "python benchmarks/face_detection_fgnet.py " + " ".join(
+  command = "python -m benchmarks.face_detection_fgnet " + " ".join(
       a for a in (argv if argv is not None else sys.argv[1:]))
   text = report(run(args.manual_dir, args.limit), command)
   if args.out:

@@ -7,16 +7,16 @@ per run and nothing is selected on test data (each fold reports its last
 step). Runs live in ``--workdir/<loss>_seed<seed>/`` and resume, so the
 command can be stopped and restarted. Writes ``--workdir/losses.md`` (the
 table, and every pair of losses compared subject by subject with a sign-flip
-test and a bootstrap interval: ``amr_jax.paired_comparison``) and
+test and a bootstrap interval: ``amr_jax.evaluation.paired_comparison``) and
 ``--workdir/cumulative_score.png``.
 
-  python benchmarks/fgnet_losses.py --manual_dir=../shared/data/fgnet --workdir=/tmp/fgnet_losses \\
+  python -m benchmarks.fgnet_losses --manual_dir=../shared/data/fgnet --workdir=/tmp/fgnet_losses \\
       --image_size=112 --num_epochs=10 --seeds=0,1
 
 With ``--backbone=frozen`` the backbone's features are computed once and each loss trains only the model's
 head (``benchmarks/frozen_backbone.py``): minutes on a CPU where fine-tuning takes days, so the full LOPO fits:
 
-  python benchmarks/fgnet_losses.py --manual_dir=../shared/data/fgnet --workdir=/tmp/fgnet_frozen \
+  python -m benchmarks.fgnet_losses --manual_dir=../shared/data/fgnet --workdir=/tmp/fgnet_frozen \
       --backbone=frozen --protocol=lopo --image_size=224 --num_epochs=100 --seeds=0,1,2
 
 Any other config field: ``--set=field=value`` (repeatable), e.g. ``--set=batch_size=32``.
@@ -34,11 +34,9 @@ import sys
 
 import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # the configs/ package, frozen_backbone.py
-
-import frozen_backbone  # noqa: E402
-from amr_jax import errors, paired_comparison, reports, train  # noqa: E402
+from amr_jax import errors, experiment
+from amr_jax.evaluation import paired_comparison, reports
+from benchmarks import frozen_backbone
 
 BASELINE = "no model: the fold's mean training age"
 PAIRED_NOTE = (f"each image's absolute error averaged over the seeds; a negative difference means a is better; "
@@ -50,8 +48,8 @@ PAIRED_NOTE = (f"each image's absolute error averaged over the seeds; a negative
 CONFIGS = {"cross_entropy": "fgnet_ce", "mean_variance": "fgnet_mv", "amr": "fgnet_amr", "dldl_v2": "fgnet_dldlv2"}
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parse_args(argv=None, prog="python -m benchmarks.fgnet_losses") -> argparse.Namespace:
+  parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--manual_dir", default="", help="FG-NET's manual directory (config data.manual_dir)")
   parser.add_argument("--data_dir", default="", help="where TFDS builds FG-NET (config data.data_dir)")
@@ -144,7 +142,7 @@ def selection_table(workdir: pathlib.Path, losses: list[str], seeds: list[int]) 
 
 
 def paired_table(workdir: pathlib.Path, losses: list[str], seeds: list[int]) -> str:
-  """Every pair of losses compared on the same images, subjects as the unit of chance (amr_jax.paired_comparison)."""
+  """Every pair of losses compared on the same images, subjects as the unit of chance (amr_jax.evaluation.paired_comparison)."""
   runs = {loss: [workdir / f"{loss}_seed{seed}" / "summary" / "predictions.csv" for seed in seeds] for loss in losses}
   if len(runs) < 2 or not all(path.exists() for paths in runs.values() for path in paths):
     return ""
@@ -162,7 +160,7 @@ def main(argv=None) -> None:
       if args.backbone == "frozen":
         summary = frozen_backbone.run(config, workdir / "features", workdir / f"{loss}_seed{seed}")
       else:
-        summary = train.train_and_evaluate(config, workdir / f"{loss}_seed{seed}")
+        summary = experiment.train_and_evaluate(config, workdir / f"{loss}_seed{seed}")
       results.setdefault(loss, []).append(summary)
   if args.backbone == "frozen":  # the folds' features are cached by now, so this costs nothing
     for seed in seeds:
@@ -173,7 +171,7 @@ def main(argv=None) -> None:
   pairs = paired_table(workdir, args.losses.split(","), seeds)
   selected = selection_table(workdir, args.losses.split(","), seeds)
   settings = {k: v for k, v in vars(args).items() if k not in ("workdir",)}
-  text = (f"FG-NET, losses side by side: `python benchmarks/fgnet_losses.py "
+  text = (f"FG-NET, losses side by side: `python -m benchmarks.fgnet_losses "
           f"{' '.join(sys.argv[1:]) if argv is None else ' '.join(argv)}`\n\nSettings: {json.dumps(settings)}\n\n"
           f"{table}\n" + (f"\nPaired differences: {PAIRED_NOTE}\n\n{pairs}\n" if pairs else "")
           + (f"\nWhat validation selection changes, per loss (the same paired test):\n\n{selected}\n"

@@ -10,7 +10,7 @@ other augmentations, which would need the backbone at every step, are not applie
 once (``vmap`` over folds); each reports its last step, or with ``config.model_selection="validation_mae"`` the
 epoch whose head had the lowest MAE on the fold's validation subjects (``num_validation_subjects``, drawn from its
 training subjects; validated every ``eval_every_epochs`` and at the end, the earliest of equal scores kept), as
-:mod:`amr_jax.selection` does for full training. Nothing is selected on test data. A selecting run writes its
+:mod:`amr_jax.training.selection` does for full training. Nothing is selected on test data. A selecting run writes its
 last epoch's pooled report to ``last_step/`` beside ``summary/``. ``train_loss.json`` holds the mean training loss
 over the folds' first and last 10 steps (and the selected epochs).
 """
@@ -26,7 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from amr_jax import augment, errors, evaluate, folds, from_config, head_init, optim, train, training_data
+from amr_jax import config_checks, errors
+from amr_jax.data import augment, folds, training_data
+from amr_jax.evaluation import evaluate
+from amr_jax.models import head_init
+from amr_jax.training import optim, stages, train_state
 
 
 def head_inputs(model, variables, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
@@ -65,8 +69,8 @@ def dataset_features(config, cache_dir: pathlib.Path) -> dict[str, np.ndarray]:
       return dict(cached)
   builder = training_data.prepare(config.data)
   arrays = training_data.load_arrays(config.data, config.image_size, builder)["all"]
-  model = from_config.model(config, axis_name=None)
-  variables = from_config.initial_variables(config, model)
+  model = train_state.model(config, axis_name=None)
+  variables = train_state.initial_variables(config, model)
   print(f"features of {len(arrays['image'])} images and their mirror images: {path.name}", flush=True)
   result = {"features": head_inputs(model, variables, arrays["image"]),
             "flipped_features": head_inputs(model, variables, np.ascontiguousarray(arrays["image"][:, :, ::-1])),
@@ -110,14 +114,14 @@ def train_heads(config, data: dict[str, np.ndarray], train_indices: list[np.ndar
     ``[folds, steps]``, and with ``config.model_selection`` other than ``"last"`` (``validation_indices`` needed)
     ``{"params", "epoch", "score"}`` of each fold's selected epoch (1-based), else None.
   """
-  model = from_config.model(config, axis_name=None)
+  model = train_state.model(config, axis_name=None)
   init = jax.jit(model.init, static_argnames="train")
   variables = init(jax.random.key(config.seed), jnp.zeros((1, config.image_size, config.image_size, 3)), train=False)
   head_module = nn.Dense(config.num_classes)
-  head_params = from_config.with_parameter_dtype(config, variables["params"][head_init.head_name(variables["params"])])
+  head_params = train_state.with_parameter_dtype(config, variables["params"][head_init.head_name(variables["params"])])
   features = jnp.asarray(data["features"], jax.tree.leaves(head_params)[0].dtype)
   dropout_rate = float(getattr(model, "dropout_rate", 0.0))
-  terms = from_config.loss_fn(config)
+  terms = train_state.loss_fn(config)
   flip_probability = 0.5 if config.augmentation.get("flip", False) else 0.0
 
   biases = jnp.asarray(initial_biases(config, head_params["bias"], data["age"], train_indices),
@@ -126,12 +130,12 @@ def train_heads(config, data: dict[str, np.ndarray], train_indices: list[np.ndar
   padded = np.stack([np.resize(t, counts.max()) for t in train_indices])
   batch = config.batch_size
   # As the full training: whole batches only, so an epoch is this many steps (of the smallest fold's set).
-  steps_per_epoch, total_steps = train.num_steps(config, int(counts.min()))
+  steps_per_epoch, total_steps = stages.num_steps(config, int(counts.min()))
   if total_steps % steps_per_epoch:
     raise ValueError(f"config.num_train_steps={total_steps}: the frozen-backbone runs train whole epochs "
                      f"({steps_per_epoch} steps each); use -1 and config.num_epochs.")
   num_epochs = total_steps // steps_per_epoch
-  tx = optim.create_optimizer(config.optimizer, from_config.schedule(config, steps_per_epoch),
+  tx = optim.create_optimizer(config.optimizer, train_state.schedule(config, steps_per_epoch),
                               weight_decay=config.weight_decay, momentum=config.momentum,
                               gradient_clip_norm=config.gradient_clip_norm or None)
   both = jnp.stack([features, jnp.asarray(data["flipped_features"], features.dtype)])
@@ -214,7 +218,7 @@ def run(config, cache_dir: pathlib.Path, workdir: pathlib.Path) -> dict:
   A finished run in ``workdir`` with the same config is read back instead of trained again; one with another
   config is an error.
   """
-  training_data.check_data_config(config.data, config.protocol)
+  config_checks.check_data_config(config.data, config.protocol)
   settings = config.to_json_best_effort(indent=2) + "\n"
   done = workdir / "summary" / "metrics.json"
   if (workdir / "config.json").exists():

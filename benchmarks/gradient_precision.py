@@ -1,6 +1,6 @@
 """How far float32 gradients are from float64 ones, for amr_jax and for the original code.
 
-  python benchmarks/gradient_precision.py
+  python -m benchmarks.gradient_precision
 
 For each case of ../shared/reference/amr_reference_vectors.json, prints the
 largest error of a float32 gradient, relative to the largest gradient entry,
@@ -9,6 +9,7 @@ tests check that against an independent NumPy implementation): amr_jax in
 float32, and the original PyTorch code's float32 gradient stored in the file.
 """
 
+import argparse
 import json
 import pathlib
 
@@ -34,7 +35,9 @@ def relative_error(gradient, truth):
   return float(np.abs(np.asarray(gradient, np.float64) - truth).max() / np.abs(truth).max())
 
 
-def main():
+def main(argv=None):
+  argparse.ArgumentParser(prog="python -m benchmarks.gradient_precision", description=__doc__,
+                          formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
   cases = json.loads(REFERENCE.read_text())
   print("| case | gradient | amr_jax float32 | original code float32 |")
   print("|---|---|---:|---:|")

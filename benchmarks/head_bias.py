@@ -1,13 +1,13 @@
 """The head's starting bias, zeros against the training-age prior, on the FG-NET comparison of the losses.
 
 Every (loss, seed) run of ``fgnet_losses.py`` (``--backbone=frozen`` by default here) is made twice, with
-``config.head_bias="zeros"`` and ``"age_prior"`` (``amr_jax.head_init``), on the same features (or images), folds,
+``config.head_bias="zeros"`` and ``"age_prior"`` (``amr_jax.models.head_init``), on the same features (or images), folds,
 seeds and batches; the runs of one loss differ only in the head's starting bias. Writes ``--workdir/head_bias.md``:
 per loss, the pooled MAE of each (mean and std over seeds), the mean training loss over the first 10 steps, and the
 paired difference (prior - zeros) on the same images with subjects as the unit of chance, Holm-adjusted over the
-losses (``amr_jax.paired_comparison``).
+losses (``amr_jax.evaluation.paired_comparison``).
 
-  python benchmarks/head_bias.py --manual_dir=../shared/data/fgnet --workdir=/tmp/head_bias \\
+  python -m benchmarks.head_bias --manual_dir=../shared/data/fgnet --workdir=/tmp/head_bias \\
       --image_size=112 --num_epochs=100 --seeds=0,1
 
 Every other flag is ``fgnet_losses.py``'s; ``--backbone=finetune`` trains whole models (the first 10 steps' loss is
@@ -22,12 +22,10 @@ import sys
 
 import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
-
-import fgnet_losses  # noqa: E402
-import frozen_backbone  # noqa: E402
-from amr_jax import errors, metric_writers, paired_comparison, train  # noqa: E402
+from amr_jax import errors, experiment
+from amr_jax.evaluation import paired_comparison
+from amr_jax.training import metric_writers
+from benchmarks import fgnet_losses, frozen_backbone
 
 HEAD_BIASES = ("zeros", "age_prior")
 
@@ -45,7 +43,7 @@ def run_all(args, workdir: pathlib.Path) -> dict[tuple[str, str], list[pathlib.P
         if args.backbone == "frozen":
           frozen_backbone.run(config, workdir / "features", run_dir)
         else:
-          train.train_and_evaluate(config, run_dir)
+          experiment.train_and_evaluate(config, run_dir)
         folders.setdefault((head_bias, loss), []).append(run_dir)
   return folders
 
@@ -81,12 +79,12 @@ def table(args, folders: dict[tuple[str, str], list[pathlib.Path]]) -> str:
 
 def main(argv=None) -> None:
   argv = list(sys.argv[1:] if argv is None else argv)
-  args = fgnet_losses.parse_args(["--backbone=frozen"] + argv)
+  args = fgnet_losses.parse_args(["--backbone=frozen"] + argv, prog="python -m benchmarks.head_bias")
   if any(item.partition("=")[0] == "head_bias" for item in args.set):
     raise SystemExit("--set head_bias: head_bias.py runs both starts itself; leave it out.")
   workdir = pathlib.Path(args.workdir)
   folders = run_all(args, workdir)
-  text = (f"FG-NET, the head's starting bias: `python benchmarks/head_bias.py {' '.join(argv)}`\n\n"
+  text = (f"FG-NET, the head's starting bias: `python -m benchmarks.head_bias {' '.join(argv)}`\n\n"
           f"Settings: {json.dumps({k: v for k, v in vars(args).items() if k != 'workdir'})}\n\n"
           f"Each image's absolute error averaged over the seeds; a negative difference means the age prior is better; "
           f"the interval resamples subjects, the p-value is a two-sided sign-flip test over subjects, Holm-adjusted "

@@ -1,13 +1,13 @@
 """Input pipeline speed: dataset build times, then images per second delivered at 112 and 224 px.
 
-  python benchmarks/input_speed.py [--fgnet_manual_dir=../shared/data/fgnet] [--repeats=5]
+  python -m benchmarks.input_speed [--fgnet_manual_dir=../shared/data/fgnet] [--repeats=5]
 
 Measured (medians of ``--repeats`` runs, batch 64):
 - building FG-NET (TFDS, from the manual directory) and the dummy CLAP2016;
 - decoding the built FG-NET once into memory (aligned crop), per image size;
 - the host pipeline alone (``train_batches``: index gather of uint8 arrays);
 - augmentation with every operation on (flip, scale, rotation, translation,
-  colour jitter, greyscale): jitted on the device (``amr_jax.augment``), and the
+  colour jitter, greyscale): jitted on the device (``amr_jax.data.augment``), and the
   same operations per image with PIL on the host, the alternative it replaced;
 - without augmentation: the uint8 -> float conversion only.
 
@@ -30,10 +30,10 @@ import numpy as np
 import PIL.Image
 import PIL.ImageEnhance
 
-from amr_jax import augment
-from amr_jax import input_pipeline
-from amr_jax import tfds_builders
-from timing import median_time
+from amr_jax.data import augment
+from amr_jax.data import decoding, input_pipeline
+from amr_jax.data import tfds_builders
+from benchmarks.timing import median_time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BATCH = 64
@@ -66,7 +66,8 @@ def _pil_augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.input_speed", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--fgnet_manual_dir", default=str(ROOT.parent / "shared" / "data" / "fgnet"))
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--steps", type=int, default=20, help="batches per timed run")
@@ -91,7 +92,7 @@ def main():
   print("| --- | --- | --- | --- | --- | --- |")
   for size in (112, 224):
     start = time.perf_counter()
-    arrays = input_pipeline.load_fgnet_arrays(str(fgnet.data_dir), crop="aligned",
+    arrays = decoding.load_fgnet_arrays(str(fgnet.data_dir), crop="aligned",
                                               image_size=size)
     decode_seconds = time.perf_counter() - start
     arrays = {"image": arrays["image"], "age": arrays["age"]}

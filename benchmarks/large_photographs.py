@@ -1,10 +1,10 @@
 """Time and peak memory of finding and cropping a face as photographs grow, with and without ``max_side``.
 
-  python benchmarks/large_photographs.py --out=benchmarks/results/large_photographs_cpu.md
+  python -m benchmarks.large_photographs --out=benchmarks/results/large_photographs_cpu.md
 
 Each photograph is scikit-image's astronaut scaled (bicubic) to a square of the given side and saved as a JPEG
 (quality 90). A fresh Python process per case does what ``run_predict.py`` does per photograph before the model:
-read it (:func:`amr_jax.predict.read_photograph`), find its faces (:class:`amr_jax.faces.Detector`, with the
+read it (:func:`amr_jax.predict.read_photograph`), find its faces (:class:`amr_jax.faces.mtcnn.Detector`, with the
 case's ``max_side``) and crop the main face on its eyes at 112 px. Reported: the first photograph's time (it
 compiles), the median of three more, the process's peak resident memory (``ru_maxrss``) and how much of it the
 photograph added (peak less the resident memory before the first read, with JAX and the networks loaded). The
@@ -25,20 +25,23 @@ import sys
 import tempfile
 import time
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
 
 def worker(path: str, max_side: int | None) -> dict:
   import numpy as np  # pylint: disable=import-outside-toplevel
 
-  from amr_jax import face_crop, faces, predict  # pylint: disable=import-outside-toplevel
+  from amr_jax import predict
+  from amr_jax.faces import face_crop, mtcnn
 
-  detector = faces.Detector(max_side=max_side)
+  detector = mtcnn.Detector(max_side=max_side)
   before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
   def once() -> tuple[float, int]:
     start = time.perf_counter()
     image = predict.read_photograph(pathlib.Path(path))
     found = detector.detect(image)
-    face = faces.main_face(found, *image.shape[:2])
+    face = mtcnn.main_face(found, *image.shape[:2])
     if face is not None:
       np.asarray(face_crop.eyes_face_crop(image, face.eyes, 112))
     return time.perf_counter() - start, len(found)
@@ -51,7 +54,7 @@ def worker(path: str, max_side: int | None) -> dict:
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.large_photographs", description=__doc__.split("\n\n")[0])
   parser.add_argument("--sides", default="1000,2000,4000,8000,12000", help="Photograph sides (px), comma-separated.")
   parser.add_argument("--max_side", type=int, default=1536, help="The detector's max_side for the bounded cases.")
   parser.add_argument("--full_size_up_to", type=int, default=4000, help="Largest side also run with max_side=None.")
@@ -77,9 +80,10 @@ def main(argv=None) -> None:
       for max_side in cases:
         label = f"{side} px, {'full size' if max_side is None else f'max_side {max_side}'}"
         print(f"{label} ...", file=sys.stderr, flush=True)
-        command = [sys.executable, __file__, "--_worker", str(path), "none" if max_side is None else str(max_side)]
+        command = [sys.executable, "-m", "benchmarks.large_photographs", "--_worker", str(path),
+                   "none" if max_side is None else str(max_side)]
         try:
-          result = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, check=True)
+          result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout, check=True)
           row = json.loads(result.stdout.strip().splitlines()[-1])
         except subprocess.TimeoutExpired:
           row = {"stopped": f"stopped after {args.timeout:.0f} s"}
@@ -91,7 +95,7 @@ def main(argv=None) -> None:
   lines = [
       "# Finding and cropping a face in large photographs (CPU)",
       "",
-      f"`python benchmarks/large_photographs.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
+      f"`python -m benchmarks.large_photographs {' '.join(sys.argv[1:] if argv is None else argv)}`",
       "",
       f"Machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}; "
       "a fresh process per row. Times: reading the JPEG, the cascade, the eye-aligned 112 px crop.",

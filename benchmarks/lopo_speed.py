@@ -1,11 +1,11 @@
 """Folds at once against folds in sequence: step time, images/s, memory, XLA's cost counts, the 82-fold projection.
 
-  python benchmarks/lopo_speed.py --out benchmarks/results/lopo_speed_cpu.md        # CPU: tiny_age_net, 64 px
-  python benchmarks/lopo_speed.py --model efficientnet_lite0 --image_size 224 --batch 64 --dtype bfloat16 \\
+  python -m benchmarks.lopo_speed --out benchmarks/results/lopo_speed_cpu.md        # CPU: tiny_age_net, 64 px
+  python -m benchmarks.lopo_speed --model efficientnet_lite0 --image_size 224 --batch 64 --dtype bfloat16 \\
       --folds 1,2,4,8 --out lopo_speed_gpu.md                                       # an accelerator: the recipe
 
-For N folds, one step of :func:`amr_jax.train.folds_train_step` (N folds' training states stacked, vmapped inside
-the pmapped step, on one device) is timed against N calls of :func:`amr_jax.train.train_step`, one per fold: the
+For N folds, one step of :func:`amr_jax.training.step_functions.folds_train_step` (N folds' training states stacked, vmapped inside
+the pmapped step, on one device) is timed against N calls of :func:`amr_jax.training.step_functions.train_step`, one per fold: the
 median of ``--steps`` timed steps after ``--warmup``, each fold ``--batch`` images. Peak memory is XLA's
 ``memory_analysis()`` of the compiled step (arguments + outputs + temporaries); FLOPs and bytes accessed are its
 ``cost_analysis()``. The projection for the paper's protocol multiplies the step time by 1500 steps and
@@ -37,12 +37,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-
-from amr_jax import evaluate, from_config, train  # noqa: E402
-from configs import fgnet_amr  # noqa: E402
-from timing import median_time  # noqa: E402
+from amr_jax.evaluation import evaluate
+from amr_jax.training import step_functions, train_state
+from benchmarks.timing import median_time
+from configs import fgnet_amr
 
 PROTOCOL_FOLDS, PROTOCOL_STEPS = 82, 1500
 H100_BF16_FLOPS, H100_BYTES_PER_S = 989e12, 3.35e12
@@ -77,13 +75,13 @@ def measure(config, num_folds: int, warmup: int, steps: int, alone_step: dict) -
   """Times ``num_folds`` folds in one step and one after another; returns seconds, compile times, memory and cost
   counts. ``alone_step`` caches the one-fold step's compiled program across calls (it does not depend on N)."""
   device = jax.local_devices()[:1]
-  kwargs = dict(loss_fn=from_config.loss_fn(config), augmentation=from_config.augmentation(config),
+  kwargs = dict(loss_fn=train_state.loss_fn(config), augmentation=train_state.augmentation(config),
                 seed=config.seed, global_batch=config.batch_size)
-  state = jax.device_get(from_config.initial_train_state(config, from_config.model(config),
-                                                          from_config.optimizer(config)))
+  state = jax.device_get(train_state.initial_train_state(config, train_state.model(config),
+                                                          train_state.optimizer(config)))
   # On the device as pmap lays out its inputs, so the timed steps copy nothing from the host.
   batch = evaluate.replicate(jax.tree.map(lambda x: x[0], _inputs(config, num_folds)), devices=device)
-  at_once = jax.pmap(functools.partial(train.folds_train_step, **kwargs), axis_name="batch", devices=device)
+  at_once = jax.pmap(functools.partial(step_functions.folds_train_step, **kwargs), axis_name="batch", devices=device)
   stacked = evaluate.replicate(jax.tree.map(lambda x: np.stack([x] * num_folds), state), devices=device)
   lrs = flax.jax_utils.replicate(np.full((num_folds,), 1e-3, np.float32), devices=device)
   active = flax.jax_utils.replicate(np.ones((num_folds,), bool), devices=device)
@@ -102,7 +100,7 @@ def measure(config, num_folds: int, warmup: int, steps: int, alone_step: dict) -
   lr = flax.jax_utils.replicate(np.float32(1e-3), devices=device)
   if "compiled" not in alone_step:
     _progress("compiling the one-fold step ...")
-    alone = jax.pmap(functools.partial(train.train_step, **kwargs), axis_name="batch", devices=device)
+    alone = jax.pmap(functools.partial(step_functions.train_step, **kwargs), axis_name="batch", devices=device)
     alone_step["compiled"], alone_step["compile_s"] = _timed_compile(alone, states[0], fold_batches[0], lr)
     _progress(f"one-fold step compiled in {alone_step['compile_s']:.1f} s")
 
@@ -131,20 +129,20 @@ def _progress(message: str) -> None:
 def _recipe_step(num_folds: int):
   """The recipe's pmapped folds step for ``num_folds`` folds on one device, and abstract arguments for it."""
   config = _config("efficientnet_lite0", 224, 64, "bfloat16")
-  kwargs = dict(loss_fn=from_config.loss_fn(config), augmentation=from_config.augmentation(config),
+  kwargs = dict(loss_fn=train_state.loss_fn(config), augmentation=train_state.augmentation(config),
                 seed=config.seed, global_batch=config.batch_size)
-  model, tx = from_config.model(config), from_config.optimizer(config)
+  model, tx = train_state.model(config), train_state.optimizer(config)
 
   def fresh_state():
     images = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
     variables = model.init(jax.random.key(0), images, train=False)
-    return from_config.TrainState.create(apply_fn=model.apply, tx=tx, params=variables["params"],
+    return train_state.TrainState.create(apply_fn=model.apply, tx=tx, params=variables["params"],
                                          batch_stats=variables.get("batch_stats", {}))
 
   state = jax.eval_shape(fresh_state)
   stacked = jax.tree.map(lambda x: jax.ShapeDtypeStruct((1, num_folds) + x.shape, x.dtype), state)
   batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _inputs(config, num_folds))
-  step = jax.pmap(functools.partial(train.folds_train_step, **kwargs), axis_name="batch",
+  step = jax.pmap(functools.partial(step_functions.folds_train_step, **kwargs), axis_name="batch",
                   devices=jax.local_devices()[:1])
   return step.lower(stacked, batch, jax.ShapeDtypeStruct((1, num_folds), jnp.float32),
                     jax.ShapeDtypeStruct((1, num_folds), jnp.bool_))
@@ -188,7 +186,7 @@ def report(args, rows, bounds) -> str:
   lines = [
       "# Folds at once against folds in sequence", "",
       f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
-      f"- command: `python benchmarks/lopo_speed.py {' '.join(sys.argv[1:])}`",
+      f"- command: `python -m benchmarks.lopo_speed {' '.join(sys.argv[1:])}`",
       f"- jax {jax.__version__}, Python {platform.python_version()}; device: {devices[0].platform} "
       f"({devices[0].device_kind}), one device used",
       f"- step: {args.model}, {args.image_size} px, {args.dtype}, batch {args.batch} per fold, AMR loss, AdamW; "
@@ -236,11 +234,11 @@ def _fold_counts(text: str) -> list[int]:
 def main(argv=None):
   from amr_jax import models
 
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.lopo_speed", description=__doc__.splitlines()[0])
   parser.add_argument("--model", default="tiny_age_net", choices=sorted(models.MODELS))
   parser.add_argument("--image_size", type=int, default=64)
   parser.add_argument("--batch", type=int, default=16, help="images per fold and step")
-  parser.add_argument("--dtype", default="float32", choices=sorted(from_config.DTYPES))
+  parser.add_argument("--dtype", default="float32", choices=sorted(train_state.DTYPES))
   parser.add_argument("--folds", type=_fold_counts, default="1,2,4,8", help="fold counts, e.g. 1,2,4,8")
   parser.add_argument("--warmup", type=int, default=1)
   parser.add_argument("--steps", type=int, default=5)

@@ -1,6 +1,6 @@
 """Forward+backward time per call of each jitted loss, and of PyTorch AMR losses in the same run.
 
-  python benchmarks/loss_speed.py [--calls 2000] [--rounds 5]
+  python -m benchmarks.loss_speed [--calls 2000] [--rounds 5]
 
 Each figure is the median over rounds x calls timed calls (after warm-up) of
 ``value_and_grad(mean of the loss)`` with respect to the logits, including
@@ -105,7 +105,7 @@ def torch_losses_to_time():
   try:
     import torch
 
-    from torch_losses import amr_loss_reference_style, amr_loss_vectorised
+    from benchmarks.torch_losses import amr_loss_reference_style, amr_loss_vectorised
   except ImportError:
     return {}, "torch not installed: PyTorch rows skipped"
   torch_losses = {
@@ -146,7 +146,8 @@ def table(results, torch_losses):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.loss_speed", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--calls", type=int, default=2000, help="timed calls of each implementation per round")
   parser.add_argument("--rounds", type=int, default=5, help="rounds (each alternates all implementations)")
   args = parser.parse_args()

@@ -1,7 +1,7 @@
 """Images per second of each model: jitted forward, and a full training step, JAX against PyTorch.
 
-  python benchmarks/model_speed.py                      # CPU: batch 32, 112 and 224 px
-  python benchmarks/model_speed.py --batch 128 --sizes 224 --dtype bfloat16   # on a GPU
+  python -m benchmarks.model_speed                      # CPU: batch 32, 112 and 224 px
+  python -m benchmarks.model_speed --batch 128 --sizes 224 --dtype bfloat16   # on a GPU
 
 The training step is forward + backward + AdamW update with the adaptive
 mean-residue loss (70 classes), BatchNorm in training mode. Each figure is
@@ -14,16 +14,11 @@ loss and ``torch.optim.AdamW``; EfficientNet-Lite0's twin takes the package's Im
 
 import argparse
 import functools
-import pathlib
 import platform
-import sys
 
 import numpy as np
 
-from timing import median_time
-
-HERE = pathlib.Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]  # torch_losses.py, torch_models.py
+from benchmarks.timing import median_time
 
 NUM_CLASSES = 70
 
@@ -33,12 +28,13 @@ NUM_CLASSES = 70
 
 def jax_calls(name, images, ages, dtype):
   """The forward and training-step calls to time, and a function giving the step's analytic FLOPs
-  (:mod:`amr_jax.flops`: convolutions and matrix products, forward and backward)."""
+  (:mod:`amr_jax.models.flops`: convolutions and matrix products, forward and backward)."""
   import jax
   import jax.numpy as jnp
   import optax
 
-  from amr_jax import flops, losses, models
+  from amr_jax import losses, models
+  from amr_jax.models import flops
 
   module = models.create_model(name, NUM_CLASSES, dtype=dtype)
   variables = jax.jit(functools.partial(module.init, train=False))(jax.random.key(0), images[:1])
@@ -87,8 +83,8 @@ def torch_calls(name, images, ages, dtype="float32", compiled=False):
 
   import torch
 
-  from torch_losses import amr_loss_vectorised
-  from torch_models import TORCH_AGE_NETS, TORCH_EFFICIENTNETS, TORCH_RESNETS
+  from benchmarks.torch_losses import amr_loss_vectorised
+  from benchmarks.torch_models import TORCH_AGE_NETS, TORCH_EFFICIENTNETS, TORCH_RESNETS
 
   builders = {**TORCH_RESNETS, **TORCH_AGE_NETS, **TORCH_EFFICIENTNETS}
   if name not in builders:
@@ -122,7 +118,8 @@ def torch_calls(name, images, ages, dtype="float32", compiled=False):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.model_speed", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--sizes", type=int, nargs="+", default=[112, 224])
   parser.add_argument("--models", nargs="+", default=["thin_age_net", "tiny_age_net", "resnet18", "resnet50",

@@ -1,7 +1,7 @@
 """All 82 FG-NET folds trained 8 at once against the same folds one by one, by run_train.py, on the real data.
 
-  python benchmarks/parallel_folds_fgnet.py --out amr.md                       # the recipe's AMR loss
-  python benchmarks/parallel_folds_fgnet.py --config=fgnet_ce --out ce.md      # cross-entropy
+  python -m benchmarks.parallel_folds_fgnet --out amr.md                       # the recipe's AMR loss
+  python -m benchmarks.parallel_folds_fgnet --config=fgnet_ce --out ce.md      # cross-entropy
 
 Runs the command ``python run_train.py --config=configs/fgnet_amr.py --config.parallel_folds=8`` (the recipe's
 loss, optimizer, schedule and augmentation) and the same command with ``parallel_folds=1``, both made small
@@ -29,7 +29,6 @@ import time
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def _command(workdir: pathlib.Path, args, parallel_folds: int) -> list[str]:
@@ -53,12 +52,13 @@ def _run(command: list[str], log: pathlib.Path) -> float:
 def _fold_states(workdir: pathlib.Path):
   import jax
 
-  from amr_jax import checkpoints, from_config, workdir_config
+  from amr_jax import workdir_layout
+  from amr_jax.training import checkpoints, train_state
 
-  config = workdir_config.load(workdir)
+  config = workdir_layout.load(workdir)
   with jax.enable_x64(True):
-    template = jax.device_get(from_config.initial_train_state(config, from_config.model(config),
-                                                               from_config.optimizer(config)))
+    template = jax.device_get(train_state.initial_train_state(config, train_state.model(config),
+                                                               train_state.optimizer(config)))
     for folder in sorted((workdir / "folds").iterdir()):
       yield folder.name, checkpoints.Checkpoints(folder / "checkpoints").restore(template), template
 
@@ -66,7 +66,7 @@ def _fold_states(workdir: pathlib.Path):
 def compare(one_by_one: pathlib.Path, at_once: pathlib.Path) -> dict:
   import jax
 
-  from amr_jax import reports
+  from amr_jax.evaluation import reports
 
   worst_params, worst_predictions, folds = 0.0, 0.0, 0
   others = {name: state for name, state, _ in _fold_states(at_once)}
@@ -104,7 +104,7 @@ def report(args, seconds: dict, result: dict) -> str:
   lines = [
       f"# 82 FG-NET folds of `configs/{args.config}.py`: 8 at once against one by one ({datetime.date.today()})", "",
       f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores; no accelerator.", "",
-      f"Command (`python benchmarks/parallel_folds_fgnet.py --config={args.config}`), for `parallel_folds` 8 and 1:",
+      f"Command (`python -m benchmarks.parallel_folds_fgnet --config={args.config}`), for `parallel_folds` 8 and 1:",
       "",
       "```", "JAX_ENABLE_X64=1 python " + " ".join(_shown(_command(pathlib.Path("W"), args, 8)[1:], args)), "```", "",
       "| | one by one | 8 at once |", "|---|---:|---:|",
@@ -120,7 +120,8 @@ def report(args, seconds: dict, result: dict) -> str:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.parallel_folds_fgnet", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--manual_dir", default=str(ROOT.parent / "shared" / "data" / "fgnet"))
   parser.add_argument("--data_dir", default="", help="where TFDS builds FG-NET (default: a temporary folder)")
   parser.add_argument("--config", default="fgnet_amr", help="configs/<this>.py")
@@ -140,7 +141,8 @@ def main(argv=None):
   if any((workdir / name).exists() for name in ("one_by_one", "at_once")):
     parser.error(f"--workdir {workdir} already holds runs of this script; give a new folder")
   args.data_dir = args.data_dir or str(workdir / "tfds")
-  from amr_jax import errors, tfds_builders
+  from amr_jax import errors
+  from amr_jax.data import tfds_builders
 
   try:
     tfds_builders.build("fgnet", manual_dir=args.manual_dir, data_dir=args.data_dir)  # built once, not timed

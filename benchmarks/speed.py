@@ -1,8 +1,8 @@
 """One speed report: losses, training throughput and memory (JAX against PyTorch), and one FG-NET fold.
 
-  python benchmarks/speed.py --out speed.md    # CPU: ThinAgeNet, ResNet-18/50, EfficientNet-Lite0; 112 and 224 px
-  python benchmarks/speed.py --quick           # every part at tiny settings, the fold skipped: about a minute
-  python benchmarks/speed.py --batch 128 --sizes 224 --dtype bfloat16 --peak_tflops 989 --out speed.md   # GPU
+  python -m benchmarks.speed --out speed.md    # CPU: ThinAgeNet, ResNet-18/50, EfficientNet-Lite0; 112 and 224 px
+  python -m benchmarks.speed --quick           # every part at tiny settings, the fold skipped: about a minute
+  python -m benchmarks.speed --batch 128 --sizes 224 --dtype bfloat16 --peak_tflops 989 --out speed.md   # GPU
 
 Prints one Markdown report (and writes it to ``--out``):
 
@@ -13,7 +13,7 @@ Prints one Markdown report (and writes it to ``--out``):
    peak resident memory it reports (``VmHWM``) is its own; its baseline is the same process's resident memory
    after its imports, before the inputs and the model exist. On a GPU the frameworks' peak device memory is
    added, and with ``--peak_tflops`` the fraction of that peak the JAX step reaches (its analytic FLOPs,
-   :mod:`amr_jax.flops`).
+   :mod:`amr_jax.models.flops`).
 3. FG-NET: one leave-one-subject-out fold of ``configs/fgnet_amr.py`` run by ``run_train.py`` (the recipe's model,
    optimizer and batch; ``--fold_epochs`` epochs at ``--fold_image_size`` px), after building the dataset in a
    separate, separately timed step; its step times are read back from its ``metrics.jsonl`` and projected to the
@@ -41,12 +41,9 @@ import time
 
 import numpy as np
 
-HERE = pathlib.Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path[:0] = [str(ROOT), str(HERE)]  # configs/; loss_speed.py, model_speed.py (which adds tests/) and timing.py
+from benchmarks.timing import median_time
 
-from timing import median_time  # noqa: E402
-
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_MODELS = ["thin_age_net", "resnet18", "resnet50", "efficientnet_lite0"]
 QUICK = {"batch": 4, "sizes": [64], "models": ["thin_age_net"], "warmup": 1, "steps": 2, "loss_calls": 20,
          "loss_rounds": 1, "skip_fold": True}
@@ -95,7 +92,7 @@ def worker(settings: dict) -> dict:
     jax.devices()  # start the backend before the baseline: its memory is JAX's, not the model's
   else:
     import torch
-  import model_speed
+  from benchmarks import model_speed
 
   baseline, _ = resident_kib()
   batch, size = settings["batch"], settings["size"]
@@ -125,8 +122,8 @@ def worker(settings: dict) -> dict:
 
 def run_worker(settings: dict) -> dict:
   """``worker(settings)`` in a child process, so that its memory figures are its own."""
-  command = [sys.executable, str(pathlib.Path(__file__).resolve()), "--_worker", json.dumps(settings)]
-  done = subprocess.run(command, capture_output=True, text=True, env=CHILD_ENV)
+  command = [sys.executable, "-m", "benchmarks.speed", "--_worker", json.dumps(settings)]
+  done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=CHILD_ENV)
   lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
   if done.returncode or not lines:
     last = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -155,7 +152,7 @@ def header(argv) -> str:
       "# Speed report",
       "",
       f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-      f"- command: `python benchmarks/speed.py {' '.join(argv)}`",
+      f"- command: `python -m benchmarks.speed {' '.join(argv)}`",
       f"- jax {jax.__version__}, jaxlib {jaxlib.__version__}, flax {flax.__version__}, {torch_text}, "
       f"Python {platform.python_version()}",
       f"- device: {device.device_kind} ({device.platform}, {jax.device_count()} device(s)); "
@@ -164,7 +161,7 @@ def header(argv) -> str:
 
 
 def loss_section(args) -> str:
-  import loss_speed
+  from benchmarks import loss_speed
 
   torch_losses, torch_note = loss_speed.torch_losses_to_time()
   results = loss_speed.measure(torch_losses, args.loss_calls, args.loss_rounds)
@@ -255,7 +252,7 @@ def training_section(args, results: dict, on_gpu: bool) -> str:
       "memory (`VmHWM`) at the end; over baseline: minus its resident memory (`VmRSS`) after its imports (JAX: and "
       "its backend start), before the inputs, model and optimizer existed.", ""]
   if args.peak_tflops is not None:
-    text += ["TFLOP/s: the step's analytic FLOPs (`amr_jax.flops.training_flops`: 2 per multiply-accumulate of "
+    text += ["TFLOP/s: the step's analytic FLOPs (`amr_jax.models.flops.training_flops`: 2 per multiply-accumulate of "
              "every convolution and matrix product, forward and backward; element-wise work not counted) / its "
              "median step time. XLA's `cost_analysis()` of the compiled GPU step does not count cuDNN's "
              "convolutions.", ""]
@@ -271,7 +268,7 @@ def _gib(value) -> str:
 
 def fold_milestones(epochs: int) -> tuple:
   """The recipe's learning-rate drops scaled to ``epochs``, as benchmarks/fgnet_losses.py scales them."""
-  import fgnet_losses
+  from benchmarks import fgnet_losses
 
   recipe = importlib.import_module("configs.fgnet_amr").get_config()
   return fgnet_losses.scaled_milestones(recipe.milestone_epochs, recipe.num_epochs, epochs)
@@ -279,7 +276,7 @@ def fold_milestones(epochs: int) -> tuple:
 
 def build_fgnet(manual_dir: pathlib.Path, data_dir: str) -> tuple[float, bool]:
   """Seconds to build (or find built) FG-NET in ``data_dir``, and whether it was built before."""
-  from amr_jax import tfds_builders
+  from amr_jax.data import tfds_builders
 
   built_before = (pathlib.Path(data_dir) / "fgnet").is_dir()
   start = time.perf_counter()
@@ -290,7 +287,7 @@ def build_fgnet(manual_dir: pathlib.Path, data_dir: str) -> tuple[float, bool]:
 
 def run_fold(args, manual_dir: pathlib.Path, data_dir: str, workdir: pathlib.Path) -> dict:
   """Runs one LOPO fold with run_train.py; its wall time, log figures and step times from metrics.jsonl."""
-  from amr_jax import metric_writers
+  from amr_jax.training import metric_writers
 
   command = [sys.executable, "run_train.py", f"--config=configs/fgnet_amr.py:{FOLD_SUBJECT}", f"--workdir={workdir}",
              f"--config.data.manual_dir={manual_dir}", f"--config.data.data_dir={data_dir}",
@@ -365,7 +362,7 @@ def fold_section(args, training: dict) -> str:
 
 
 def projections(args, fold: dict, training: dict) -> list[str]:
-  from amr_jax import metric_writers
+  from amr_jax.training import metric_writers
 
   duration = metric_writers.format_duration
   recipe = importlib.import_module("configs.fgnet_amr").get_config()
@@ -396,7 +393,8 @@ def projections(args, fold: dict, training: dict) -> list[str]:
 def parse_args(argv) -> argparse.Namespace:
   from amr_jax.models import MODELS
 
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--out", help="also write the report to this file")
   parser.add_argument("--quick", action="store_true", help=f"tiny settings, no fold: {QUICK} (explicit flags win)")
   parser.add_argument("--loss_calls", type=int, default=2000, help="timed calls of each loss per round")

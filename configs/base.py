@@ -51,10 +51,10 @@ def get_config() -> ml_collections.ConfigDict:
   # JAX_ENABLE_X64=1) for checks where float32 rounding must not decide.
   config.dtype = "float32"
   # "" : each model's own input normalisation (EfficientNet-Lite: its ImageNet constants; the others: RGB in [0, 1]
-  # as given); "dldl_v2": the DLDL-v2 code's per-channel mean and std (amr_jax.from_config.INPUT_NORMALIZATIONS).
+  # as given); "dldl_v2": the DLDL-v2 code's per-channel mean and std (amr_jax.training.train_state.INPUT_NORMALIZATIONS).
   config.input_normalization = ""
 
-  # Loss: a name from amr_jax.train.LOSSES; loss_kwargs go to the loss (lambda_mean, sigma, ...).
+  # Loss: a name from amr_jax.training.train_state.LOSSES; loss_kwargs go to the loss (lambda_mean, sigma, ...).
   config.loss = "amr"
   config.loss_kwargs = ml_collections.ConfigDict({"lambda_mean": 0.2, "lambda_residue": 0.05})
   # Each image's label-distribution sigma from a dataset field instead of loss_kwargs.sigma (dldl and dldl_v2
@@ -64,7 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_classes = FGNET_NUM_CLASSES
   config.start_age = 0  # the age of class 0
   # The head's starting bias: "age_prior", the log of the fold's training ages' distribution smoothed by a
-  # Gaussian of 2 years (amr_jax.head_init), so training starts from the prior; or "zeros" (a near-uniform
+  # Gaussian of 2 years (amr_jax.models.head_init), so training starts from the prior; or "zeros" (a near-uniform
   # first distribution, its expected age mid-range; the default before, and the workdirs made then).
   # The prior was better for all four losses on the frozen-backbone FG-NET comparisons (benchmarks/head_bias.py);
   # training a network from random weights, it was worse for cross-entropy: use "zeros" there (docs/results.md).
@@ -78,7 +78,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.data_dir = ""  # where TFDS builds the dataset; "" = ~/tensorflow_datasets
   # "whole": the whole image squashed to a square, as the paper's code; "aligned": an
   # eye-aligned face crop from FG-NET's landmarks. CLAP2016: "face" (the release's crops) or "whole".
-  # Both: "detected", the eye-aligned crop on the eyes MTCNN finds (amr_jax.detected_crops; detected once
+  # Both: "detected", the eye-aligned crop on the eyes MTCNN finds (amr_jax.data.detected_crops; detected once
   # per build and cached beside it; the whole photograph where no face is found).
   config.data.crop = "whole"
   config.data.ignore_list = ""  # CLAP2016 only: a file of training images to drop
@@ -102,12 +102,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.folds_over_devices = False
   # Subjects taken out of the training subjects for validation (never the test subject).
   config.num_validation_subjects = 0
-  # The model a fold reports (amr_jax.selection): "last" (the last step's), or the checkpoint with the lowest
+  # The model a fold reports (amr_jax.training.selection): "last" (the last step's), or the checkpoint with the lowest
   # "validation_mae" / "validation_eps" (CLAP2016) among the validations every eval_every_epochs and at the end,
   # on num_validation_subjects (FG-NET) or the valid split (CLAP2016). Never on test data.
   config.model_selection = "last"
 
-  # Optimisation (PyTorch semantics, amr_jax.optim).
+  # Optimisation (PyTorch semantics, amr_jax.training.optim).
   config.batch_size = 64  # global, over all devices and processes
   config.num_epochs = 100
   config.num_train_steps = -1  # -1: num_epochs x steps per epoch; else stop after this many steps
@@ -120,12 +120,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.milestone_epochs = (15, 30, 45, 60, 75, 90)
   config.decay_factor = 0.1
   config.warmup_epochs = 0.0  # cosine only
-  # Training in stages (amr_jax.stages): a list of dicts, each setting some of name, num_epochs, num_train_steps,
+  # Training in stages (amr_jax.training.stages): a list of dicts, each setting some of name, num_epochs, num_train_steps,
   # loss, loss_kwargs, learning_rate, milestone_epochs (the rest as above). Each stage starts from the previous
   # one's final weights with a fresh optimizer and schedule (DLDL-v2: KL alone, then KL + L1). (): one stage.
   config.stages = ()
 
-  # Augmentation (amr_jax.augment.Augmentation), applied on the device in the training step.
+  # Augmentation (amr_jax.data.augment.Augmentation), applied on the device in the training step.
   # The paper's code: horizontal flip, and a random 227 px crop of the image resized to 256,
   # i.e. a shift of up to (256 - 227) / 2 / 256 = 5.7% of the side.
   config.augmentation = ml_collections.ConfigDict({

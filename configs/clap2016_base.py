@@ -9,7 +9,7 @@ ended. Labels are the apparent-age means
 the epsilon-error uses the votes' standard deviation.
 
 Differences from the paper's code: the pretrained EfficientNet-Lite0 (see
-base.py), and the affine augmentation without shear (amr_jax.augment has
+base.py), and the affine augmentation without shear (amr_jax.data.augment has
 rotation, scale and translation).
 """
 
@@ -19,7 +19,7 @@ from configs import base
 def get_config():
   config = base.get_config()
   config.data.name = "clap2016"
-  config.data.crop = "face"  # the release's face crops (datasets/clap2016/README.md says why)
+  config.data.crop = "face"  # the release's face crops (amr_jax/data/dataset_cards/clap2016/README.md says why)
   config.num_classes = base.CLAP2016_NUM_CLASSES
   config.protocol = "splits"
   config.fold = -1

@@ -16,12 +16,12 @@ What differs from that code, and why:
 
 - the trunk starts from random weights: the official one was pretrained as a
   face-identity classifier on MS-Celeb-1M, which cannot be had offline;
-- the augmentations run in amr_jax.augment's order (shrink, rotate, flip,
+- the augmentations run in amr_jax.data.augment's order (shrink, rotate, flip,
   colour jitter in a fixed order, greyscale) where the code flips and greys
   first and jitters colours in a random order. Flip commutes with the others
   in distribution, and brightness, contrast, saturation and greyscale are
   linear maps that commute with each other; they differ only where
-  amr_jax.augment clips to [0, 1] after each (as torchvision's ColorJitter
+  amr_jax.data.augment clips to [0, 1] after each (as torchvision's ColorJitter
   does), so only pixels pushed past black or white come out otherwise.
 """
 

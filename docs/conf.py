@@ -38,4 +38,5 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(Union\[)?(numpy|np|jax|jaxlib|flax|optax|orbax|os|pathlib|collections|ml_collections|matplotlib|"
                r"typing|tensorflow_datasets|concurrent|threading|argparse)\b.*"),
     (r"py:class", r"ArrayTree"),  # optax's alias in optimizer signatures
+    (r"py:class", r"utils\.VersionOrStr"),  # TFDS's alias, in the fields Clap2016Config inherits from BuilderConfig
 ]

@@ -67,27 +67,10 @@ def cpu_devices():
 def fgnet_dirs(tmp_path_factory):
   """``(manual_dir, data_dir)`` of a 16-image, 4-subject synthetic FG-NET (tests/training_setup.py), built once."""
   import training_setup
-  from amr_jax import tfds_builders
+  from amr_jax.data import tfds_builders
 
   manual = training_setup.make_synthetic_fgnet(tmp_path_factory.mktemp("fgnet_manual"))
   data_dir = tmp_path_factory.mktemp("tfds")
   tfds_builders.build("fgnet", manual_dir=manual, data_dir=data_dir)
   return manual, data_dir
 
-
-def pytest_collection_modifyitems(config, items):
-  """Tests that share a module-scoped fixture of their own module go to one pytest-xdist worker.
-
-  Spread over both workers, each worker would compute the fixture (a whole training run, some of them) once more.
-  The ``xdist_group`` marks take effect with ``--dist loadgroup``, which pyproject.toml's ``addopts`` sets; without
-  ``-n`` they change nothing.
-  """
-  for item in items:
-    info = getattr(item, "_fixtureinfo", None)
-    if info is None:
-      continue
-    shared = [name for name in info.names_closure
-              if any(d.scope == "module" and d.baseid.split("::")[0] == item.nodeid.split("::")[0]
-                     for d in info.name2fixturedefs.get(name, ()))]
-    if shared:
-      item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))

@@ -6,7 +6,8 @@ import stat
 import numpy as np
 import pytest
 
-from amr_jax import atomic_files, evaluate, reports
+from amr_jax import atomic_files
+from amr_jax.evaluation import evaluate, reports
 
 
 def test_a_new_file_is_written_and_the_temporary_ends_in_the_same_suffix(tmp_path):

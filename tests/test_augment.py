@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from amr_jax import augment
-from amr_jax.augment import Augmentation
+from amr_jax.data import augment
+from amr_jax.data.augment import Augmentation
 
 SIZE = 33  # odd: the centre is a pixel
 

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from orbax.checkpoint._src import asyncio_utils
 
-from amr_jax import checkpoints, errors
+from amr_jax import errors
+from amr_jax.training import checkpoints
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -25,7 +26,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = """
 import contextlib, pathlib, resource, signal, sys
 import numpy as np
-from amr_jax import checkpoints, errors
+from amr_jax import errors
+from amr_jax.training import checkpoints
 
 mode, directory = sys.argv[1], pathlib.Path(sys.argv[2])
 rng = np.random.default_rng(0)
@@ -59,14 +61,14 @@ def _failing_run(mode: str, directory: pathlib.Path) -> list[str]:
   result = subprocess.run([sys.executable, "-c", SCRIPT, mode, str(directory)], capture_output=True, text=True,
                           cwd=ROOT, timeout=300)
   lines = result.stderr.splitlines()
-  assert result.returncode == 1, (f"the {mode} run should end in a RunError (amr_jax/checkpoints.py raises "
+  assert result.returncode == 1, (f"the {mode} run should end in a RunError (amr_jax/training/checkpoints.py raises "
                                   f"CheckpointError); stderr:\n{result.stderr[-3000:]}")
   assert "Event loop is closed" not in result.stderr, (
       f"Orbax's closed-event-loop tracebacks are back ({len(lines)} lines of stderr): check that "
-      "amr_jax/checkpoints.py still wraps orbax.checkpoint._src.asyncio_utils.run_sync.\n" + result.stderr[-3000:])
+      "amr_jax/training/checkpoints.py still wraps orbax.checkpoint._src.asyncio_utils.run_sync.\n" + result.stderr[-3000:])
   assert "Traceback" not in result.stderr and len(lines) < 5, (
       f"the {mode} run should report its error in one line, with nothing from Orbax around it (see the filters in "
-      f"amr_jax/checkpoints.py); stderr:\n{result.stderr[-3000:]}")
+      f"amr_jax/training/checkpoints.py); stderr:\n{result.stderr[-3000:]}")
   return [line for line in lines if line.startswith("error: ")]
 
 

@@ -1,4 +1,4 @@
-"""amr_jax.clap2016: the APPA-REAL release layout, gt_avg CSVs and ignore lists (no TFDS, no images decoded)."""
+"""amr_jax.data.clap2016: the APPA-REAL release layout, gt_avg CSVs and ignore lists (no TFDS, no images decoded)."""
 
 import hashlib
 import pathlib
@@ -7,7 +7,8 @@ import shutil
 
 import pytest
 
-from amr_jax import clap2016, errors
+from amr_jax import errors
+from amr_jax.data import clap2016
 
 DUMMY = pathlib.Path(__file__).resolve().parents[1] / "datasets" / "clap2016" / "dummy_data"
 RELEASE = DUMMY / "appa-real-release"

@@ -1,6 +1,6 @@
 """The CLAP2016 TFDS builder: dummy_data in both configs, the ignore list, small images, bad input, sources, CLI.
 
-The builder is loaded from its file by amr_jax.tfds_builders, never as
+The builder is amr_jax.data.clap2016_builder's; nothing imports the datasets/ folder as
 `import datasets...`: Hugging Face's `datasets` package has the same top-level name.
 No test reaches the internet: an autouse fixture points the builder's
 DOWNLOAD_URL at a closed local port unless a test serves the zip itself.
@@ -24,7 +24,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from amr_jax import tfds_builders
+from amr_jax.data import tfds_builders
 import local_http
 import training_setup
 
@@ -260,7 +260,7 @@ def test_builds_from_the_zip_in_the_manual_dir(tmp_path):
 
 _DOWNLOAD_SCRIPT = textwrap.dedent("""\
     import json, sys
-    from amr_jax import tfds_builders
+    from amr_jax.data import tfds_builders
     url, manual_dir, data_dir = sys.argv[1:]
     sys.modules[tfds_builders.builder_class("clap2016").__module__].DOWNLOAD_URL = url
     builder = tfds_builders.build("clap2016", manual_dir=manual_dir, data_dir=data_dir)

@@ -1,9 +1,11 @@
-"""The FG-NET TFDS builder: dummy_data, a zipped manual directory, bad input, and the real FG-NET.
+"""The FG-NET TFDS builder: dummy_data, a zipped manual directory, bad input, and the real FG-NET; and, for both
+datasets, the datasets/<name>/ files that `tfds build` reads.
 
-The builder is loaded from its file by amr_jax.tfds_builders, never as
+The builder is amr_jax.data.fgnet_builder's; nothing imports the datasets/ folder as
 `import datasets...`: Hugging Face's `datasets` package has the same top-level name.
 """
 
+import importlib.util
 import pathlib
 import shutil
 import subprocess
@@ -14,8 +16,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from amr_jax import fgnet
-from amr_jax import tfds_builders
+from amr_jax.data import fgnet, tfds_builders
 import local_http
 
 BUILDER_DIR = pathlib.Path(__file__).resolve().parents[1] / "datasets" / "fgnet"
@@ -94,16 +95,16 @@ def test_real_fgnet(shared_dir, tmp_path):
 
 @pytest.mark.parametrize("crop", ["aligned", "whole"])
 def test_load_fgnet_arrays_from_built_dummy_data(tmp_path, crop):
-  from amr_jax import input_pipeline
+  from amr_jax.data import decoding
 
   _build(DUMMY, tmp_path)
-  arrays = input_pipeline.load_fgnet_arrays(str(tmp_path / "fgnet" / "1.0.0"), crop=crop, image_size=32)
+  arrays = decoding.load_fgnet_arrays(str(tmp_path / "fgnet" / "1.0.0"), crop=crop, image_size=32)
   assert arrays["image"].shape == (5, 32, 32, 3) and arrays["image"].dtype == np.uint8
   assert arrays["age"].tolist() == [2, 10, 33, 33, 69]
   assert arrays["subject_id"].tolist() == [1, 1, 2, 2, 3]
   assert arrays["file_name"][0] == "001A02.JPG"
   with pytest.raises(FileNotFoundError, match="not a built FG-NET dataset"):
-    input_pipeline.load_fgnet_arrays(str(tmp_path / "nothing"))
+    decoding.load_fgnet_arrays(str(tmp_path / "nothing"))
 
 
 @pytest.fixture
@@ -147,7 +148,7 @@ def test_failed_download_and_no_manual_copy_explains_both(tmp_path):
 _READ_WITHOUT_TENSORFLOW = """
 import sys
 import tensorflow_datasets as tfds
-from amr_jax import tfds_builders
+from amr_jax.data import tfds_builders
 tfds_builders.build("fgnet", manual_dir=sys.argv[1], data_dir=sys.argv[2])
 source = tfds.builder_from_directory(sys.argv[2] + "/fgnet/1.0.0").as_data_source()["train"]
 print(len(source), source[0]["image"].shape, sorted(int(source[i]["age"]) for i in range(len(source))),
@@ -163,7 +164,9 @@ def test_building_and_reading_never_import_tensorflow(tmp_path):
   assert result.stdout.split("\n")[-2] == "5 (48, 40, 3) [2, 10, 33, 33, 69] False"
 
 
-def test_tfds_command_line_builds_it_with_hugging_face_datasets_installed(tmp_path):
+# A checkout's datasets/fgnet, or the installed package's builder (no checkout needed).
+@pytest.mark.parametrize("dataset", [["datasets/fgnet"], ["fgnet", "--imports=amr_jax.data.fgnet_builder"]])
+def test_tfds_command_line_builds_it_with_hugging_face_datasets_installed(tmp_path, dataset):
   # `datasets/` shares its name with Hugging Face's package; both must keep working side by side.
   repo = BUILDER_DIR.parents[1]
   hugging_face = subprocess.run([sys.executable, "-c", "import datasets; print(datasets.__file__)"],
@@ -171,7 +174,7 @@ def test_tfds_command_line_builds_it_with_hugging_face_datasets_installed(tmp_pa
   assert hugging_face.returncode == 0 and "site-packages" in hugging_face.stdout, hugging_face
   tfds_cli = pathlib.Path(sys.executable).with_name("tfds")
   # TFDS's own command, without --file_format: the builder makes it array_record, what training reads.
-  result = subprocess.run([str(tfds_cli), "build", "datasets/fgnet", f"--manual_dir={DUMMY}",
+  result = subprocess.run([str(tfds_cli), "build", *dataset, f"--manual_dir={DUMMY}",
                            f"--data_dir={tmp_path}"], cwd=repo, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert [p.name for p in (tmp_path / "fgnet" / "1.0.0").glob("fgnet-train.*")] == [
@@ -181,9 +184,36 @@ def test_tfds_command_line_builds_it_with_hugging_face_datasets_installed(tmp_pa
   assert len(source) == 5
 
 
+@pytest.mark.parametrize("name", tfds_builders.NAMES)
+def test_the_file_tfds_build_reads_subclasses_the_package_builder_and_registers_nothing(name, tmp_path):
+  """`tfds build datasets/<name>` takes the one builder class its file defines: a subclass of amr_jax's, with the
+  same name, folder and metadata. Imported plainly (not in TFDS's skip_registration), it registers nothing."""
+  package_class = tfds_builders.builder_class(name)  # registered in TFDS under `name`
+  # Loaded as `tfds build datasets/<name>` loads it: module <name>.<name>_dataset_builder, from the file.
+  module_name = f"{name}.{name}_dataset_builder"
+  spec = importlib.util.spec_from_file_location(module_name, BUILDER_DIR.parent / name / f"{name}_dataset_builder.py")
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[module_name] = module
+  try:
+    spec.loader.exec_module(module)
+    thin = module.Builder  # a second class named `name`: no duplicate error
+    assert tfds.core.community.builder_cls_from_module(module_name) is thin  # what `tfds build` picks
+  finally:
+    sys.modules.pop(module_name, None)
+  assert issubclass(thin, package_class) and thin.name == package_class.name == name
+  assert tfds.builder_cls(name) is package_class
+  metadata = package_class.get_metadata()
+  assert thin.get_metadata() == metadata
+  assert metadata.description.startswith("# ") and "(TFDS builder)" in metadata.description.splitlines()[0]
+  assert metadata.citation.startswith("@")
+  built_in = {"fgnet": tmp_path / "fgnet" / "1.0.0", "clap2016": tmp_path / "clap2016" / "face" / "1.0.0"}[name]
+  assert {pathlib.Path(cls(data_dir=tmp_path).data_dir) for cls in (package_class, thin)} == {built_in}
+
+
 _FULL_DISK_BUILD = """
 import resource, sys
-from amr_jax import errors, tfds_builders
+from amr_jax import errors
+from amr_jax.data import tfds_builders
 resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.RLIM_INFINITY))  # a write past 20 kB fails: EFBIG
 try:
   tfds_builders.build("fgnet", manual_dir=sys.argv[1], data_dir=sys.argv[2])

@@ -9,11 +9,12 @@ import pytest
 import skimage.data
 
 import training_setup
-from amr_jax import (detected_crops, errors, face_crop, faces, input_pipeline, mtcnn_networks, tfds_builders,
-                     training_data)
+from amr_jax import config_checks, errors
+from amr_jax.data import decoding, detected_crops, tfds_builders, training_data
+from amr_jax.faces import face_crop, mtcnn, mtcnn_networks
 
 
-class CountingDetector(faces.Detector):
+class CountingDetector(mtcnn.Detector):
   """The real detector, counting the photographs it is asked about."""
 
   def __init__(self, **kwargs):
@@ -27,7 +28,7 @@ class CountingDetector(faces.Detector):
 
 def _face(box, eyes=((10.0, 10.0), (20.0, 10.0)), score=0.99):
   landmarks = np.concatenate([np.asarray(eyes, float), [[15, 15], [11, 20], [19, 20]]])
-  return faces.Face(box=np.asarray(box, float), score=score, landmarks=landmarks)
+  return mtcnn.Face(box=np.asarray(box, float), score=score, landmarks=landmarks)
 
 
 def test_one_face_is_cropped_on_its_eyes_several_on_the_main_ones_none_is_the_whole_photograph():
@@ -38,7 +39,7 @@ def test_one_face_is_cropped_on_its_eyes_several_on_the_main_ones_none_is_the_wh
   np.testing.assert_array_equal(crop, face_crop.eyes_face_crop(image, centre.eyes, 32))
   assert rule == 0
   crop, rule = detected_crops.crop(image, [edge, centre], 32)  # the edge one is larger but far from the centre
-  assert faces.main_face([edge, centre], 100, 120) is centre
+  assert mtcnn.main_face([edge, centre], 100, 120) is centre
   np.testing.assert_array_equal(crop, face_crop.eyes_face_crop(image, centre.eyes, 32))
   assert rule == 1
   crop, rule = detected_crops.crop(image, [], 32)
@@ -51,10 +52,10 @@ def test_one_face_is_cropped_on_its_eyes_several_on_the_main_ones_none_is_the_wh
 def test_the_main_face_is_the_largest_less_twice_its_squared_distance_from_the_centre():
   big_far = _face([0, 0, 40, 40])  # area 1600, centre (20, 20): 2 * (30^2 + 30^2) = 3600 from (50, 50)
   small_near = _face([45, 45, 55, 55])  # area 100, at the centre
-  assert faces.main_face([big_far, small_near], 100, 100) is small_near
+  assert mtcnn.main_face([big_far, small_near], 100, 100) is small_near
   bigger_far = _face([0, 0, 80, 80])  # area 6400, centre (40, 40): 400 from the centre
-  assert faces.main_face([small_near, bigger_far], 100, 100) is bigger_far
-  assert faces.main_face([], 100, 100) is None
+  assert mtcnn.main_face([small_near, bigger_far], 100, 100) is bigger_far
+  assert mtcnn.main_face([], 100, 100) is None
 
 
 def test_detection_is_cached_beside_the_build_and_redone_only_where_needed(tmp_path):
@@ -107,17 +108,17 @@ def fgnet_with_a_face(tmp_path_factory):
 def test_fgnet_decoded_with_the_detected_crop_aligns_on_the_detected_eyes_and_counts_the_rule(fgnet_with_a_face):
   builder, names = fgnet_with_a_face
   lines = []
-  arrays = input_pipeline.load_fgnet_arrays(str(builder.data_dir), crop="detected", image_size=48, log=lines.append)
+  arrays = decoding.load_fgnet_arrays(str(builder.data_dir), crop="detected", image_size=48, log=lines.append)
   assert list(arrays["file_name"]) == names
   # The build re-encodes the photograph as JPEG: its faces are detected on the decoded pixels, as here.
-  (face,) = faces.detect(_decoded(builder, names[0]))
+  (face,) = mtcnn.detect(_decoded(builder, names[0]))
   np.testing.assert_array_equal(arrays["image"][0], face_crop.eyes_face_crop(_decoded(builder, names[0]), face.eyes, 48))
-  whole = input_pipeline.load_fgnet_arrays(str(builder.data_dir), crop="whole", image_size=48)
+  whole = decoding.load_fgnet_arrays(str(builder.data_dir), crop="whole", image_size=48)
   np.testing.assert_array_equal(arrays["image"][2:], whole["image"][2:])  # no face: the whole photograph
   assert "Detected-eye crops: 2 one face, 0 several faces: the main one, 2 no face: the whole photograph." in lines
   assert (pathlib.Path(builder.data_dir) / detected_crops.CACHE_NAME).is_file()
   lines.clear()
-  input_pipeline.load_fgnet_arrays(str(builder.data_dir), crop="detected", image_size=32, log=lines.append)
+  decoding.load_fgnet_arrays(str(builder.data_dir), crop="detected", image_size=32, log=lines.append)
   assert not any("Detecting faces" in line for line in lines)  # another size reads the cache
 
 
@@ -131,15 +132,15 @@ def test_the_detected_crop_is_a_valid_choice_for_both_datasets_and_others_are_re
   for name in ("fgnet", "clap2016"):
     config = training_setup.config("fgnet_amr" if name == "fgnet" else "clap2016_amr")
     config.data.crop = "detected"
-    training_data.check_data_config(config.data, config.protocol)
+    config_checks.check_data_config(config.data, config.protocol)
   config = training_setup.config("fgnet_amr")
   config.data.crop = "face"
   with pytest.raises(errors.ConfigError, match="config.data.crop for fgnet must be one of whole, aligned, detected"):
-    training_data.check_data_config(config.data, config.protocol)
+    config_checks.check_data_config(config.data, config.protocol)
   config.data.crop = "detected"  # without the weights' package: refused before any data is read, saying what to do
   monkeypatch.setattr(mtcnn_networks.importlib.util, "find_spec", lambda name: None)
   with pytest.raises(errors.MissingDataError, match=r"pip install mtcnn==1\.0\.0"):
-    training_data.check_data_config(config.data, config.protocol)
+    config_checks.check_data_config(config.data, config.protocol)
 
 
 def test_clap2016_detected_crops_come_from_its_whole_photographs(tmp_path):
@@ -149,7 +150,7 @@ def test_clap2016_detected_crops_come_from_its_whole_photographs(tmp_path):
   builder = training_data.prepare(config.data)
   assert builder.builder_config.name == "whole"
   dataset = training_data.load_arrays(config.data, 32, builder)
-  whole = training_data._clap2016_arrays(builder, "train", 32)  # pylint: disable=protected-access
+  whole = decoding.clap2016_arrays(builder, "train", 32)
   assert dataset["train"]["image"].shape == whole["image"].shape
   cache = json.loads((pathlib.Path(builder.data_dir) / detected_crops.CACHE_NAME).read_text())
   assert any(key.startswith("train/") for key in cache["images"])

@@ -4,7 +4,9 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from amr_jax import errors, face_crop, fgnet
+from amr_jax import errors
+from amr_jax.data import fgnet
+from amr_jax.faces import face_crop
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""amr_jax.faces: MTCNN in Flax against the mtcnn package's TensorFlow pipeline, piece by piece and end to end."""
+"""amr_jax.faces.mtcnn: MTCNN in Flax against the mtcnn package's TensorFlow pipeline, piece by piece and end to end."""
 
 import os
 import subprocess
@@ -15,7 +15,7 @@ import skimage.data
 
 import conftest
 
-from amr_jax import faces, mtcnn_networks
+from amr_jax.faces import mtcnn, mtcnn_networks
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -29,7 +29,7 @@ def reference_detector():
 
 @pytest.fixture(scope="module")
 def detector():
-  return faces.Detector()
+  return mtcnn.Detector()
 
 
 def _photographs(shared):
@@ -85,8 +85,8 @@ def test_area_resize_is_tensorflows(reference_detector):
   image = np.random.default_rng(0).uniform(-1, 1, (101, 77, 3)).astype(np.float32)
   for height, width in [(60, 46), (42, 32), (10, 8), (101, 77), (55, 70)]:
     expected = tf.image.resize(image[None], (height, width), method="area")[0].numpy()
-    got = np.einsum("hy,yxc,wx->hwc", faces.area_resize_matrix(101, height), image,
-                    faces.area_resize_matrix(77, width))
+    got = np.einsum("hy,yxc,wx->hwc", mtcnn.area_resize_matrix(101, height), image,
+                    mtcnn.area_resize_matrix(77, width))
     # A weighted mean of at most (ceil(101/8) + 1)^2 = 196 values in [-1, 1], in float32 both: each sum's
     # rounding is below 196 * 2^-24 < 1.2e-5 (weights rounded once more: 2e-5).
     np.testing.assert_allclose(got, expected, atol=2e-5, rtol=0)
@@ -97,7 +97,7 @@ def test_area_resize_rows_sum_to_one():
     # Each row spans [i * s, (i + 1) * s) with s = in_size / out_size, both ends float32 values up to in_size,
     # each rounded by at most half a float32 spacing there: the row's sum is off by at most spacing / s.
     spacing = float(np.spacing(np.float32(in_size)))
-    np.testing.assert_allclose(faces.area_resize_matrix(in_size, out_size).sum(axis=1), 1, rtol=0,
+    np.testing.assert_allclose(mtcnn.area_resize_matrix(in_size, out_size).sum(axis=1), 1, rtol=0,
                                atol=spacing * out_size / in_size + 1e-6)
 
 
@@ -108,11 +108,11 @@ def test_crop_and_resize_is_tensorflows_inside_and_outside_the_image(reference_d
   image = rng.uniform(-1, 1, (height, width, 3)).astype(np.float32)
   boxes = np.array([[0.1, 0.2, 0.6, 0.9], [-0.3, -0.1, 0.5, 0.4], [0.5, 0.7, 1.4, 1.2], [0.2, 0.2, 0.2, 0.2],
                     [0.9, 0.8, 0.1, 0.3]], np.float32)  # inside, overlapping each edge, a point, flipped
-  side = faces.bucket(max(height, width))
+  side = mtcnn.bucket(max(height, width))
   padded = np.pad(image, ((0, side - height), (0, side - width), (0, 0)))
   for size in (24, 48):
     expected = tf.image.crop_and_resize(image[None], boxes, np.zeros(len(boxes), np.int32), (size, size)).numpy()
-    got = faces.crop_and_resize(jnp.asarray(padded), jnp.asarray([height, width]), jnp.asarray(boxes), size)
+    got = mtcnn.crop_and_resize(jnp.asarray(padded), jnp.asarray([height, width]), jnp.asarray(boxes), size)
     # Bilinear weights of values in [-1, 1]: three float32 lerps, each within a few ulps of 1.
     np.testing.assert_allclose(np.asarray(got), expected, atol=1e-5, rtol=0)
 
@@ -126,7 +126,7 @@ def test_pnet_on_a_zero_padded_level_equals_pnet_on_the_level_alone():
     for height, width in [(23, 31), (24, 17)]:  # odd and even sides: the first pool's padding, or none
       level = rng.uniform(-1, 1, (1, height, width, 3))
       offsets, probability = mtcnn_networks.PNet().apply({"params": params64}, level)
-      side = faces.bucket(max(height, width))
+      side = mtcnn.bucket(max(height, width))
       padded = np.pad(level, ((0, 0), (0, side - height), (0, side - width), (0, 0)))
       padded_offsets, padded_probability = mtcnn_networks.PNet().apply(
           {"params": params64}, padded, jnp.asarray([height, width]))
@@ -159,30 +159,30 @@ def test_suppression_keeps_what_pairwise_loops_keep(count, method, threshold, se
   corners = rng.uniform(0, 50, (count, 2))
   boxes = np.concatenate([corners, corners + rng.uniform(1, 30, (count, 2))], axis=1)
   scores = rng.permutation(count) / count  # distinct, so the rank order is defined
-  kept = faces.suppress(boxes, scores, threshold, method)
+  kept = mtcnn.suppress(boxes, scores, threshold, method)
   assert list(kept) == _suppress_by_loops(boxes, scores, threshold, method)
 
 
 def test_suppression_lets_a_dropped_box_drop_another_as_the_package_does():
   """A overlaps B, B overlaps C, A does not overlap C: greedy NMS keeps A and C, the package keeps only A."""
   boxes = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [9, 0, 19, 10]], float)  # IoU A-B 0.33, B-C 0.43, A-C 0.05
-  assert list(faces.suppress(boxes, np.array([0.9, 0.8, 0.7]), 0.3)) == [0]
+  assert list(mtcnn.suppress(boxes, np.array([0.9, 0.8, 0.7]), 0.3)) == [0]
 
 
 def test_bucket_sizes_are_few_and_waste_at_most_a_third():
-  sizes = {faces.bucket(n) for n in range(1, 4097)}
+  sizes = {mtcnn.bucket(n) for n in range(1, 4097)}
   assert sorted(sizes)[:7] == [16, 20, 24, 32, 40, 48, 64]
   assert len(sizes) == 3 * 8 + 1  # three per doubling from 16 to 4096
   for n in range(16, 4097):
-    assert n <= faces.bucket(n) <= n * 4 / 3
+    assert n <= mtcnn.bucket(n) <= n * 4 / 3
 
 
 def test_a_second_photograph_of_a_nearby_size_compiles_nothing(detector):
   image = skimage.data.astronaut()
   detector.detect(np.asarray(PIL.Image.fromarray(image).resize((400, 300))))
-  sizes = faces._pnet._cache_size(), faces._refine._cache_size()  # pylint: disable=protected-access
+  sizes = mtcnn._pnet._cache_size(), mtcnn._refine._cache_size()  # pylint: disable=protected-access
   detector.detect(np.asarray(PIL.Image.fromarray(image).resize((390, 310))))
-  assert (faces._pnet._cache_size(), faces._refine._cache_size()) == sizes  # pylint: disable=protected-access
+  assert (mtcnn._pnet._cache_size(), mtcnn._refine._cache_size()) == sizes  # pylint: disable=protected-access
 
 
 def test_a_photograph_longer_than_max_side_is_searched_on_a_shrunk_copy_and_mapped_back(monkeypatch):
@@ -191,17 +191,17 @@ def test_a_photograph_longer_than_max_side_is_searched_on_a_shrunk_copy_and_mapp
   pixels (centre of pixel i -> centre of block i: 4 i + 1.5). The networks see no image larger than 512 px."""
   small = skimage.data.astronaut()
   large = np.repeat(np.repeat(small, 4, axis=0), 4, axis=1)
-  detector = faces.Detector(max_side=512)
+  detector = mtcnn.Detector(max_side=512)
   seen = []
-  pnet = faces._pnet  # pylint: disable=protected-access
-  monkeypatch.setattr(faces, "_pnet", lambda params, image, *rest: seen.append(image.shape) or pnet(params, image, *rest))
+  pnet = mtcnn._pnet  # pylint: disable=protected-access
+  monkeypatch.setattr(mtcnn, "_pnet", lambda params, image, *rest: seen.append(image.shape) or pnet(params, image, *rest))
   expected, got = detector.detect(small), detector.detect(large)
   assert len(got) == len(expected) == 1 and seen and max(shape[0] for shape in seen) <= 512
   np.testing.assert_allclose(got[0].box, expected[0].box * 4 + 1.5, atol=1e-9)
   np.testing.assert_allclose(got[0].landmarks, expected[0].landmarks * 4 + 1.5, atol=1e-9)
   assert got[0].score == expected[0].score
   with pytest.raises(ValueError, match="max_side must be None or at least twice min_face_size"):
-    faces.Detector(max_side=30, params={})
+    mtcnn.Detector(max_side=30, params={})
 
 
 def test_boxes_mapped_back_stay_inside_the_photograph():
@@ -209,7 +209,7 @@ def test_boxes_mapped_back_stay_inside_the_photograph():
   astronaut = skimage.data.astronaut()[:300, 100:400]  # the face near the top edge
   wide = np.zeros((300, 1500, 3), np.uint8)
   wide[:, :300] = astronaut
-  (face,) = faces.Detector(max_side=600).detect(wide)
+  (face,) = mtcnn.Detector(max_side=600).detect(wide)
   assert 0 <= face.box[0] < face.box[2] <= 1499 and 0 <= face.box[1] < face.box[3] <= 299
 
 
@@ -224,13 +224,13 @@ def test_bad_images_and_settings_are_refused_with_what_was_expected(detector):
   with pytest.raises(ValueError, match=r"uint8 \(8, 8\)"):
     detector.detect(np.zeros((8, 8), np.uint8))
   with pytest.raises(ValueError, match="min_face_size"):
-    faces.Detector(min_face_size=5, params={})
+    mtcnn.Detector(min_face_size=5, params={})
   with pytest.raises(ValueError, match="thresholds"):
-    faces.Detector(thresholds=(0.6, 0.7), params={})
+    mtcnn.Detector(thresholds=(0.6, 0.7), params={})
 
 
 def test_weights_are_read_without_tensorflow_and_checked_against_the_network():
-  code = ("import sys; from amr_jax import mtcnn_networks; p = mtcnn_networks.load_params(); "
+  code = ("import sys; from amr_jax.faces import mtcnn_networks; p = mtcnn_networks.load_params(); "
           "assert 'tensorflow' not in sys.modules and 'mtcnn' not in sys.modules, sorted(sys.modules); "
           "print(sum(a.size for n in p.values() for l in n.values() for a in l.values()))")
   result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

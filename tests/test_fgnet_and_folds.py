@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from amr_jax import errors, fgnet, folds
+from amr_jax import errors
+from amr_jax.data import fgnet, folds
 
 
 @pytest.fixture(scope="module")

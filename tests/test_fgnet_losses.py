@@ -1,15 +1,11 @@
 """benchmarks/fgnet_losses.py in its default mode, fine-tuning the whole model: the command the README gives for a GPU."""
 
 import json
-import pathlib
-import sys
 
 import numpy as np
 
-from amr_jax import paired_comparison, reports
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
-import fgnet_losses  # noqa: E402
+from amr_jax.evaluation import paired_comparison, reports
+from benchmarks import fgnet_losses
 
 
 def test_finetune_comparison_writes_table_pairs_and_resumes(fgnet_dirs, tmp_path):
@@ -30,7 +26,7 @@ def test_finetune_comparison_writes_table_pairs_and_resumes(fgnet_dirs, tmp_path
     # The recipe at 1 epoch: every milestone scaled to epoch 1, the rest of the command applied.
     assert (config["num_epochs"], config["milestone_epochs"], config["image_size"]) == (1, [1], 64)
     assert (config["protocol"], config["num_folds"], config["seed"]) == ("kfold", 2, 0)
-  # The paired row is amr_jax.paired_comparison over the two runs' predictions.
+  # The paired row is amr_jax.evaluation.paired_comparison over the two runs' predictions.
   row = next(line for line in table.splitlines() if line.startswith("| amr vs cross_entropy |"))
   files = {loss: [tmp_path / f"{loss}_seed0" / "summary" / "predictions.csv"] for loss in summaries}
   (_, _, result, _), = paired_comparison.compare_runs(files)

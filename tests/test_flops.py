@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from amr_jax import flops, models
+from amr_jax import models
+from amr_jax.models import flops
 
 
 def _conv(x, kernel, stride=1, groups=1):

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from amr_jax import config_checks, errors, evaluate, train, workdir_config
+from amr_jax import config_checks, errors, experiment, workdir_layout
+from amr_jax.data import folds as folds_lib
 import training_setup
 
 
@@ -16,53 +17,53 @@ def _config(fgnet_dirs, folds="", **overrides):
 
 @pytest.mark.parametrize("text, folds", [("", []), ("1-3,5", [1, 2, 3, 5]), (" 7-7, 2 ,1-2", [1, 2, 7])])
 def test_folds_are_numbers_and_ranges(text, folds):
-  assert config_checks.parse_folds(text) == folds
+  assert folds_lib.parse_folds(text) == folds
 
 
 @pytest.mark.parametrize("text", ["a", "3-1", "1-2-3", "-1", "1,,x"])
 def test_a_malformed_slice_is_refused_naming_the_field(text):
   with pytest.raises(errors.ConfigError, match=r"config.folds: .* is not a fold number or a range such as 1-8"):
-    config_checks.parse_folds(text)
+    folds_lib.parse_folds(text)
 
 
 def test_a_slice_and_a_single_fold_are_not_both_given():
   config = training_setup.config("fgnet_ce", "3", folds="1-2")
   with pytest.raises(errors.ConfigError, match="config.folds='1-2' selects folds .* and config.fold=3 one fold"):
-    config_checks.check(config, num_devices=1)
+    config_checks.check_fields(config, num_devices=1)
 
 
 def test_folds_the_protocol_lacks_are_refused(fgnet_dirs, tmp_path):
   with pytest.raises(errors.ConfigError, match=r"config.folds='2-6' names folds .* does not have: 5, 6 \(valid: 1..4\)"):
-    train.train_and_evaluate(_config(fgnet_dirs, "2-6"), tmp_path / "run")
+    experiment.train_and_evaluate(_config(fgnet_dirs, "2-6"), tmp_path / "run")
 
 
 def test_slices_on_one_workdir_pool_into_the_summary_of_one_run_over_all_folds(fgnet_dirs, tmp_path, capsys):
-  whole = train.train_and_evaluate(_config(fgnet_dirs), tmp_path / "whole")
+  whole = experiment.train_and_evaluate(_config(fgnet_dirs), tmp_path / "whole")
   assert whole["complete"] and whole["missing_folds"] == []
   shared = tmp_path / "shared"
   capsys.readouterr()
-  train.train_and_evaluate(_config(fgnet_dirs, "1-2"), shared)  # array task 0
+  experiment.train_and_evaluate(_config(fgnet_dirs, "1-2"), shared)  # array task 0
   out = capsys.readouterr().out
   assert f"trained folds 1-2; once every slice has finished, pool them all with: python run_eval.py " \
          f"--workdir={shared}" in out
   assert not (shared / "summary").exists()
   assert json.loads((shared / "config.json").read_text())["folds"] == ""  # the workdir is the whole protocol's
 
-  early = evaluate.evaluate_workdir(workdir_config.load(shared), shared)  # pooled before task 1 has run
+  early = experiment.evaluate_workdir(workdir_layout.load(shared), shared)  # pooled before task 1 has run
   out = capsys.readouterr().out
   assert "pooled over 2 of 4 folds, INCOMPLETE (missing: subject 3 (not started), subject 4 (not started))" in out
   stored = json.loads((shared / "summary" / "metrics.json").read_text())
   assert not stored["complete"] and stored["missing_folds"] == ["subject 3 (not started)", "subject 4 (not started)"]
   assert early["count"] == 8
 
-  train.train_and_evaluate(_config(fgnet_dirs, "3-4"), shared)  # array task 1
-  pooled = evaluate.evaluate_workdir(workdir_config.load(shared), shared)
+  experiment.train_and_evaluate(_config(fgnet_dirs, "3-4"), shared)  # array task 1
+  pooled = experiment.evaluate_workdir(workdir_layout.load(shared), shared)
   assert pooled["complete"] and pooled["num_folds"] == 4
   for name in ("predictions.csv", "per_fold.csv"):  # the same computations: the same text
     assert (shared / "summary" / name).read_text() == (tmp_path / "whole" / "summary" / name).read_text()
 
-  some = workdir_config.load(shared)
+  some = workdir_layout.load(shared)
   some.folds = "2"
-  evaluate.evaluate_workdir(some, shared)
+  experiment.evaluate_workdir(some, shared)
   out = capsys.readouterr().out
   assert "pooled over 1 of 4 folds, INCOMPLETE (missing: subject 1 (not in config.folds)" in out

@@ -1,4 +1,4 @@
-"""Several folds in one step (``train.folds_train_step``): each fold gets the update it gets when trained alone."""
+"""Several folds in one step (``step_functions.folds_train_step``): each fold gets the update it gets when trained alone."""
 
 import functools
 
@@ -8,7 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from amr_jax import evaluate, from_config, input_pipeline, train
+from amr_jax.data import input_pipeline
+from amr_jax.evaluation import evaluate
+from amr_jax.training import step_functions, train_state
 import training_setup
 
 NUM_STEPS = 3
@@ -26,7 +28,7 @@ def _fold_data(num_folds):
 
 
 def _step_kwargs(config):
-  return dict(loss_fn=from_config.loss_fn(config), augmentation=from_config.augmentation(config), seed=config.seed,
+  return dict(loss_fn=train_state.loss_fn(config), augmentation=train_state.augmentation(config), seed=config.seed,
               global_batch=config.batch_size)
 
 
@@ -35,7 +37,7 @@ def _learning_rate(fold, step):
 
 
 def _alone(config, state, arrays, fold, num_steps, devices):
-  step = jax.pmap(functools.partial(train.train_step, **_step_kwargs(config)), axis_name="batch", devices=devices)
+  step = jax.pmap(functools.partial(step_functions.train_step, **_step_kwargs(config)), axis_name="batch", devices=devices)
   replicated = evaluate.replicate(state, devices=devices)
   batches = input_pipeline.train_batches(arrays, global_batch=config.batch_size, seed=0, num_devices=len(devices))
   for i in range(num_steps):
@@ -50,11 +52,11 @@ def test_folds_at_once_equal_each_fold_alone_and_a_finished_fold_stays_as_it_is(
   devices = jax.devices()[:num_devices]
   with jax.enable_x64(True):
     config = _config()
-    state = jax.device_get(from_config.initial_train_state(config, from_config.model(config),
-                                                            from_config.optimizer(config)))
+    state = jax.device_get(train_state.initial_train_state(config, train_state.model(config),
+                                                            train_state.optimizer(config)))
     folds = _fold_data(2)
     steps_of = [NUM_STEPS, NUM_STEPS - 1]  # fold 1 finishes a step early
-    step = jax.pmap(functools.partial(train.folds_train_step, **_step_kwargs(config)), axis_name="batch",
+    step = jax.pmap(functools.partial(step_functions.folds_train_step, **_step_kwargs(config)), axis_name="batch",
                     devices=devices)
     stacked = evaluate.replicate(jax.tree.map(lambda x: np.stack([x] * len(folds)), state), devices=devices)
     batches = [input_pipeline.train_batches(arrays, global_batch=config.batch_size, seed=0, num_devices=num_devices)

@@ -1,19 +1,16 @@
 """benchmarks/fgnet_losses.py --backbone=frozen: features as the head sees them, per-fold heads, the report."""
 
 import json
-import pathlib
-import sys
 
 import jax
 import numpy as np
 import pytest
 
 import training_setup
-from amr_jax import augment, from_config, reports
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
-import fgnet_losses  # noqa: E402
-import frozen_backbone  # noqa: E402
+from amr_jax.data import augment
+from amr_jax.evaluation import reports
+from amr_jax.training import train_state
+from benchmarks import fgnet_losses, frozen_backbone
 
 
 # Identities in float64 (dtype="float64" under jax.enable_x64): a head's logit sums 128 products and a
@@ -25,8 +22,8 @@ FLOAT64_RTOL = 1e-10
 def test_head_inputs_are_what_the_head_layer_receives():
   with jax.enable_x64(True):
     config = training_setup.config("fgnet_amr", dtype="float64")
-    model = from_config.model(config, axis_name=None)
-    variables = from_config.initial_variables(config, model)
+    model = train_state.model(config, axis_name=None)
+    variables = train_state.initial_variables(config, model)
     images = np.random.default_rng(0).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
     features = frozen_backbone.head_inputs(model, variables, images, batch_size=2)  # 5 = 2 + 2 + 1 padded
     logits = model.apply(variables, augment.to_float(images), train=False)
@@ -154,7 +151,7 @@ def test_a_selecting_comparison_reports_the_last_epoch_beside_the_selected_one(f
 
 
 def test_two_backbones_are_compared_loss_by_loss_on_the_same_images(fgnet_dirs, tmp_path):
-  import backbone_pairs
+  from benchmarks import backbone_pairs
   manual, data_dir = fgnet_dirs
   for size in (64, 72):  # two "backbones": the same tiny network on other inputs
     fgnet_losses.main([f"--workdir={tmp_path / str(size)}", f"--manual_dir={manual}", f"--data_dir={data_dir}",

@@ -1,19 +1,18 @@
-"""config.head_bias="age_prior": the head's starting bias from the training ages (amr_jax.head_init)."""
+"""config.head_bias="age_prior": the head's starting bias from the training ages (amr_jax.models.head_init)."""
 
 import json
-import pathlib
 import re
-import sys
 
 import jax
 import numpy as np
 import pytest
 
-from amr_jax import errors, fold_layout, from_config, head_init, train, training_data, workdir_config
+from amr_jax import errors, experiment, workdir_layout
+from amr_jax.data import training_data
+from amr_jax.models import head_init
+from amr_jax.training import fold_layout, fold_loop, train_state
+from benchmarks import frozen_backbone
 import training_setup
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
-import frozen_backbone  # noqa: E402
 
 # float64 identities: a softmax of 70 log-probabilities, each rounded at 1e-16 relative.
 FLOAT64_RTOL = 1e-12
@@ -86,10 +85,10 @@ def test_the_trainer_starts_a_fold_at_its_training_ages_prior_and_a_resume_at_it
   config = training_setup.config("fgnet_amr", "3", head_bias="age_prior", **_data(fgnet_dirs))
   dataset = training_data.load_arrays(config.data, config.image_size, training_data.prepare(config.data))
   fold = training_data.fold_splits(config, dataset, 3)
-  model = from_config.model(config)
-  initial = from_config.initial_train_state(config, model, from_config.optimizer(config))
+  model = train_state.model(config)
+  initial = train_state.initial_train_state(config, model, train_state.optimizer(config))
   layout = fold_layout.FoldLayout(False)
-  start = train.open_fold(config, tmp_path / "fresh", fold, initial, layout).state
+  start = fold_loop.open_fold(config, tmp_path / "fresh", fold, initial, layout).state
   expected = head_init.prior_bias(fold.train["age"], config.num_classes)
   # the bias is the fold's prior (in the parameters' float32); every other parameter is the model's initialisation
   np.testing.assert_allclose(start.params["fc"]["bias"], expected.astype(np.float32), rtol=0, atol=0)
@@ -97,8 +96,8 @@ def test_the_trainer_starts_a_fold_at_its_training_ages_prior_and_a_resume_at_it
                         {**jax.device_get(initial.params), "fc": jax.device_get(initial.params)["fc"]["kernel"]})
   assert all(jax.tree.leaves(others))
 
-  train.train_and_evaluate(config, tmp_path / "run")
-  resumed = train.open_fold(config, tmp_path / "run", fold, initial, layout)
+  experiment.train_and_evaluate(config, tmp_path / "run")
+  resumed = fold_loop.open_fold(config, tmp_path / "run", fold, initial, layout)
   assert resumed.step == 2
   trained = resumed.store.restore(jax.device_get(initial))
   np.testing.assert_array_equal(resumed.state.params["fc"]["bias"], trained.params["fc"]["bias"])
@@ -119,12 +118,12 @@ def test_the_frozen_heads_start_each_fold_from_its_own_prior():
 
 def test_a_workdir_from_before_the_field_resumes_as_zeros_and_refuses_the_prior(tmp_path):
   config = training_setup.config("fgnet_amr", "3", head_bias="zeros")
-  stored = workdir_config.as_json_dict(config)
+  stored = workdir_layout.as_json_dict(config)
   del stored["head_bias"]  # a config.json written before config.head_bias existed
   del stored["augmentation"]["downscale_range"]  # ... and before augmentation.downscale_range
-  assert workdir_config.differences(stored, config, workdir_config.RESUME_FIELDS) == ([], {})
+  assert workdir_layout.differences(stored, config, workdir_layout.RESUME_FIELDS) == ([], {})
   config.head_bias = "age_prior"
-  refused, _ = workdir_config.differences(stored, config, workdir_config.RESUME_FIELDS)
+  refused, _ = workdir_layout.differences(stored, config, workdir_layout.RESUME_FIELDS)
   assert refused == ["config.head_bias: 'zeros' in the workdir, 'age_prior' now"]
 
 
@@ -133,11 +132,11 @@ def test_an_unknown_head_bias_is_refused_naming_the_field():
   config = training_setup.config("fgnet_amr", "3", head_bias="prior")
   with pytest.raises(errors.ConfigError, match=re.escape("config.head_bias must be one of zeros, age_prior; "
                                                          "got 'prior'")):
-    config_checks.check(config, num_devices=1)
+    config_checks.check_fields(config, num_devices=1)
 
 
 def test_the_head_bias_benchmark_pairs_the_two_starts_of_each_loss(fgnet_dirs, tmp_path):
-  import head_bias  # benchmarks/head_bias.py
+  from benchmarks import head_bias
 
   manual, data_dir = fgnet_dirs
   head_bias.main([f"--workdir={tmp_path}", f"--manual_dir={manual}", f"--data_dir={data_dir}", "--protocol=lopo",

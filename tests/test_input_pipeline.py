@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from amr_jax import input_pipeline
+from amr_jax.data import input_pipeline
 
 
 def _arrays(n=50):

@@ -1,4 +1,5 @@
-"""What each install names: the core, the training install, the accelerator extras and the development install.
+"""What each install names: the core, the training install, the accelerator extras and the development install;
+and that a plain (not editable) install builds the datasets.
 
 Read from pyproject.toml and the requirement files, and checked against what the code imports; no network.
 Each README install line was also checked once with ``pip install --dry-run`` (see the README).
@@ -6,8 +7,11 @@ Each README install line was also checked once with ``pip install --dry-run`` (s
 
 import ast
 import importlib.metadata
+import os
 import pathlib
 import re
+import shutil
+import subprocess
 import sys
 import tomllib
 
@@ -17,7 +21,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 TEST_ONLY = {"torch", "tensorflow", "apache-beam", "mlcroissant", "datasets", "pytest", "pytest-xdist", "hypothesis",
              "scikit-image", *("sphinx", "myst-parser", "furo")}  # the last three: the docs build (requirements-docs.txt)
 # Imports that are optional where they appear: the code runs without them.
-OPTIONAL_IMPORTS = {"torch": "amr_jax/pretrained.py reads .pth files with torch when it is installed, else without"}
+OPTIONAL_IMPORTS = {"torch": "amr_jax/models/pretrained.py reads .pth files with torch when it is installed, else without"}
 
 
 def _name(requirement: str) -> str:
@@ -51,7 +55,7 @@ DEVELOPMENT = _pins(ROOT / "requirements-test.txt")
 
 def test_training_install_names_no_test_only_package_and_installs_the_project():
   assert not TEST_ONLY & set(TRAIN), TEST_ONLY & set(TRAIN)
-  assert "-e ." in _requirement_lines(ROOT / "requirements.txt")  # the builders in datasets/ come from the checkout
+  assert "-e ." in _requirement_lines(ROOT / "requirements.txt")  # the checkout's edits take effect
   assert TRAIN["jax"] == TRAIN["jaxlib"]
 
 
@@ -136,7 +140,41 @@ def _closure(modules: list[pathlib.Path]) -> set[pathlib.Path]:
 
 
 def test_losses_metrics_and_models_need_only_the_core_install():
-  core = [ROOT / "amr_jax" / "losses.py", ROOT / "amr_jax" / "metrics.py", *(ROOT / "amr_jax" / "models").glob("*.py")]
+  core = [*(ROOT / "amr_jax" / "losses").glob("*.py"), ROOT / "amr_jax" / "metrics.py",
+          *(ROOT / "amr_jax" / "models").glob("*.py")]
   imported = _third_party(_closure(core))
-  assert set(imported) <= {"jax", "flax", "numpy"}, imported
+  assert set(imported) - set(OPTIONAL_IMPORTS) <= {"jax", "flax", "numpy"}, imported
   assert {"jax", "flax", "numpy"} <= set(imported)
+
+
+_BUILD_WITH_THE_INSTALL = """
+import pathlib, sys
+import amr_jax
+from amr_jax.data import tfds_builders
+site, manual_dir, data_dir = map(pathlib.Path, sys.argv[1:])
+assert pathlib.Path(amr_jax.__file__).parents[1] == site, amr_jax.__file__  # the installed copy, not the checkout
+assert not (site / "datasets").exists()
+builder = tfds_builders.build("fgnet", manual_dir=manual_dir, data_dir=data_dir)
+print(len(builder.as_data_source()["train"]), builder.info.description.splitlines()[0],
+      builder.info.citation.split(",")[0], builder.data_dir == str(data_dir / "fgnet" / "1.0.0"))
+"""
+
+
+def test_a_plain_install_builds_the_datasets_without_the_checkout(tmp_path):
+  """The TFDS builders and their README and CITATIONS.bib are in the package: FG-NET builds with amr_jax installed
+  from a wheel (``pip install .``), with neither the checkout nor its datasets/ folder on the import path."""
+  project = tmp_path / "project"  # a copy, so that the wheel's build writes nothing into the checkout
+  shutil.copytree(ROOT / "amr_jax", project / "amr_jax", ignore=shutil.ignore_patterns("__pycache__"))
+  for name in ("pyproject.toml", "README.md"):
+    shutil.copy(ROOT / name, project / name)
+  site = tmp_path / "site"
+  installed = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
+                              "--no-build-isolation", "--target", str(site), str(project)],
+                             capture_output=True, text=True, timeout=300)
+  assert installed.returncode == 0, installed.stderr[-3000:]
+  result = subprocess.run([sys.executable, "-c", _BUILD_WITH_THE_INSTALL, str(site),
+                           str(ROOT / "datasets" / "fgnet" / "dummy_data"), str(tmp_path / "data")],
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(site)}, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.splitlines()[-1] == "5 # FG-NET (TFDS builder) @misc{fgnet True"

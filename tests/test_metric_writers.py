@@ -22,7 +22,7 @@ import pytest
 from tensorboardX.proto import event_pb2
 
 from amr_jax import errors
-from amr_jax.metric_writers import MetricWriter, ProgressLine, format_duration, read_jsonl
+from amr_jax.training.metric_writers import MetricWriter, ProgressLine, format_duration, read_jsonl
 
 
 def _crc32c(data: bytes) -> int:
@@ -273,7 +273,7 @@ def test_progress_line_validates():
 
 _FULL_DISK = """
 import resource, sys
-from amr_jax.metric_writers import MetricWriter
+from amr_jax.training.metric_writers import MetricWriter
 limit = int(sys.argv[2])
 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))  # a write past the limit fails: EFBIG
 writer = MetricWriter(sys.argv[1])

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from amr_jax import optim
+from amr_jax.training import optim
 
 import torch  # test-only (requirements-test.txt)
 

@@ -1,14 +1,18 @@
-"""amr_jax.paired_comparison: group sign-flip test, group bootstrap, Holm, and reading runs' predictions."""
+"""amr_jax.evaluation.paired_comparison: group sign-flip test, group bootstrap, Holm, and reading runs' predictions."""
 
 from __future__ import annotations
 
 import itertools
 import math
+import pathlib
+import re
 
 import numpy as np
 import pytest
 
-from amr_jax import paired_comparison, reports
+from amr_jax.evaluation import paired_comparison, reports
+
+RESULTS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 
 def test_hand_computed_exact_test():
@@ -36,6 +40,101 @@ def test_exact_p_value_matches_brute_force_enumeration():
                 for signs in itertools.product((-1, 1), repeat=len(d)))
   p, exact = paired_comparison.sign_flip_p_value(d)
   assert exact and p == pytest.approx(extreme / 2 ** len(d))
+
+
+def test_exact_p_value_counts_ties_with_the_observed_sum():
+  # d = [0.1, 0.2, -0.3, 1.0]: with e = +-0.1 +-0.2 -+0.3, the sum is +-1 + e and |sum| >= 1 when e has the sign of
+  # the 1.0 term or is 0. e takes 0, 0.6, -0.4, 0.2, -0.2, 0.4, -0.6, 0 over the 8 patterns, so 5 of 8 per sign of
+  # the 1.0 term: p = 10 / 16, counting the two patterns where e is 0 in exact arithmetic but 5.6e-17 in floating
+  # point.
+  p, exact = paired_comparison.sign_flip_p_value(np.array([0.1, 0.2, -0.3, 1.0]))
+  assert exact and p == 10 / 16
+  # Differences that cancel exactly: every sign pattern's |sum| is >= 0 = the observed one, so p is 1, though the
+  # floating-point sum is 1.1e-16 and the sums of the patterns that cancel too are other rounding errors (a
+  # tolerance relative to the observed |sum| alone would count 2 of them as less extreme: p = 0.9375).
+  d = np.array([-0.7, 0.7, -0.1, 0.8, -0.7])
+  assert d.sum() != 0
+  assert paired_comparison.sign_flip_p_value(d) == (1.0, True)
+  p, exact = paired_comparison.sign_flip_p_value(np.tile(d, 4), num_draws=2000)  # 20 groups: Monte Carlo
+  assert not exact and p == 1.0
+
+
+def test_a_single_group():
+  result = paired_comparison.compare(np.array([3.0, 1.0]), np.array([1.0, 2.0]), np.array([5, 5]))
+  assert (result.p_value, result.exact, result.interval) == (1.0, True, (0.5, 0.5))
+
+
+def _pre_scipy_reference(d, n, *, seed, num_draws, num_bootstrap_draws):
+  """The p-value and interval as the hand-written code computed them for the committed tables (until issue 27)."""
+  rng = np.random.default_rng(seed)
+  observed, tolerance = abs(d.sum()), 1e-9 * max(1.0, np.abs(d).sum())
+  hits = 0
+  for start in range(0, num_draws, 8192):
+    signs = rng.integers(0, 2, (min(8192, num_draws - start), len(d))) * 2 - 1
+    hits += int(np.sum(np.abs(signs @ d) >= observed - tolerance))
+  estimates = []
+  for start in range(0, num_bootstrap_draws, 8192):
+    picks = rng.integers(0, len(d), (min(8192, num_bootstrap_draws - start), len(d)))
+    estimates.append(d[picks].sum(axis=1) / n[picks].sum(axis=1))
+  return (1 + hits) / (1 + num_draws), tuple(np.percentile(np.concatenate(estimates), [2.5, 97.5]))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_same_draws_as_the_committed_tables(seed):
+  # The committed tables' p-values and intervals (benchmarks/results, 82 subjects) came from the hand-written sign
+  # flips and resamples above; scipy is given the same draws from the same generator, so it gives the same numbers.
+  rng = np.random.default_rng(10 + seed)
+  groups = np.repeat(np.arange(82), rng.integers(4, 20, 82))
+  ages = rng.integers(0, 70, len(groups))
+  a = np.abs(np.round(ages + rng.normal(0, 6, len(groups)), 4) - ages)
+  b = np.abs(np.round(ages + rng.normal(0.1, 6, len(groups)), 4) - ages)
+  result = paired_comparison.compare(a, b, groups, seed=seed)
+  d, n = paired_comparison.group_sums(a - b, groups)
+  p, interval = _pre_scipy_reference(d, n.astype(float), seed=seed, num_draws=paired_comparison.SIGN_FLIP_DRAWS,
+                                     num_bootstrap_draws=paired_comparison.BOOTSTRAP_DRAWS)
+  assert not result.exact and result.p_value == p
+  np.testing.assert_allclose(result.interval, interval, rtol=1e-12)
+
+
+def _paired_tables(text: str):
+  """Each Markdown table of ``text`` with a sign-flip p column and a Holm column: ``(p, Holm p)`` as printed."""
+  for table in re.findall(r"(?:^\|.*\|\n)+", text, re.MULTILINE):
+    header, _, *rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines()]
+    if "Holm p" in header:
+      p_column = next(i for i, name in enumerate(header) if name.startswith("p (sign flip"))
+      yield [row[p_column] for row in rows], [row[header.index("Holm p")] for row in rows]
+
+
+def _half_unit(printed: str) -> float:
+  """Half a unit in the last place of a p-value as format_p_value prints it."""
+  if "e" in printed:
+    return 0.05 * 10 ** int(printed.split("e")[1])
+  return 0.5 * 10 ** -len(printed.split(".")[1])
+
+
+def test_holm_reproduces_the_committed_tables():
+  # Each committed paired table's Holm column is holm() of its p column, up to the printed rounding of the p-values
+  # (times the number of pairs, which Holm multiplies by) and of the Holm p-values.
+  tables = [table for path in sorted(RESULTS.glob("*.md")) for table in _paired_tables(path.read_text())]
+  assert len(tables) >= 10
+  for p_printed, holm_printed in tables:
+    adjusted = paired_comparison.holm([float(p) for p in p_printed])
+    rounding = len(p_printed) * max(map(_half_unit, p_printed))
+    for value, printed in zip(adjusted, holm_printed):
+      assert abs(value - float(printed)) <= rounding + _half_unit(printed), (p_printed, holm_printed)
+
+
+def test_the_committed_tables_name_the_draws_the_code_makes():
+  # The committed p-values and intervals reproduce only with the same numbers of draws.
+  notes = [text for text in map(pathlib.Path.read_text, RESULTS.glob("*.md"))
+           if "sign-flip test over subjects (every" in text]
+  assert notes
+  for text in notes:
+    bootstrap, exact_max, sign_flips = re.search(r"resamples subjects \(([\d,]+) draws\).*?every sign pattern up to "
+                                                 r"(\d+) subjects, else ([\d,]+) random", text).groups()
+    assert int(bootstrap.replace(",", "")) == paired_comparison.BOOTSTRAP_DRAWS
+    assert int(exact_max) == paired_comparison.EXACT_MAX_GROUPS
+    assert int(sign_flips.replace(",", "")) == paired_comparison.SIGN_FLIP_DRAWS
 
 
 def test_monte_carlo_p_value_matches_the_binomial_formula():

@@ -16,7 +16,9 @@ import jax
 import numpy as np
 import pytest
 
-from amr_jax import checkpoints, errors, fold_layout, from_config, interruption, reports, train, workdir_config
+from amr_jax import errors, experiment, workdir_layout
+from amr_jax.evaluation import reports
+from amr_jax.training import checkpoints, fold_layout, interruption, train_state
 import training_setup
 
 IMAGES_PER_SUBJECT = [1, 2, 3, 4]
@@ -28,7 +30,7 @@ RUN = {"dtype": "float64", "optimizer": "sgd", "num_train_steps": -1, "num_epoch
 
 @pytest.fixture(scope="module")
 def uneven_fgnet(tmp_path_factory):
-  from amr_jax import tfds_builders
+  from amr_jax.data import tfds_builders
 
   manual = training_setup.make_synthetic_fgnet(tmp_path_factory.mktemp("uneven_manual"),
                                                images_per_subject=IMAGES_PER_SUBJECT)
@@ -43,7 +45,7 @@ def _config(data, **changes):
 
 def _train(config, workdir):
   with jax.enable_x64(True):
-    return train.train_and_evaluate(config, workdir)
+    return experiment.train_and_evaluate(config, workdir)
 
 
 def _fold_dir(workdir, fold):
@@ -52,8 +54,8 @@ def _fold_dir(workdir, fold):
 
 def _final_state(config, workdir, fold):
   with jax.enable_x64(True):
-    template = jax.device_get(from_config.initial_train_state(config, from_config.model(config),
-                                                               from_config.optimizer(config)))
+    template = jax.device_get(train_state.initial_train_state(config, train_state.model(config),
+                                                               train_state.optimizer(config)))
     store = checkpoints.Checkpoints(_fold_dir(workdir, fold) / "checkpoints")
     assert store.latest_step() == TOTAL_STEPS[fold]
     return store.restore(template), template
@@ -105,7 +107,7 @@ def test_four_folds_at_once_data_parallel_equal_each_fold_alone_with_its_own_len
 
 
 def _metrics(workdir, fold):
-  from amr_jax import metric_writers
+  from amr_jax.training import metric_writers
 
   return [r for r in metric_writers.read_jsonl(_fold_dir(workdir, fold) / "metrics.jsonl") if "train/loss" in r]
 
@@ -187,7 +189,7 @@ def test_a_group_stopped_mid_way_and_resumed_ends_with_the_same_bits(four_at_onc
   other = config.copy_and_resolve_references()
   other.update(parallel_folds=8, folds_over_devices=True, folds="1-3")
   _train(other, copy)
-  assert workdir_config.read(copy)["parallel_folds"] == 8
+  assert workdir_layout.read(copy)["parallel_folds"] == 8
   assert_each_fold_as_alone(copy, one_by_one, folds=[1, 2, 3])  # fold 4 finished before the stop
 
 
@@ -201,26 +203,26 @@ def test_arrangements_that_cannot_run_are_refused_naming_the_field(changes, mess
 
   config = training_setup.config("fgnet_ce", None, **changes)
   with pytest.raises(errors.ConfigError, match=message):
-    config_checks.check(config, num_devices=4)
+    config_checks.check_fields(config, num_devices=4)
 
 
 def test_evaluation_ignores_how_folds_were_spread_over_devices():
   from amr_jax import config_checks
 
   config = training_setup.config("fgnet_ce", "3", parallel_folds=6, folds_over_devices=True)
-  config_checks.check(config, num_devices=4, training=False)  # trained elsewhere, on 6 or 3 or 2 devices
+  config_checks.check_fields(config, num_devices=4, training=False)  # trained elsewhere, on 6 or 3 or 2 devices
 
 
 def test_a_fold_folder_of_a_run_of_folds_at_once_evaluates_alone(four_at_once, capsys):
-  from amr_jax import evaluate
+  from amr_jax import experiment
 
   _, workdir, _ = four_at_once
   folder = _fold_dir(workdir, 2)
-  stored = workdir_config.load(folder)
+  stored = workdir_layout.load(folder)
   assert stored.fold == 2 and stored.parallel_folds == 4
   before = _predictions(workdir, 2)["predicted_age"]
   with jax.enable_x64(True):
-    evaluate.evaluate_workdir(stored, folder)
+    experiment.evaluate_workdir(stored, folder)
   assert "subject 2: evaluating the checkpoint of step 4" in capsys.readouterr().out
   np.testing.assert_array_equal(_predictions(workdir, 2)["predicted_age"], before)
 
@@ -229,9 +231,9 @@ def test_folds_over_devices_runs_in_one_process_only():
   from amr_jax import config_checks
 
   config = training_setup.config("fgnet_ce", None, parallel_folds=4, folds_over_devices=True)
-  config_checks.check(config, num_devices=4)
+  config_checks.check_fields(config, num_devices=4)
   with pytest.raises(errors.ConfigError, match=r"runs in one process: across hosts, give each its own slice"):
-    config_checks.check(config, num_devices=8, num_processes=2)
+    config_checks.check_fields(config, num_devices=8, num_processes=2)
 
 
 def test_folds_at_once_in_two_stages_end_as_each_fold_alone(uneven_fgnet, tmp_path):
@@ -249,8 +251,8 @@ def test_folds_at_once_in_two_stages_end_as_each_fold_alone(uneven_fgnet, tmp_pa
     runs[name] = config
   with jax.enable_x64(True):
     config = runs["alone"]
-    template = jax.device_get(from_config.initial_train_state(config, from_config.model(config),
-                                                               from_config.optimizer(config)))
+    template = jax.device_get(train_state.initial_train_state(config, train_state.model(config),
+                                                               train_state.optimizer(config)))
     for fold in folds:
       states = [checkpoints.Checkpoints(_fold_dir(tmp_path / name, fold) / "checkpoints").restore(template)
                 for name in runs]

@@ -15,7 +15,8 @@ import skimage.data
 import tensorflow_datasets as tfds
 
 import training_setup
-from amr_jax import errors, faces, predict, train
+from amr_jax import errors, experiment, predict
+from amr_jax.faces import mtcnn
 
 ROOT = training_setup.ROOT
 
@@ -32,7 +33,7 @@ def detected_run(tmp_path_factory):
   config = training_setup.config("fgnet_amr", "1", **{"data.crop": "detected", "data.manual_dir": str(manual),
                                                       "data.data_dir": str(data_dir)})
   workdir = tmp_path_factory.mktemp("run")
-  train.train_and_evaluate(config, workdir)
+  experiment.train_and_evaluate(config, workdir)
   return workdir, manual, data_dir
 
 
@@ -217,7 +218,7 @@ def test_a_photograph_that_fails_gets_a_note_and_ctrl_c_keeps_the_rows_done(dete
   photos.mkdir()
   for name in ("a.jpg", "b.jpg", "c.jpg"):
     PIL.Image.fromarray(skimage.data.astronaut()).save(photos / name)
-  model, detector = predict.load_model(detected_run[0]), faces.Detector()
+  model, detector = predict.load_model(detected_run[0]), mtcnn.Detector()
   detect = detector.detect
 
   def failing_on_b(image, path=iter(["a", "b", "c"])):

@@ -12,10 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from amr_jax import models, pretrained, torch_pickle
+from amr_jax import models
+from amr_jax.models import pretrained, torch_pickle
 
 import torch  # test-only (requirements-test.txt)
-from torch_models import TORCH_EFFICIENTNETS, TORCH_RESNETS, randomised  # noqa: E402
+from benchmarks.torch_models import TORCH_EFFICIENTNETS, TORCH_RESNETS, randomised
 
 
 @pytest.fixture(scope="module", params=["resnet18", "resnet50"])
@@ -158,7 +159,7 @@ def test_efficientnet_lite_imagenet_weights_recognise_real_photographs(name, siz
 
 
 def test_pytorch_efficientnet_lite0_twin_gives_the_jax_logits_with_the_imagenet_weights():
-  """tests/torch_models.py's EfficientNet-Lite0 (for PyTorch speed benchmarks) is amr_jax's network: it takes the
+  """benchmarks/torch_models.py's EfficientNet-Lite0 (for PyTorch speed benchmarks) is amr_jax's network: it takes the
   package's ImageNet state_dict as it is and gives the JAX model's logits."""
   path = pretrained.imagenet_weights_path("efficientnet_lite0")
   state_dict = torch.load(path, map_location="cpu", weights_only=True)

@@ -9,14 +9,18 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
-from amr_jax import reports
+from amr_jax.evaluation import reports
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 # The README and the reference site's pages: where the examples and quoted results live.
 DOCUMENTS = {path.relative_to(ROOT).as_posix(): path.read_text()
              for path in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))] if "_build" not in path.parts}
+# The benchmarks a user runs (`python -m benchmarks.<name>` from the repository root): the modules with a main.
+BENCHMARK_SCRIPTS = sorted(path.stem for path in (ROOT / "benchmarks").glob("*.py")
+                           if 'if __name__ == "__main__":' in path.read_text())
 
 
 def _code_block_after(marker):
@@ -179,6 +183,25 @@ def test_readme_start_age_binding_example_runs(tmp_path):
   assert predicted == 50.5 and cross_entropy == round(np.log(70), 4)
 
 
+def test_readme_quick_losses_example_runs_and_matches_the_loss_of_the_mean(tmp_path):
+  """The README's first losses example prints the mean AMR loss and the first three expected ages; both are
+  recomputed here from the same logits (float32: the printed 3 decimals agree)."""
+  script = tmp_path / "losses_example.py"
+  script.write_text(_code_block_after("<!-- example: losses-quick -->"))
+  result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  import jax
+  import jax.numpy as jnp
+
+  from amr_jax.losses import adaptive_mean_residue_loss, expected_age
+
+  logits = jax.random.normal(jax.random.key(0), (8, 70))
+  loss = float(adaptive_mean_residue_loss(logits, jnp.array([3, 17, 25, 40, 8, 61, 12, 33])).mean())
+  assert result.stdout.startswith(f"loss {loss:.3f}, predicted ages ["), result.stdout
+  printed = [float(x) for x in result.stdout.split("[", 1)[1].split("]", 1)[0].split()]
+  np.testing.assert_allclose(printed, np.asarray(expected_age(logits)[:3]), atol=5e-5)
+
+
 def test_readme_nnx_sharded_jit_example_runs_on_two_devices_as_on_one(tmp_path):
   script = tmp_path / "nnx_example.py"
   script.write_text(_code_block_after("<!-- example: nnx-sharded-jit -->"))
@@ -202,3 +225,143 @@ def test_readme_nnx_sharded_jit_example_runs_on_two_devices_as_on_one(tmp_path):
                                                     for lines in (outputs[1], outputs[2]))
   assert abs(float(mae_1) - float(mae_2)) <= 0.01 + 1e-9 and abs(float(cs_1) - float(cs_2)) <= 0.001 + 1e-9
   assert count_1 == count_2 == "64"
+
+
+def _amr_jax_import_graph() -> dict[str, set[str]]:
+  """Module -> the amr_jax modules it imports, anywhere in it (function-level imports included), from the AST."""
+  paths = {".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): path
+           for path in (ROOT / "amr_jax").rglob("*.py")}
+  graph = {}
+  for name, path in paths.items():
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    imported = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.Import):
+        imported.update(alias.name for alias in node.names)
+      elif isinstance(node, ast.ImportFrom):
+        base = node.module or ""
+        if node.level:
+          base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+        imported.update(f"{base}.{alias.name}" if f"{base}.{alias.name}" in paths else base for alias in node.names)
+    graph[name] = {module for module in imported if module in paths and module != name}
+  return graph
+
+
+def test_no_import_cycle_in_the_package():
+  """Every strongly connected component of the import graph is one module (Tarjan's algorithm)."""
+  graph = _amr_jax_import_graph()
+  assert "amr_jax.training.fold_loop" in graph["amr_jax.experiment"]  # the graph is real: experiment drives the loop
+  index, low, stack, on_stack, cycles = {}, {}, [], set(), []
+
+  def visit(module):
+    index[module] = low[module] = len(index)
+    stack.append(module)
+    on_stack.add(module)
+    for other in graph[module]:
+      if other not in index:
+        visit(other)
+        low[module] = min(low[module], low[other])
+      elif other in on_stack:
+        low[module] = min(low[module], index[other])
+    if low[module] == index[module]:
+      component = []
+      while not component or component[-1] != module:
+        component.append(stack.pop())
+        on_stack.discard(component[-1])
+      if len(component) > 1:
+        cycles.append(sorted(component))
+
+  for module in sorted(graph):
+    if module not in index:
+      visit(module)
+  assert not cycles, f"modules that import each other: {cycles}"
+
+
+def test_evaluation_imports_no_training_module():
+  graph = _amr_jax_import_graph()
+  offenders = {module: sorted(other for other in imported if other.startswith("amr_jax.training"))
+               for module, imported in graph.items() if module.startswith("amr_jax.evaluation")}
+  assert not any(offenders.values()), offenders
+
+
+def test_no_module_is_over_450_lines():
+  sizes = {path.relative_to(ROOT).as_posix(): len(path.read_text().splitlines()) for path in (ROOT / "amr_jax").rglob("*.py")}
+  assert max(sizes.values()) > 100  # the walk found the modules
+  assert not {path: size for path, size in sizes.items() if size > 450}, sorted(sizes.items(), key=lambda item: -item[1])[:5]
+
+
+# Runs each benchmark as `python -m benchmarks.<name> --help` does (runpy's run_module as __main__, with that argv),
+# all in one process so that JAX and TFDS are imported once; prints "<name> <exit status> <first line of usage>".
+_RUN_EACH_HELP = """
+import contextlib, io, runpy, sys
+for name in sys.argv[1:]:
+  out = io.StringIO()
+  sys.argv = [f"benchmarks/{name}.py", "--help"]
+  with contextlib.redirect_stdout(out):
+    try:
+      runpy.run_module(f"benchmarks.{name}", run_name="__main__", alter_sys=True)
+      code = "returned"
+    except SystemExit as exit:
+      code = exit.code or 0
+  print(name, code, out.getvalue().splitlines()[0] if out.getvalue() else "")
+"""
+
+
+def test_each_benchmark_runs_as_a_module_from_the_repository_root():
+  """`python -m benchmarks.<name> --help` for every benchmark, as the README and docs give the commands: it exits 0
+  with its usage line, with no sys.path set-up."""
+  result = subprocess.run([sys.executable, "-c", _RUN_EACH_HELP, *BENCHMARK_SCRIPTS], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+  assert sorted(lines) == BENCHMARK_SCRIPTS
+  for name, rest in lines.items():
+    assert rest.startswith(f"0 usage: python -m benchmarks.{name} "), (name, rest[:300])
+
+
+def test_benchmark_commands_name_modules_that_exist():
+  """Every benchmark command in the README, docs/, datasets/ and benchmarks/ is `python -m benchmarks.<name>` with a
+  script that exists; none runs a benchmark's file (`python benchmarks/<name>.py`)."""
+  assert len(BENCHMARK_SCRIPTS) >= 13, BENCHMARK_SCRIPTS
+  texts = {**DOCUMENTS, **{path.relative_to(ROOT).as_posix(): path.read_text() for folder in ("benchmarks", "datasets")
+                          for path in sorted((ROOT / folder).rglob("*")) if path.suffix in (".py", ".sh", ".md")}}
+  named = set()
+  for name, text in texts.items():
+    assert not re.search(r"(python3?|\$PYTHON\"?)\s+benchmarks/\w+\.py", text), f"{name} runs a benchmark's file"
+    named |= set(re.findall(r"\s-m\s+benchmarks\.(\w+)", text))
+  assert named <= set(BENCHMARK_SCRIPTS), f"commands of benchmarks that do not exist: {named - set(BENCHMARK_SCRIPTS)}"
+  assert {"speed", "fgnet_losses", "lopo_speed"} <= named
+
+
+def _sys_path_edits(tree: ast.AST) -> list[int]:
+  """The lines that change ``sys.path``: assigning or deleting it or a slice of it, or calling a method that edits
+  it."""
+  def is_sys_path(node):
+    return (isinstance(node, ast.Attribute) and node.attr == "path" and isinstance(node.value, ast.Name)
+            and node.value.id == "sys")
+
+  edits = []
+  for node in ast.walk(tree):
+    if isinstance(node, (ast.Assign, ast.Delete)):
+      targets = node.targets
+    elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+      targets = [node.target]
+    else:
+      targets = []
+    if any(is_sys_path(t) or isinstance(t, ast.Subscript) and is_sys_path(t.value) for t in targets):
+      edits.append(node.lineno)
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and is_sys_path(node.func.value)
+        and node.func.attr in ("insert", "append", "extend", "remove", "pop", "clear", "__setitem__", "__iadd__")):
+      edits.append(node.lineno)
+  return sorted(edits)
+
+
+def test_no_test_or_benchmark_edits_sys_path():
+  """Tests and benchmarks import what they share as the `benchmarks` package (pytest's pythonpath and `python -m`
+  put the repository root on the path), never by editing sys.path."""
+  examples = ("sys.path[:0] = [a]\nsys.path.insert(0, a)\nsys.path.append(a)\nsys.path += [a]\nsys.path = [a]\n"
+              "print(sys.path)")
+  assert _sys_path_edits(ast.parse(examples)) == [1, 2, 3, 4, 5]
+  edits = {path.relative_to(ROOT).as_posix(): lines for folder in ("tests", "benchmarks")
+           for path in sorted((ROOT / folder).rglob("*.py")) if (lines := _sys_path_edits(ast.parse(path.read_text())))}
+  assert not edits, f"sys.path edited at (file: lines) {edits}"

@@ -14,7 +14,9 @@ import sys
 
 import pytest
 
-from amr_jax import config_checks, errors, metric_writers, tfds_builders, train, workdir_config
+from amr_jax import config_checks, errors, experiment, workdir_layout
+from amr_jax.data import tfds_builders
+from amr_jax.training import metric_writers
 import training_setup
 
 ROOT = training_setup.ROOT
@@ -30,7 +32,7 @@ def finished_run(fgnet_dirs, tmp_path_factory):
   """A finished 2-step cross-entropy run of fold 3 (a step other tests compile too): ``(config, workdir, metrics)``."""
   workdir = tmp_path_factory.mktemp("ce") / "run"
   config = training_setup.config("fgnet_ce", "3", **_data(fgnet_dirs))
-  return config, workdir, train.train_and_evaluate(config, workdir)
+  return config, workdir, experiment.train_and_evaluate(config, workdir)
 
 
 def _copy(run, tmp_path) -> pathlib.Path:
@@ -47,7 +49,7 @@ def test_a_workdir_of_another_config_is_refused_naming_each_field_and_left_as_it
   stored = (copy / "config.json").read_bytes()
   other = training_setup.config("fgnet_mv", "3", **_data(fgnet_dirs))
   with pytest.raises(errors.WorkdirError) as error:
-    train.train_and_evaluate(other, copy)
+    experiment.train_and_evaluate(other, copy)
   message = str(error.value)
   assert f"{copy} holds a run of another config ({copy / 'config.json'})" in message
   assert "config.loss: 'cross_entropy' in the workdir, 'mean_variance' now" in message
@@ -64,7 +66,7 @@ def test_a_resume_may_extend_num_epochs_and_says_what_it_changed_in_config_json(
   # 2 epochs of 3 steps (12 training images, batch 4) instead of the 2 steps it ran.
   longer = training_setup.config("fgnet_ce", "3", **_data(fgnet_dirs, num_train_steps=-1, num_epochs=2))
   capsys.readouterr()
-  train.train_and_evaluate(longer, copy)
+  experiment.train_and_evaluate(longer, copy)
   out = capsys.readouterr().out
   assert f"{copy / 'config.json'}: config.num_epochs: 100 -> 2" in out
   assert f"{copy / 'config.json'}: config.num_train_steps: 2 -> -1" in out
@@ -75,13 +77,13 @@ def test_a_resume_may_extend_num_epochs_and_says_what_it_changed_in_config_json(
 
 def test_the_cosine_schedule_refuses_a_change_of_num_epochs(fgnet_dirs, tmp_path):
   config = training_setup.config("fgnet_amr", "3", **_data(fgnet_dirs, schedule="cosine", num_epochs=3))
-  stored = workdir_config.as_json_dict(config)
+  stored = workdir_layout.as_json_dict(config)
   longer = training_setup.config("fgnet_amr", "3", **_data(fgnet_dirs, schedule="cosine", num_epochs=6))
-  refused, _ = workdir_config.differences(stored, longer, workdir_config.RESUME_FIELDS)
+  refused, _ = workdir_layout.differences(stored, longer, workdir_layout.RESUME_FIELDS)
   assert refused == []  # allowed in general...
   (tmp_path / "config.json").write_text(json.dumps(stored))
   with pytest.raises(errors.WorkdirError, match=r"config.num_epochs: 3 in the workdir, 6 now \(the cosine schedule"):
-    workdir_config.check(tmp_path, longer, evaluate_only=False)  # ...but not under a cosine schedule
+    workdir_layout.check(tmp_path, longer, evaluate_only=False)  # ...but not under a cosine schedule
 
 
 def test_a_config_that_fails_its_checks_leaves_config_json_untouched(finished_run, fgnet_dirs, tmp_path):
@@ -90,11 +92,11 @@ def test_a_config_that_fails_its_checks_leaves_config_json_untouched(finished_ru
   stored = (copy / "config.json").read_bytes()
   too_big = training_setup.config("fgnet_ce", "3", **_data(fgnet_dirs, batch_size=2000, eval_batch_size=2000))
   with pytest.raises(errors.WorkdirError, match=r"config.batch_size: 4 in the workdir, 2000 now"):
-    train.train_and_evaluate(too_big, copy)
+    experiment.train_and_evaluate(too_big, copy)
   assert (copy / "config.json").read_bytes() == stored
   fresh = tmp_path / "fresh"
   with pytest.raises(errors.ConfigError, match=r"config.batch_size=2000 is larger than the training set \(12 "):
-    train.train_and_evaluate(too_big, fresh)  # found only once the data is read, yet before config.json is written
+    experiment.train_and_evaluate(too_big, fresh)  # found only once the data is read, yet before config.json is written
   assert not (fresh / "config.json").exists()
 
 
@@ -108,39 +110,39 @@ def test_a_resume_that_fails_on_its_checkpoint_leaves_config_json_untouched(fini
     path.write_bytes(path.read_bytes()[:5])
   longer = training_setup.config("fgnet_ce", "3", **_data(fgnet_dirs, num_train_steps=4))
   with pytest.raises(errors.RunError, match="cannot be read"):
-    train.train_and_evaluate(longer, copy)
+    experiment.train_and_evaluate(longer, copy)
   assert (copy / "config.json").read_bytes() == stored  # num_train_steps is still 2: no step ran at 4
 
 
 def test_evaluation_reads_the_run_and_refuses_any_other_config(finished_run, fgnet_dirs, tmp_path):
   config, run, result = finished_run
   copy = _copy(run, tmp_path)
-  stored = workdir_config.load(copy)
-  assert train.train_and_evaluate(stored, copy, evaluate_only=True)["mae"] == pytest.approx(result["mae"], abs=1e-5)
-  flipped = workdir_config.load(copy)
+  stored = workdir_layout.load(copy)
+  assert experiment.train_and_evaluate(stored, copy, evaluate_only=True)["mae"] == pytest.approx(result["mae"], abs=1e-5)
+  flipped = workdir_layout.load(copy)
   flipped.test_time_flip = True
-  assert train.train_and_evaluate(flipped, copy, evaluate_only=True)["count"] == result["count"]
+  assert experiment.train_and_evaluate(flipped, copy, evaluate_only=True)["count"] == result["count"]
   for field, value in (("image_size", 96), ("name", "fgnet_amr"), ("num_train_steps", 3)):
-    changed = workdir_config.load(copy)
+    changed = workdir_layout.load(copy)
     changed[field] = value
     with pytest.raises(errors.WorkdirError, match=rf"config.{field}: .* in the workdir, .* now.*python run_eval.py "
                        rf"--workdir={re.escape(str(copy))}, with only these fields set"):
-      train.train_and_evaluate(changed, copy, evaluate_only=True)
+      experiment.train_and_evaluate(changed, copy, evaluate_only=True)
 
 
 def test_one_fold_of_an_all_folds_workdir_goes_to_its_fold_folder(fgnet_dirs, tmp_path):
   kfold = {"protocol": "kfold", "num_folds": 2}
   all_folds = training_setup.config("fgnet_ce", None, **_data(fgnet_dirs, num_train_steps=1, **kfold))
-  train.train_and_evaluate(all_folds, tmp_path / "kfold")
+  experiment.train_and_evaluate(all_folds, tmp_path / "kfold")
   one = training_setup.config("fgnet_ce", "1", **_data(fgnet_dirs, num_train_steps=2, **kfold))
-  train.train_and_evaluate(one, tmp_path / "kfold")
+  experiment.train_and_evaluate(one, tmp_path / "kfold")
   steps = [r["step"] for r in metric_writers.read_jsonl(tmp_path / "kfold" / "folds" / "fold_1" / "metrics.jsonl")]
   assert steps == [1, 2]
   assert not (tmp_path / "kfold" / "checkpoints").exists()
   assert json.loads((tmp_path / "kfold" / "config.json").read_text())["fold"] == -1
   with pytest.raises(errors.WorkdirError, match=r"config.fold: 1 in the workdir, 0 now \(a workdir of one fold"):
-    train.train_and_evaluate(training_setup.config("fgnet_ce", "0", **_data(fgnet_dirs, num_train_steps=2, **kfold)),
-                             tmp_path / "kfold" / "folds" / "fold_1")  # not a workdir of its own: refused as one
+    experiment.train_and_evaluate(training_setup.config("fgnet_ce", "0", **_data(fgnet_dirs, num_train_steps=2, **kfold)),
+                                  tmp_path / "kfold" / "folds" / "fold_1")  # not a workdir of its own: refused as one
 
 
 # ---------------------------------------------------------------- data that matches what it claims
@@ -153,11 +155,11 @@ def test_labels_that_would_be_clamped_are_refused_naming_an_image(fgnet_dirs, tm
       rf"fgnet: {len(oldest)} image\(s\) have ages outside the {ages[-1]} classes of ages 0..{ages[-1] - 1} .*e.g. {oldest[0]} "
       rf"with age {ages[-1]}; their labels would be clamped. To train on them, raise config.num_classes to "
       rf"{ages[-1] + 1}")):
-    train.train_and_evaluate(config, tmp_path / "run")
+    experiment.train_and_evaluate(config, tmp_path / "run")
   assert not (tmp_path / "run" / "config.json").exists()
   shifted = training_setup.config("fgnet_ce", "3", **_data(fgnet_dirs, start_age=ages[0] + 1))
   with pytest.raises(errors.DataError, match="lower config.start_age"):
-    train.train_and_evaluate(shifted, tmp_path / "run")
+    experiment.train_and_evaluate(shifted, tmp_path / "run")
 
 
 def test_a_build_from_another_changed_or_missing_source_is_refused_unless_the_manual_dir_is_left_empty(tmp_path):
@@ -172,7 +174,7 @@ def test_a_build_from_another_changed_or_missing_source_is_refused_unless_the_ma
       rf"fgnet/1.0.0 was built from {re.escape(str(first.resolve()))} \(32 files, \d+ bytes\); the manual directory "
       rf"{re.escape(str(other.resolve()))} \(24 files, \d+ bytes\) is another source.*leaving config.data.manual_dir "
       "empty")):
-    train.train_and_evaluate(config, tmp_path / "run")
+    experiment.train_and_evaluate(config, tmp_path / "run")
   next(iter((first / "FGNET" / "images").glob("001*.JPG"))).unlink()
   with pytest.raises(errors.DataError, match=r"\(31 files, \d+ bytes\) has changed since"):
     tfds_builders.build("fgnet", manual_dir=first, data_dir=data_dir)
@@ -183,7 +185,7 @@ def test_a_build_from_another_changed_or_missing_source_is_refused_unless_the_ma
   with pytest.raises(errors.ConfigError, match=(  # refused before any data is read, and nothing is downloaded
       rf"config.data.manual_dir={re.escape(str(tmp_path / 'frist'))} does not exist; give the folder that holds the "
       "raw fgnet files .*or leave it empty to use the build in config.data.data_dir as it is")):
-    train.train_and_evaluate(mistyped, tmp_path / "run")
+    experiment.train_and_evaluate(mistyped, tmp_path / "run")
   assert sorted(tmp_path.joinpath("tfds_copy").rglob("*")) == copied
   (tmp_path / "empty").mkdir()
   (tmp_path / "FGNET.zip").write_bytes(b"PK")
@@ -193,14 +195,14 @@ def test_a_build_from_another_changed_or_missing_source_is_refused_unless_the_ma
     mistaken = training_setup.config("fgnet_ce", "3", **{"data.manual_dir": str(manual_dir),
                                                          "data.data_dir": str(tmp_path / "tfds_copy")})
     with pytest.raises(errors.ConfigError, match=f"config.data.manual_dir={re.escape(str(manual_dir))} {message}"):
-      train.train_and_evaluate(mistaken, tmp_path / "run")
+      experiment.train_and_evaluate(mistaken, tmp_path / "run")
   with pytest.raises(errors.DataError, match=f"manual_dir {re.escape(str(tmp_path / 'FGNET.zip'))} is a file"):
     tfds_builders.build("fgnet", manual_dir=tmp_path / "FGNET.zip", data_dir=tmp_path / "tfds_new")
   with pytest.raises(errors.DataError, match=f"data_dir {re.escape(str(tmp_path / 'FGNET.zip'))} is a file"):
     tfds_builders.build("fgnet", manual_dir=first, data_dir=tmp_path / "FGNET.zip")
   as_built = training_setup.config("fgnet_ce", "3", num_train_steps=1,
                                    **{"data.manual_dir": "", "data.data_dir": str(tmp_path / "tfds_copy")})
-  assert train.train_and_evaluate(as_built, tmp_path / "run")["count"] == 4
+  assert experiment.train_and_evaluate(as_built, tmp_path / "run")["count"] == 4
 
 
 # ---------------------------------------------------------------- arguments checked where they are read
@@ -225,14 +227,14 @@ def test_a_build_from_another_changed_or_missing_source_is_refused_unless_the_ma
 def test_every_numeric_field_is_checked_naming_it(field, value, message):
   config = training_setup.config("fgnet_amr", "3", **{field: value})
   with pytest.raises(errors.ConfigError, match=re.escape(message)):
-    config_checks.check(config, num_devices=1)
+    config_checks.check_fields(config, num_devices=1)
 
 
 def test_field_checks_come_before_the_data_is_read(tmp_path):
   config = training_setup.config("fgnet_amr", "3", learning_rate=-1.0,
                                  **{"data.manual_dir": str(tmp_path / "none"), "data.data_dir": str(tmp_path)})
   with pytest.raises(errors.ConfigError, match="config.learning_rate"):  # not the missing data
-    train.train_and_evaluate(config, tmp_path / "run")
+    experiment.train_and_evaluate(config, tmp_path / "run")
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -246,7 +248,7 @@ def test_a_bad_pretrained_is_refused_before_the_data_is_read(changes, message, t
   config = training_setup.config("fgnet_amr", "3", **changes,
                                  **{"data.manual_dir": str(tmp_path / "none"), "data.data_dir": str(tmp_path)})
   with pytest.raises(errors.ConfigError, match=message):  # not the missing data
-    train.train_and_evaluate(config, tmp_path / "run")
+    experiment.train_and_evaluate(config, tmp_path / "run")
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -257,7 +259,7 @@ def test_loss_and_augmentation_arguments_are_refused_naming_the_config_field(fie
                                                                               tmp_path):
   config = training_setup.config("fgnet_amr", "3", **_data(fgnet_dirs, **{field: value}))
   with pytest.raises(errors.ConfigError, match=message):
-    train.train_and_evaluate(config, tmp_path / "run")
+    experiment.train_and_evaluate(config, tmp_path / "run")
 
 
 # ---------------------------------------------------------------- one line per refusal, from the command line

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from amr_jax import reports
+from amr_jax.evaluation import reports
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -93,7 +93,7 @@ def test_plots_write_pngs_that_depend_on_the_data(tmp_path):
 
 
 def test_plots_use_no_pyplot():
-  code = ("import sys; from amr_jax import reports; "
+  code = ("import sys; from amr_jax.evaluation import reports; "
           "reports.plot_predicted_vs_true(sys.argv[1], [10, 20], [12, 18]); "
           "assert 'matplotlib.pyplot' not in sys.modules")
   subprocess.run([sys.executable, "-c", code, "/dev/null"], check=True)

@@ -11,8 +11,10 @@ import optax
 import optax.tree_utils
 import pytest
 
-from amr_jax import (augment, checkpoints, errors, from_config, losses, metric_writers, reports, stages, train,
-                     training_data)
+from amr_jax import config_checks, errors, experiment, losses
+from amr_jax.data import augment, training_data
+from amr_jax.evaluation import reports
+from amr_jax.training import checkpoints, metric_writers, stages, step_functions, train_state
 import training_setup
 
 ROOT = training_setup.ROOT
@@ -33,13 +35,13 @@ def _two_stage_config(fgnet_dirs):
 def two_stage_run(fgnet_dirs, tmp_path_factory):
   config = _two_stage_config(fgnet_dirs)
   workdir = tmp_path_factory.mktemp("stages") / "run"
-  train.train_and_evaluate(config, workdir)
+  experiment.train_and_evaluate(config, workdir)
   return config, workdir
 
 
 def _template(config):
-  return jax.device_get(from_config.initial_train_state(config, from_config.model(config),
-                                                        from_config.optimizer(config)))
+  return jax.device_get(train_state.initial_train_state(config, train_state.model(config),
+                                                        train_state.optimizer(config)))
 
 
 def test_a_stage_sets_only_its_fields_and_names_a_field_it_cannot_set():
@@ -63,10 +65,10 @@ def test_a_bad_stage_value_is_refused_before_training_naming_the_stage(fgnet_dir
   config = _two_stage_config(fgnet_dirs)
   config.stages = (KL, {**KL_L1, "learning_rate": -1.0})
   with pytest.raises(errors.ConfigError, match=r"config.stages\[1\] \(kl\+l1\): config.learning_rate must be"):
-    train.train_and_evaluate(config, tmp_path / "run")
+    experiment.train_and_evaluate(config, tmp_path / "run")
   config.stages = (KL, {**KL_L1, "loss_kwargs": {"sigma": 2.0, "lambda_mean": 1.0}})
   with pytest.raises(errors.ConfigError, match=r"config.loss_kwargs .* do not fit loss 'dldl_v2'"):
-    train.train_and_evaluate(config, tmp_path / "run")
+    experiment.train_and_evaluate(config, tmp_path / "run")
   assert not (tmp_path / "run" / "checkpoints").exists()
 
 
@@ -97,7 +99,7 @@ def test_the_second_stage_starts_from_the_first_stages_weights_with_a_fresh_opti
   # AdamW's first step from a fresh state: mu = (1 - b1) g. Recover g from step 5's mu, apply a fresh AdamW at the
   # stage's rate to step 4's weights, and get step 5's weights. Each value passes through a few float32 roundings
   # (mu, g, the update, the subtraction): a few ulps of lr (the Adam update is at most ~lr) and of the weight.
-  tx = from_config.optimizer(config)
+  tx = train_state.optimizer(config)
   (mu,) = [m for m in optax.tree_utils.tree_get_all_with_path(first_of_second.opt_state, "mu")]
   gradients = jax.tree.map(lambda m: np.asarray(m, np.float64) / 0.1, mu[1])
   fresh = tx.init(end_of_first.params)
@@ -122,7 +124,7 @@ def test_a_run_resumed_across_the_stage_boundary_ends_as_the_uninterrupted_run(t
   shutil.copytree(workdir, copy)
   for step in range(kept + 1, 8):
     shutil.rmtree(copy / "checkpoints" / str(step))
-  train.train_and_evaluate(config, copy)
+  experiment.train_and_evaluate(config, copy)
   template = _template(config)
   resumed = checkpoints.Checkpoints(copy / "checkpoints").restore(template, 7)
   original = checkpoints.Checkpoints(workdir / "checkpoints").restore(template, 7)
@@ -137,20 +139,20 @@ def test_a_run_in_stages_refuses_a_resume_that_moves_the_boundary(two_stage_run,
   longer = config.copy_and_resolve_references()
   longer.num_epochs = 5
   with pytest.raises(errors.WorkdirError, match="would move the boundary between its stages"):
-    train.train_and_evaluate(longer, copy)
+    experiment.train_and_evaluate(longer, copy)
 
 
 def test_each_images_sigma_reaches_the_loss():
   """A hand-made batch: the step's KL is the KL to gaussian_label_distribution with each image's sigma."""
   config = training_setup.config("clap2016_dldlv2", loss_kwargs={"sigma": 2.0, "lambda_l1": 1.0})
-  model = from_config.model(config, axis_name=None)
-  state = from_config.initial_train_state(config, model, from_config.optimizer(config))
+  model = train_state.model(config, axis_name=None)
+  state = train_state.initial_train_state(config, model, train_state.optimizer(config))
   rng = np.random.default_rng(0)
   ages = np.float32([3.25, 20.0, 47.5, 80.0])
   sigma = np.float32([1e-10, 1.5, 4.0, 9.0])  # 1e-10: the floor of a spread of 0, a one-hot target
   batch = {"image": rng.integers(0, 256, (4, 64, 64, 3), dtype=np.uint8), "age": ages, "sigma": sigma,
            "position": np.arange(4)}
-  step = jax.jit(functools.partial(train.train_step, loss_fn=from_config.loss_fn(config),
+  step = jax.jit(functools.partial(step_functions.train_step, loss_fn=train_state.loss_fn(config),
                                    augmentation=augment.Augmentation(), seed=config.seed, global_batch=4,
                                    axis_name=None))
   _, metrics = step(state, batch, jnp.float32(1e-3))
@@ -191,29 +193,29 @@ def test_the_training_arrays_carry_each_images_spread_floored_as_the_dldl_v2_cod
 def test_a_sigma_field_the_data_or_the_loss_cannot_use_is_refused(changes, message):
   config = training_setup.config("clap2016_dldlv2", **changes)
   with pytest.raises(errors.ConfigError, match=f"config.sigma_field=.*{message}"):
-    train.check_config(config)
+    config_checks.check(config)
 
 
 def test_the_dldl_v2_normalisation_is_the_codes_per_channel_constants():
   config = training_setup.config("clap2016_dldlv2")
-  model = from_config.model(config)
-  mean, std = np.array(from_config.INPUT_NORMALIZATIONS["dldl_v2"])
+  model = train_state.model(config)
+  mean, std = np.array(train_state.INPUT_NORMALIZATIONS["dldl_v2"])
   variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
   image = np.random.default_rng(1).uniform(size=(1, 64, 64, 3)).astype(np.float32)
-  plain = from_config.model(ml_collections.ConfigDict({**config.to_dict(), "input_normalization": ""}))
+  plain = train_state.model(ml_collections.ConfigDict({**config.to_dict(), "input_normalization": ""}))
   # The normalising model on an image equals the plain one on the image normalised by hand.
   np.testing.assert_allclose(jax.jit(model.apply)(variables, image),
                              jax.jit(plain.apply)(variables, (image - mean) / std), rtol=1e-5, atol=1e-5)
   config.input_normalization = "imagenet"
   with pytest.raises(errors.ConfigError, match="config.input_normalization must be '' .* or one of dldl_v2"):
-    from_config.model(config)
+    train_state.model(config)
 
 
 def test_the_dldl_v2_config_trains_both_stages_with_each_images_sigma_on_clap2016(tmp_path, capsys):
   config = training_setup.config("clap2016_dldlv2", num_train_steps=2, eval_every_epochs=1, **{
       "data.manual_dir": str(ROOT / "datasets" / "clap2016" / "dummy_data"), "data.data_dir": str(tmp_path / "tfds")})
   assert [stage.name for stage in stages.stages_of(config)] == ["kl", "kl+l1"]
-  result = train.train_and_evaluate(config, tmp_path / "run")
+  result = experiment.train_and_evaluate(config, tmp_path / "run")
   out = capsys.readouterr().out
   assert "4 steps of 4 (" in out and "in 2 stages of 2, 2" in out
   assert "stage 2/2 (kl+l1) starts at step 2 from the previous stage's weights" in out

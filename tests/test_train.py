@@ -14,7 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from amr_jax import checkpoints, evaluate, from_config, input_pipeline, metric_writers, reports, tfds_builders, train
+from amr_jax import experiment
+from amr_jax.data import decoding, input_pipeline, tfds_builders
+from amr_jax.evaluation import evaluate, reports
+from amr_jax.training import checkpoints, fold_evaluation, fold_loop, metric_writers, step_functions, train_state
 import training_setup
 
 ROOT = training_setup.ROOT
@@ -45,7 +48,7 @@ def test_every_experiment_config_loads_with_the_documented_fields():
     for field in ("name", "manual_dir", "data_dir", "crop"):
       assert field in config.data, (name, field)
     assert config.name == name
-    assert config.loss in from_config.LOSSES
+    assert config.loss in train_state.LOSSES
 
 
 def test_fgnet_config_argument_is_the_fold():
@@ -76,7 +79,7 @@ def test_one_step_smoke_run_of_every_config(name, fgnet_dirs, tmp_path):
                  "data.data_dir": str(tmp_path / "tfds"), "eval_every_epochs": 1}
     arg = None
   config = training_setup.config(name, arg, num_train_steps=1, **overrides)
-  result = train.train_and_evaluate(config, tmp_path / "run")
+  result = experiment.train_and_evaluate(config, tmp_path / "run")
   assert result["count"] == len(reports.read_predictions_csv(tmp_path / "run" / "test" / "predictions.csv")["age"])
   assert np.isfinite(result["mae"])
   if name.startswith("clap2016"):
@@ -89,11 +92,11 @@ def test_one_step_smoke_run_of_every_config(name, fgnet_dirs, tmp_path):
 
 def _pmapped_updates(config, num_devices, arrays, num_steps=2):
   """Parameters after ``num_steps`` training steps on the first ``num_devices`` host CPU devices."""
-  model = from_config.model(config)
-  tx = from_config.optimizer(config)
-  state = from_config.initial_train_state(config, model, tx)
-  step = jax.pmap(functools.partial(train.train_step, loss_fn=from_config.loss_fn(config),
-                                    augmentation=from_config.augmentation(config), seed=config.seed,
+  model = train_state.model(config)
+  tx = train_state.optimizer(config)
+  state = train_state.initial_train_state(config, model, tx)
+  step = jax.pmap(functools.partial(step_functions.train_step, loss_fn=train_state.loss_fn(config),
+                                    augmentation=train_state.augmentation(config), seed=config.seed,
                                     global_batch=config.batch_size),
                   axis_name="batch", devices=jax.devices("cpu")[:num_devices])
   replicated = evaluate.replicate(state, devices=jax.devices("cpu")[:num_devices])
@@ -117,8 +120,8 @@ def test_pmap_step_on_2_and_4_devices_equals_one_device():
     rng = np.random.default_rng(0)
     arrays = {"image": rng.integers(0, 256, (16, 64, 64, 3), dtype=np.uint8),
               "age": rng.integers(0, 70, 16).astype(np.float64)}
-    fresh = jax.device_get(from_config.initial_train_state(config, from_config.model(config),
-                                                            from_config.optimizer(config)))
+    fresh = jax.device_get(train_state.initial_train_state(config, train_state.model(config),
+                                                            train_state.optimizer(config)))
     assert {leaf.dtype for leaf in jax.tree.leaves(fresh.params)} == {np.dtype(np.float64)}
     one, one_metrics = _pmapped_updates(config, 1, arrays)
     assert one_metrics["loss"].dtype == np.float64
@@ -134,7 +137,7 @@ def test_pmap_step_on_2_and_4_devices_equals_one_device():
 def test_float64_runs_need_64_bit_jax(fgnet_dirs, tmp_path):
   config = training_setup.config("fgnet_amr", "3", dtype="float64", **_data(fgnet_dirs))
   with pytest.raises(ValueError, match="config.dtype='float64' needs 64-bit JAX: set JAX_ENABLE_X64=1"):
-    train.train_and_evaluate(config, tmp_path / "run")
+    experiment.train_and_evaluate(config, tmp_path / "run")
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +145,7 @@ def finished_run(fgnet_dirs, tmp_path_factory):
   """A finished 6-step single-fold run with checkpoints at 3 and 6."""
   workdir = tmp_path_factory.mktemp("finished") / "run"
   config = training_setup.config("fgnet_amr", "3", num_train_steps=6, checkpoint_every_steps=3, **_data(fgnet_dirs))
-  result = train.train_and_evaluate(config, workdir)
+  result = experiment.train_and_evaluate(config, workdir)
   return config, workdir, result
 
 
@@ -166,12 +169,12 @@ def test_restarting_a_finished_run_trains_nothing_and_evaluation_matches(finishe
   config, workdir, result = finished_run
   copy = tmp_path / "copy"
   shutil.copytree(workdir, copy)
-  again = train.train_and_evaluate(config, copy)
+  again = experiment.train_and_evaluate(config, copy)
   assert "resumed from" in capsys.readouterr().out
   assert again["mae"] == pytest.approx(result["mae"], abs=1e-5)
   assert len(metric_writers.read_jsonl(copy / "metrics.jsonl")) == 6  # no step was trained again
   (copy / "test" / "metrics.json").unlink()
-  evaluated = evaluate.evaluate_workdir(config, copy)
+  evaluated = experiment.evaluate_workdir(config, copy)
   assert evaluated["mae"] == pytest.approx(result["mae"], abs=1e-5)
   assert (copy / "test" / "metrics.json").is_file()
 
@@ -181,10 +184,10 @@ def test_resume_from_an_intermediate_checkpoint_equals_the_uninterrupted_run(fin
   copy = tmp_path / "copy"
   shutil.copytree(workdir, copy)
   shutil.rmtree(copy / "checkpoints" / "6")  # as if killed between steps 3 and 6
-  train.train_and_evaluate(config, copy)
+  experiment.train_and_evaluate(config, copy)
   store = checkpoints.Checkpoints(copy / "checkpoints")
-  template = jax.device_get(from_config.initial_train_state(config, from_config.model(config),
-                                                             from_config.optimizer(config)))
+  template = jax.device_get(train_state.initial_train_state(config, train_state.model(config),
+                                                             train_state.optimizer(config)))
   resumed = store.restore(template, 6)
   original = checkpoints.Checkpoints(workdir / "checkpoints").restore(template, 6)
   jax.tree.map(np.testing.assert_array_equal, resumed.params, original.params)
@@ -201,7 +204,7 @@ def test_corrupt_checkpoint_error_says_which_and_what_to_do(finished_run, tmp_pa
       path.write_bytes(b"\x00garbage")
   with pytest.raises(checkpoints.CheckpointError, match=r"checkpoints/6 cannot be read.*delete .*checkpoints/6 "
                      r"to resume from the previous checkpoint \(step 3\)"):
-    train.train_and_evaluate(config, copy)
+    experiment.train_and_evaluate(config, copy)
 
 
 def test_incompatible_checkpoint_error_names_the_difference(finished_run, tmp_path):
@@ -214,22 +217,22 @@ def test_incompatible_checkpoint_error_names_the_difference(finished_run, tmp_pa
   (copy / "config.json").unlink()
   with pytest.raises(checkpoints.CheckpointError, match=r"does not fit.*fc/kernel: shape \(128, 70\) in the "
                      r"checkpoint, \(128, 80\) in this run.*new --workdir"):
-    train.train_and_evaluate(other, copy)
+    experiment.train_and_evaluate(other, copy)
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(fgnet_dirs, tmp_path):
   config = training_setup.config("fgnet_amr", "3", num_train_steps=6, checkpoint_every_steps=1, learning_rate=1e9,
                                  **_data(fgnet_dirs))
-  with pytest.raises(train.NonFiniteLossError, match=r"loss is (nan|inf) at step (\d+).*last good checkpoint is "
+  with pytest.raises(fold_loop.NonFiniteLossError, match=r"loss is (nan|inf) at step (\d+).*last good checkpoint is "
                      r"step \d+") as error:
-    train.train_and_evaluate(config, tmp_path / "run")
+    experiment.train_and_evaluate(config, tmp_path / "run")
   bad_step = int(error.value.args[0].split(" at step ")[1].split(" ")[0])
   assert checkpoints.Checkpoints(tmp_path / "run" / "checkpoints").latest_step() == bad_step - 1
 
 
 def test_all_lopo_folds_pool_every_image_and_resume_done_folds(fgnet_dirs, tmp_path, capsys):
   config = training_setup.config("fgnet_amr", None, num_train_steps=1, **_data(fgnet_dirs))
-  summary = train.train_and_evaluate(config, tmp_path / "lopo")
+  summary = experiment.train_and_evaluate(config, tmp_path / "lopo")
   assert summary["count"] == 16 and summary["num_folds"] == 4
   pooled = reports.read_predictions_csv(tmp_path / "lopo" / "summary" / "predictions.csv")
   assert sorted(pooled["file_name"]) == sorted(p.name for p in (fgnet_dirs[0] / "FGNET" / "images").iterdir())
@@ -239,7 +242,7 @@ def test_all_lopo_folds_pool_every_image_and_resume_done_folds(fgnet_dirs, tmp_p
   np.testing.assert_allclose(summary["mean_fold_mae"], per_fold["mae"].mean(), atol=1e-4)
   assert (tmp_path / "lopo" / "folds" / "subject_002" / "test" / "predictions.csv").is_file()
   capsys.readouterr()
-  again = train.train_and_evaluate(config, tmp_path / "lopo")
+  again = experiment.train_and_evaluate(config, tmp_path / "lopo")
   assert capsys.readouterr().out.count("resumed from") == 4
   assert again["mae"] == pytest.approx(summary["mae"], abs=1e-5)
 
@@ -247,7 +250,7 @@ def test_all_lopo_folds_pool_every_image_and_resume_done_folds(fgnet_dirs, tmp_p
 def test_grouped_k_fold_protocol(fgnet_dirs, tmp_path):
   config = training_setup.config("fgnet_ce", None, protocol="kfold", num_folds=2, num_train_steps=1,
                                  **_data(fgnet_dirs))
-  summary = train.train_and_evaluate(config, tmp_path / "kfold")
+  summary = experiment.train_and_evaluate(config, tmp_path / "kfold")
   assert summary["count"] == 16 and summary["num_folds"] == 2
 
 
@@ -260,7 +263,7 @@ def test_training_reads_what_the_plain_tfds_build_command_writes(fgnet_dirs, tmp
   assert built.returncode == 0, built.stderr[-3000:]
   config = training_setup.config("fgnet_ce", "3", num_train_steps=1, **{"data.manual_dir": str(manual),
                                                                          "data.data_dir": str(data_dir)})
-  result = train.train_and_evaluate(config, tmp_path / "run")
+  result = experiment.train_and_evaluate(config, tmp_path / "run")
   assert result["count"] == 4 and np.isfinite(result["mae"])
 
 
@@ -273,10 +276,10 @@ def test_a_data_dir_built_in_another_format_is_refused_with_the_command_that_reb
   with pytest.raises(ValueError, match=re.escape(
       f"{folder} holds a tfrecord build of fgnet; amr_jax reads array_record. Delete that folder and rebuild it "
       f"with `tfds build datasets/fgnet --manual_dir={manual} --data_dir={data_dir}`")):
-    train.train_and_evaluate(config, tmp_path / "run")
+    experiment.train_and_evaluate(config, tmp_path / "run")
   assert list(folder.glob("fgnet-train.tfrecord-*"))  # left as it was
   with pytest.raises(ValueError, match=re.escape(f"{folder} holds a tfrecord build of fgnet")):
-    input_pipeline.load_fgnet_arrays(str(folder))
+    decoding.load_fgnet_arrays(str(folder))
 
 
 def test_missing_dataset_error_names_the_manual_dir(tmp_path):
@@ -286,7 +289,7 @@ def test_missing_dataset_error_names_the_manual_dir(tmp_path):
   config = training_setup.config("fgnet_amr", "3", **{"data.manual_dir": str(manual),
                                                       "data.data_dir": str(tmp_path / "tfds")})
   with pytest.raises(FileNotFoundError, match=f"manual directory {manual} holds no usable copy"):
-    train.train_and_evaluate(config, tmp_path / "run")
+    experiment.train_and_evaluate(config, tmp_path / "run")
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -303,16 +306,16 @@ def test_missing_dataset_error_names_the_manual_dir(tmp_path):
 def test_bad_config_values_name_the_field(field, value, message, fgnet_dirs, tmp_path):
   config = training_setup.config("fgnet_amr", "3", **_data(fgnet_dirs), **{field: value})
   with pytest.raises(ValueError, match=message):
-    train.train_and_evaluate(config, tmp_path / "run")
+    experiment.train_and_evaluate(config, tmp_path / "run")
 
 
 def test_bfloat16_folds_at_once_train_and_predict_finite_ages_with_float32_parameters(fgnet_dirs, tmp_path):
   """The run that predicted NaN for every test image on the CPU with jaxlib 0.11-0.12: bfloat16, all folds at once."""
   config = training_setup.config("fgnet_amr", None, dtype="bfloat16", parallel_folds=4, **_data(fgnet_dirs))
-  result = train.train_and_evaluate(config, tmp_path / "run")
+  result = experiment.train_and_evaluate(config, tmp_path / "run")
   assert result["num_folds"] == 4 and np.isfinite(result["mae"])
-  template = jax.device_get(from_config.initial_train_state(config, from_config.model(config),
-                                                             from_config.optimizer(config)))
+  template = jax.device_get(train_state.initial_train_state(config, train_state.model(config),
+                                                             train_state.optimizer(config)))
   for fold in range(1, 5):
     fold_dir = tmp_path / "run" / "folds" / f"subject_{fold:03d}"
     state = checkpoints.Checkpoints(fold_dir / "checkpoints").restore(template)
@@ -333,8 +336,8 @@ def test_a_non_finite_prediction_is_refused_naming_fold_step_and_count_and_keeps
 
   monkeypatch.setattr(evaluate, "predict", half_nan)
   config = training_setup.config("fgnet_amr", "3", **_data(fgnet_dirs))
-  with pytest.raises(train.NonFinitePredictionError) as refusal:
-    train.train_and_evaluate(config, tmp_path / "run")
+  with pytest.raises(fold_evaluation.NonFinitePredictionError) as refusal:
+    experiment.train_and_evaluate(config, tmp_path / "run")
   message = str(refusal.value)
   assert "\n" not in message
   assert re.match(r"subject 3: the model of step 2 predicts a non-finite age for 2 of 4 test images, so no test "

@@ -3,7 +3,10 @@
 import numpy as np
 import pytest
 
-from amr_jax import evaluate, fgnet, metric_writers, reports, tfds_builders, train
+from amr_jax import experiment
+from amr_jax.data import fgnet, tfds_builders
+from amr_jax.evaluation import reports
+from amr_jax.training import metric_writers
 import training_setup
 
 
@@ -25,7 +28,7 @@ def test_training_on_real_fgnet_lowers_the_loss_and_writes_the_reports(fgnet_dat
       num_train_steps=100, log_every_steps=10, checkpoint_every_steps=50, head_bias="zeros",
       **{"data.manual_dir": str(manual), "data.data_dir": str(data_dir), "data.crop": "aligned"})
   workdir = tmp_path / "run"
-  result = train.train_and_evaluate(config, workdir)
+  result = experiment.train_and_evaluate(config, workdir)
 
   logged = metric_writers.read_jsonl(workdir / "metrics.jsonl")
   losses = [entry["train/loss"] for entry in logged]
@@ -48,5 +51,5 @@ def test_training_on_real_fgnet_lowers_the_loss_and_writes_the_reports(fgnet_dat
   for png in ("cumulative_score.png", "predicted_vs_true.png", "error_by_age_group.png"):
     assert (workdir / "test" / png).stat().st_size > 10_000
 
-  again = evaluate.evaluate_workdir(config, workdir)
+  again = experiment.evaluate_workdir(config, workdir)
   assert again["mae"] == pytest.approx(result["mae"], abs=1e-4)

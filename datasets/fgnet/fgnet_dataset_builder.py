@@ -1,69 +1,15 @@
-"""FG-NET: 1002 face images of 82 subjects aged 0-69, with 68 manual landmarks each.
+"""FG-NET for ``tfds build datasets/fgnet --manual_dir=DIR --data_dir=DIR``, run from the repository root.
 
-Built from a manual directory holding ``FGNET/`` or ``FGNET.zip`` (or, when it
-holds neither, from the public ``FGNET.zip``):
-``tfds build datasets/fgnet --manual_dir=DIR --data_dir=DIR``, or from Python
-with :func:`amr_jax.tfds_builders.build` (see README.md). Written as array_record unless another
-``file_format`` is asked for, read with
-``tfds.data_source`` or ``builder.as_data_source()`` without TensorFlow.
-
-One ``train`` split: folds (leave-one-subject-out, grouped k-fold) are chosen
-at load time with :mod:`amr_jax.folds` on the ``subject_id`` feature.
+The builder is :class:`amr_jax.data.fgnet_builder.Builder`. ``tfds build`` imports
+this file as ``fgnet.fgnet_dataset_builder`` and takes the one builder class
+defined in it, so the class is subclassed here, not imported: it builds the
+same dataset (name ``fgnet``, version, features, folder, README and
+CITATIONS.bib). Not registered: amr_jax's class holds the name ``fgnet`` in
+TFDS's registry, which refuses a second class of that name.
 """
 
-
-import numpy as np
-import tensorflow_datasets as tfds
-
-from amr_jax import dataset_sources
-from amr_jax import fgnet
-from amr_jax import tfds_builders
-
-# Tried only when the manual directory holds no copy (see amr_jax.dataset_sources).
-DOWNLOAD_URL = "https://yanweifu.github.io/FG_NET_data/FGNET.zip"
-
-_MANUAL = fgnet.DOWNLOAD_INSTRUCTIONS
+from amr_jax.data import fgnet_builder
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
-  """FG-NET with subject ids and landmarks."""
-
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release: whole images, RGB, 68 landmarks."}
-  MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL
-
-  def __init__(self, *, file_format=None, **kwargs):
-    super().__init__(file_format=file_format, **kwargs)
-    tfds_builders.default_file_format(self, file_format)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            # The original JPEG bytes; the 175 greyscale images are stored as RGB (re-encoded, quality 95).
-            "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-            "age": np.int32,
-            "subject_id": np.int32,
-            "file_name": tfds.features.Text(),
-            # (x, y) pixel coordinates in the stored image, FG-NET's 68-point markup.
-            "landmarks": tfds.features.Tensor(shape=(fgnet.NUM_LANDMARKS, 2), dtype=np.float32),
-        }),
-        supervised_keys=("image", "age"),
-        homepage="https://yanweifu.github.io/FG_NET_data/",
-    )
-
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    root = dataset_sources.raw_data_root(dl_manager, name="fgnet", find_root=fgnet.find_root,
-                                         instructions=_MANUAL, download_url=DOWNLOAD_URL)
-    tfds_builders.record_source(self.data_dir, dataset_sources.manual_dir_or_none(dl_manager))
-    return {"train": self._generate_examples(root)}
-
-  def _generate_examples(self, root):
-    for image in fgnet.index_images(root):
-      yield image.file_name, {
-          "image": dataset_sources.rgb_jpeg_bytes(image.image_path),
-          "age": image.age,
-          "subject_id": image.subject_id,
-          "file_name": image.file_name,
-          "landmarks": fgnet.read_landmarks(image.landmarks_path),
-      }
-
+class Builder(fgnet_builder.Builder, skip_registration=True):
+  """FG-NET with subject ids and landmarks (:class:`amr_jax.data.fgnet_builder.Builder`)."""
