@@ -97,7 +97,7 @@ def load_model(workdir: str | os.PathLike, fold: int | None = None, checkpoint: 
     hint = (" (the run selects no checkpoint: config.model_selection is 'last')" if kind == "selected"
             and not selection.selects(config.model_selection) else "; train first")
     raise errors.WorkdirError(f"{directory}: no checkpoint{hint}.")
-  finished = (fold_dir / "test" / workdir_layout.METRICS_FILE).is_file()
+  finished = (fold_dir / workdir_layout.TEST_REPORT / workdir_layout.METRICS_FILE).is_file()
   if not finished and not checkpoint:
     where = workdir if fold_dir == workdir else f"{fold_name} of {workdir}"
     raise errors.WorkdirError(

@@ -183,7 +183,7 @@ def write_pooled_report(folder: str | os.PathLike, by_fold: Sequence[tuple[str, 
   columns["abs_error"] = np.abs(pooled["predicted_age"] - pooled["age"])
   reports.write_predictions_csv(folder / workdir_layout.PREDICTIONS_FILE, columns)
   per_fold = [metrics_of(p) for _, p in by_fold]
-  reports.write_predictions_csv(folder / "per_fold.csv", {
+  reports.write_predictions_csv(folder / workdir_layout.PER_FOLD_FILE, {
       "fold": [name for name, _ in by_fold], "count": [m["count"] for m in per_fold],
       "mae": [m["mae"] for m in per_fold], "cs5": [m["cs"][5] for m in per_fold]})
   _plots(folder, pooled, summary, title)
