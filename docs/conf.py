@@ -36,7 +36,7 @@ myst_enable_extensions = ["dollarmath"]
 nitpicky = True
 nitpick_ignore_regex = [
     (r"py:.*", r"(Union\[)?(numpy|np|jax|jaxlib|flax|optax|orbax|os|pathlib|collections|ml_collections|matplotlib|"
-               r"typing|tensorflow_datasets|concurrent|threading|argparse)\b.*"),
+               r"typing|tensorflow_datasets|concurrent|threading|argparse|PIL)\b.*"),
     (r"py:class", r"ArrayTree"),  # optax's alias in optimizer signatures
     (r"py:class", r"utils\.VersionOrStr"),  # TFDS's alias, in the fields Clap2016Config inherits from BuilderConfig
 ]

@@ -19,9 +19,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 # Test-only packages: large, and each would replace a user's own copy in an existing environment.
 TEST_ONLY = {"torch", "tensorflow", "apache-beam", "mlcroissant", "datasets", "pytest", "pytest-xdist", "hypothesis",
-             "scikit-image", *("sphinx", "myst-parser", "furo")}  # the last three: the docs build (requirements-docs.txt)
+             "scikit-image", "onnxruntime", "dlib-bin", *("sphinx", "myst-parser", "furo")}  # the last three: the docs build (requirements-docs.txt)
 # Imports that are optional where they appear: the code runs without them.
-OPTIONAL_IMPORTS = {"torch": "amr_jax/models/pretrained.py reads .pth files with torch when it is installed, else without"}
+OPTIONAL_IMPORTS = {"torch": "amr_jax/models/pretrained.py reads .pth files with torch when it is installed, else without",
+                    "onnx": "amr_jax/models/dlib_age_weights.py reads dlib's ONNX weights with it (the training install "
+                            "has it); the network itself needs only the core install"}
 
 
 def _name(requirement: str) -> str:

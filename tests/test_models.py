@@ -124,8 +124,8 @@ def test_batch_norm_statistics_are_averaged_across_devices(cpu_devices):
 
 
 def test_unknown_model_name_lists_the_valid_ones():
-  with pytest.raises(ValueError, match="unknown model 'resnet101'; valid names: efficientnet_lite0, efficientnet_lite1, "
-                     "efficientnet_lite2, resnet18, resnet34, resnet50, thin_age_net, tiny_age_net\\."):
+  with pytest.raises(ValueError, match="unknown model 'resnet101'; valid names: dlib_age_resnet, efficientnet_lite0, "
+                     "efficientnet_lite1, efficientnet_lite2, resnet18, resnet34, resnet50, thin_age_net, tiny_age_net\\."):
     models.create_model("resnet101", 10)
   with pytest.raises(ValueError, match="num_classes must be a positive integer"):
     models.create_model("resnet18", 0)

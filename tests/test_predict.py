@@ -15,7 +15,8 @@ import skimage.data
 import tensorflow_datasets as tfds
 
 import training_setup
-from amr_jax import errors, experiment, predict
+from amr_jax import errors, experiment, photographs, predict, trained_model
+from amr_jax.age_estimator import AgeEstimator
 from amr_jax.faces import mtcnn
 
 ROOT = training_setup.ROOT
@@ -56,7 +57,7 @@ def test_predictions_on_the_runs_test_photographs_are_run_evals(detected_run, tm
   for example in (source[i] for i in range(len(source))):
     if example["subject_id"] == 1:
       PIL.Image.fromarray(example["image"]).save(photos / f"{example['file_name'].decode()}.png")
-  counts = predict.predict_photographs(predict.load_model(workdir), [photos], tmp_path / "ages.csv", log=print)
+  counts = predict.predict_photographs(AgeEstimator.from_workdir(workdir), [photos], tmp_path / "ages.csv", log=print)
   assert counts == {"files": 2, "faces": 2, "no_face": 0, "bad": 0, "failed": 0}
   expected = {row["file_name"]: row for row in _rows(workdir / "test" / "predictions.csv")}
   got = _rows(tmp_path / "ages.csv")
@@ -81,7 +82,7 @@ def test_a_folder_with_a_corrupt_file_a_text_file_and_a_faceless_photo_gives_a_r
   (photos / ".hidden.jpg").write_text("skipped: hidden")
   out, annotated = tmp_path / "out" / "ages.csv", tmp_path / "annotated"
   lines = []  # in process: the command line itself is run by the README example's test
-  counts = predict.predict_photographs(predict.load_model(workdir), [photos], out, annotate=annotated,
+  counts = predict.predict_photographs(AgeEstimator.from_workdir(workdir), [photos], out, annotate=annotated,
                                        log=lines.append, progress_every=0)
   assert counts == {"files": 4, "faces": 1, "no_face": 1, "bad": 2, "failed": 0}
   with open(out, newline="") as f:
@@ -112,15 +113,15 @@ def test_a_run_over_all_folds_needs_a_fold_and_says_which_it_used(detected_run, 
   stored = json.loads((workdir / "config.json").read_text())
   (all_folds / "config.json").write_text(json.dumps({**stored, "fold": -1}))
   with pytest.raises(errors.ConfigError, match=r"one model per fold: choose one with --fold=N \(trained: subject_001\)"):
-    predict.load_model(all_folds)
+    trained_model.load_model(all_folds)
   with pytest.raises(errors.WorkdirError, match=r"--fold=2: .*subject_002 holds no checkpoint"):
-    predict.load_model(all_folds, fold=2)
-  model = predict.load_model(all_folds, fold=1)
+    trained_model.load_model(all_folds, fold=2)
+  model = trained_model.load_model(all_folds, fold=1)
   assert model.description.startswith(f"subject_001 of {all_folds}, the last checkpoint (step 2)")
   with pytest.raises(errors.WorkdirError, match="selects no checkpoint: config.model_selection is 'last'"):
-    predict.load_model(workdir, checkpoint="selected")
+    trained_model.load_model(workdir, checkpoint="selected")
   with pytest.raises(errors.ConfigError, match="leave --fold out"):
-    predict.load_model(workdir, fold=2)
+    trained_model.load_model(workdir, fold=2)
 
 
 def test_mistakes_on_the_command_line_are_one_line_each(tmp_path):
@@ -129,7 +130,7 @@ def test_mistakes_on_the_command_line_are_one_line_each(tmp_path):
   photo_bytes = photo.read_bytes()
   (tmp_path / "empty" / ".thumbnails").mkdir(parents=True)
   (tmp_path / "empty" / ".thumbnails" / "a.jpg").write_bytes(photo_bytes)
-  for args, message in [([], "give the run whose model predicts: --workdir=W."),
+  for args, message in [([], "give photographs or folders of them: python run_predict.py [--workdir=W] PHOTO_OR"),
                         ([f"--workdir={tmp_path}", f"--out={photo}", str(photo)],
                          "x.jpg is one of the photographs to predict; writing the CSV there would replace it"),
                         ([f"--workdir={tmp_path}", str(tmp_path / "empty")], "empty: a folder with no photographs"),
@@ -151,7 +152,7 @@ def test_a_csv_that_cannot_be_written_leaves_the_earlier_file_whole_and_says_so(
   photo, out = tmp_path / "astronaut.jpg", tmp_path / "ages.csv"
   PIL.Image.fromarray(skimage.data.astronaut()).save(photo)
   out.write_text("an earlier CSV\n")
-  model = predict.load_model(detected_run[0])
+  model = AgeEstimator.from_workdir(detected_run[0])
 
   def disk_full(source, target):
     raise OSError(28, "No space left on device")
@@ -180,7 +181,7 @@ def test_a_full_disk_for_the_annotated_copies_costs_no_prediction(detected_run, 
 
   monkeypatch.setattr(PIL.Image.Image, "save", disk_full)
   lines = []
-  counts = predict.predict_photographs(predict.load_model(detected_run[0]), [photos], tmp_path / "ages.csv",
+  counts = predict.predict_photographs(AgeEstimator.from_workdir(detected_run[0]), [photos], tmp_path / "ages.csv",
                                        annotate=tmp_path / "annotated", log=lines.append)
   assert counts["faces"] == 2
   assert [row["note"] for row in _rows(tmp_path / "ages.csv")] == ["", ""]
@@ -218,7 +219,8 @@ def test_a_photograph_that_fails_gets_a_note_and_ctrl_c_keeps_the_rows_done(dete
   photos.mkdir()
   for name in ("a.jpg", "b.jpg", "c.jpg"):
     PIL.Image.fromarray(skimage.data.astronaut()).save(photos / name)
-  model, detector = predict.load_model(detected_run[0]), mtcnn.Detector()
+  detector = mtcnn.Detector()
+  model = AgeEstimator.from_workdir(detected_run[0], detector=detector)
   detect = detector.detect
 
   def failing_on_b(image, path=iter(["a", "b", "c"])):
@@ -228,7 +230,7 @@ def test_a_photograph_that_fails_gets_a_note_and_ctrl_c_keeps_the_rows_done(dete
 
   monkeypatch.setattr(detector, "detect", failing_on_b)
   lines = []
-  counts = predict.predict_photographs(model, [photos], tmp_path / "ages.csv", detector=detector, log=lines.append)
+  counts = predict.predict_photographs(model, [photos], tmp_path / "ages.csv", log=lines.append)
   assert [row["note"] for row in _rows(tmp_path / "ages.csv")] == ["", "failed: RuntimeError: a detector bug", ""]
   assert counts["failed"] == 1 and counts["faces"] == 2 and "1 failed (see their notes)" in lines[-1]
 
@@ -239,11 +241,11 @@ def test_a_photograph_that_fails_gets_a_note_and_ctrl_c_keeps_the_rows_done(dete
 
   monkeypatch.setattr(detector, "detect", interrupted_on_c)
   with pytest.raises(errors.Interrupted, match=r"after 2 of 3 files; their 2 row\(s\) are in .*ages2.csv"):
-    predict.predict_photographs(model, [photos], tmp_path / "ages2.csv", detector=detector, log=lines.append)
+    predict.predict_photographs(model, [photos], tmp_path / "ages2.csv", log=lines.append)
   assert [row["file"] for row in _rows(tmp_path / "ages2.csv")] == [str(photos / "a.jpg"), str(photos / "b.jpg")]
   monkeypatch.setattr(detector, "detect", lambda image: (_ for _ in ()).throw(KeyboardInterrupt))
   with pytest.raises(errors.Interrupted, match="before the first photograph was done; nothing written"):
-    predict.predict_photographs(model, [photos], tmp_path / "ages3.csv", detector=detector, log=lines.append)
+    predict.predict_photographs(model, [photos], tmp_path / "ages3.csv", log=lines.append)
   assert not (tmp_path / "ages3.csv").exists()
 
 
@@ -254,7 +256,7 @@ def test_annotated_copies_never_replace_a_photograph_and_say_when_they_replace_e
   for name in ("a.jpg", "a_ages.jpg"):
     PIL.Image.fromarray(skimage.data.astronaut()).save(photos / name)
   originals = {p.name: p.read_bytes() for p in photos.iterdir()}
-  model = predict.load_model(detected_run[0])
+  model = AgeEstimator.from_workdir(detected_run[0])
   lines = []
   predict.predict_photographs(model, [photos / "a.jpg", photos / "a_ages.jpg"], tmp_path / "ages.csv",
                               annotate=photos, log=lines.append)
@@ -275,20 +277,21 @@ def test_a_run_without_test_metrics_is_refused_unless_its_checkpoint_is_asked_fo
   with pytest.raises(errors.WorkdirError, match=r"/unfinished has no test metrics: the run did not "
                      r"finish \(stopped, diverged, or still training\) and its last checkpoint is step 2; .* predict "
                      r"with that checkpoint anyway: --checkpoint=last\."):
-    predict.load_model(unfinished)
-  model = predict.load_model(unfinished, checkpoint="last")
+    trained_model.load_model(unfinished)
+  model = trained_model.load_model(unfinished, checkpoint="last")
   assert model.description.endswith("the last checkpoint (step 2), from a run that did not finish (no test metrics)")
-  assert "did not finish" not in predict.load_model(detected_run[0]).description
+  assert "did not finish" not in trained_model.load_model(detected_run[0]).description
 
 
 def test_a_missing_photograph_is_named(detected_run, tmp_path):
-  model = predict.load_model(detected_run[0])
+  model = AgeEstimator.from_workdir(detected_run[0])
   with pytest.raises(errors.DataError, match="nowhere.jpg: no such file or folder"):
     predict.predict_photographs(model, [tmp_path / "nowhere.jpg"], tmp_path / "ages.csv")
 
 
 def test_the_readme_example_runs_as_written(detected_run, tmp_path):
-  """The README's astronaut example, verbatim, from the repository root, on a copy of the quick run (HOME in tmp)."""
+  """The README's example of a run's model, verbatim, from the repository root, on a copy of the quick run (HOME in
+  tmp)."""
   text = (ROOT / "README.md").read_text()
   block = text.split("<!-- example: predict -->", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
   assert "run_predict.py" in block
@@ -299,8 +302,9 @@ def test_the_readme_example_runs_as_written(detected_run, tmp_path):
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   header, row = result.stdout.strip().splitlines()[-2:]
   assert tuple(header.split(",")) == predict.COLUMNS
-  assert row.startswith(f"{tmp_path}/amr_runs/astronaut.png,0,") and row.endswith(",")  # one face, no note
-  assert (tmp_path / "amr_runs" / "annotated" / "astronaut_ages.jpg").is_file()
+  assert row.split(",")[0].endswith("/sample_data/grace_hopper.jpg") and row.split(",")[1] == "0"
+  assert row.endswith(",")  # one face, no note
+  assert (tmp_path / "amr_runs" / "annotated" / "grace_hopper_ages.jpg").is_file()
 
 
 def _modes(rgb: np.ndarray) -> dict:
@@ -329,7 +333,7 @@ def test_every_image_mode_becomes_8_bit_rgb_by_scaling_not_clipping(mode, tmp_pa
   path = tmp_path / f"photo{suffix}"
   image.save(path)
   assert PIL.Image.open(path).mode == mode.split()[0]
-  out = predict.read_photograph(path)
+  out = photographs.read_photograph(path)
   assert out.dtype == np.uint8 and out.shape == rgb.shape
   if mode in ("RGBA", "CMYK"):  # lossless round trips of the colour photograph
     np.testing.assert_array_equal(out, rgb)
@@ -348,7 +352,7 @@ def test_an_exif_rotated_photograph_is_read_upright(tmp_path):
   exif = PIL.Image.Exif()
   exif[0x0112] = 6  # orientation: the stored pixels must be turned 90 degrees clockwise to be upright
   PIL.Image.fromarray(rgb).save(tmp_path / "rotated.jpg", exif=exif, quality=95)
-  out = predict.read_photograph(tmp_path / "rotated.jpg")
+  out = photographs.read_photograph(tmp_path / "rotated.jpg")
   assert out.shape == (400, 512, 3)
   upright = np.rot90(rgb, k=-1)
   assert np.abs(out.astype(int) - upright).mean() < 3  # JPEG's loss only

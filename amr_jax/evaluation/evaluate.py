@@ -75,7 +75,8 @@ def eval_step(state, batch: dict[str, jax.Array], *, start_age: float, test_time
 
   Returns ``predicted_age`` (the distribution's mean), ``distribution_std``,
   ``mode_age``, and the batch's ``index`` and ``mask``, each
-  ``[num_devices, per_device_batch]`` in global device order.
+  ``[num_devices, per_device_batch]`` in global device order, and the ``distribution`` itself
+  ``[num_devices, per_device_batch, classes]``.
   """
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   images = augment.to_float(batch["image"])
@@ -88,23 +89,30 @@ def eval_step(state, batch: dict[str, jax.Array], *, start_age: float, test_time
     probs = 0.5 * (probs + distribution(augment.flip_left_right(images)))
   mean, std = distribution_mean_and_std(probs, start_age)
   out = {"predicted_age": mean, "distribution_std": std, "mode_age": start_age + jnp.argmax(probs, axis=-1),
-         "index": batch["index"], "mask": batch["mask"]}
+         "distribution": probs, "index": batch["index"], "mask": batch["mask"]}
   return jax.lax.all_gather(out, axis_name="batch")
 
 
-def predict(p_eval_step, replicated_state, arrays: dict[str, np.ndarray], global_batch: int) -> Predictions:
-  """Predictions for every example of ``arrays`` (in its order), with its label fields copied in."""
+def predict(p_eval_step, replicated_state, arrays: dict[str, np.ndarray], global_batch: int, *,
+            distributions: bool = False) -> Predictions:
+  """Predictions for every example of ``arrays`` (in its order), with its label fields copied in (and each
+  example's age ``distribution`` ``[count, classes]`` with ``distributions``)."""
   count = len(arrays["image"])
   inputs = {"image": arrays["image"], "index": np.arange(count, dtype=np.int32)}
   columns = {"predicted_age": np.zeros(count, np.float32), "distribution_std": np.zeros(count, np.float32),
              "mode_age": np.zeros(count, np.float32)}
+  if distributions:
+    columns["distribution"] = None  # its width (the classes) is known at the first batch
   for batch in input_pipeline.eval_batches(inputs, global_batch=global_batch, num_devices=jax.local_device_count(),
                                            process_index=jax.process_index(), process_count=jax.process_count()):
     out = jax.device_get(unreplicate(p_eval_step(replicated_state, batch)))
     keep = out["mask"].reshape(-1)
     index = out["index"].reshape(-1)[keep]
     for name in columns:
-      columns[name][index] = out[name].reshape(-1)[keep]
+      values = out[name].reshape(-1, *out[name].shape[2:])[keep]
+      if columns[name] is None:
+        columns[name] = np.zeros((count, *values.shape[1:]), values.dtype)
+      columns[name][index] = values
   labels = {name: arrays[name] for name in LABEL_FIELDS if name in arrays}
   return {**labels, **columns}
 

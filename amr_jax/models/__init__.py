@@ -7,6 +7,7 @@ float32) and ``axis_name`` averages BatchNorm statistics across ``pmap`` devices
 """
 
 from amr_jax.models.age_net import ThinAgeNet, TinyAgeNet, VGGAgeNet
+from amr_jax.models.dlib_age import DlibAgeResNet
 from amr_jax.models.efficientnet_lite import EfficientNetLite, EfficientNetLite0, EfficientNetLite1, EfficientNetLite2
 from amr_jax.models.resnet import ResNet, ResNet18, ResNet34, ResNet50
 
@@ -21,6 +22,7 @@ MODELS = {
     "efficientnet_lite0": EfficientNetLite0,
     "efficientnet_lite1": EfficientNetLite1,
     "efficientnet_lite2": EfficientNetLite2,
+    "dlib_age_resnet": DlibAgeResNet,  # dlib's age network: 64 px chips; pretrained="dlib" or "dlib_with_head"
 }
 
 
@@ -38,5 +40,5 @@ def create_model(name: str, num_classes: int, **kwargs):
   return MODELS[name](num_classes=num_classes, **kwargs)
 
 
-__all__ = ["EfficientNetLite", "EfficientNetLite0", "EfficientNetLite1", "EfficientNetLite2", "HEAD_NAMES", "MODELS",
+__all__ = ["DlibAgeResNet", "EfficientNetLite", "EfficientNetLite0", "EfficientNetLite1", "EfficientNetLite2", "HEAD_NAMES", "MODELS",
            "ResNet", "ResNet18", "ResNet34", "ResNet50", "ThinAgeNet", "TinyAgeNet", "VGGAgeNet", "create_model"]

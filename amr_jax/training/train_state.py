@@ -131,11 +131,20 @@ def initial_variables(config, model) -> dict[str, Any]:
   if not config.pretrained:
     return with_parameter_dtype(config, variables)
   config_checks.check_pretrained(config)
+  head = models.HEAD_NAMES
   if config.pretrained == "imagenet":
     _, source = pretrained.load(config.model)
+  elif config.pretrained in config_checks.DLIB_PRETRAINED:
+    from amr_jax.models import dlib_age_weights  # pylint: disable=import-outside-toplevel
+    _, source = dlib_age_weights.load()
+    head = () if config.pretrained == "dlib_with_head" else head
+    if config.data.name == "fgnet":
+      from amr_jax.training import metric_writers  # pylint: disable=import-outside-toplevel
+      metric_writers.log(f"Warning: config.pretrained={config.pretrained!r}: dlib trained this network on a private "
+                         "set that very likely holds FG-NET; this run's FG-NET figures are not held-out results.")
   else:
     _, source = pretrained.load_torchvision_resnet(os.path.expanduser(config.pretrained), config.model)
-  new_variables, _ = pretrained.init_from_pretrained(variables, source)
+  new_variables, _ = pretrained.init_from_pretrained(variables, source, head=head)
   return with_parameter_dtype(config, dict(new_variables))
 
 
