@@ -71,9 +71,11 @@ def _timed_compile(step, *args) -> tuple[Any, float]:
   return compiled, time.perf_counter() - start
 
 
-def measure(config, num_folds: int, warmup: int, steps: int, alone_step: dict) -> dict:
-  """Times ``num_folds`` folds in one step and one after another; returns seconds, compile times, memory and cost
-  counts. ``alone_step`` caches the one-fold step's compiled program across calls (it does not depend on N)."""
+def measure(config, num_folds: int, warmup: int, steps: int, alone_step: dict, fold_convolution: str = "grouped"
+            ) -> dict:
+  """Times ``num_folds`` folds in one step (their convolutions as ``fold_convolution``) and one after another;
+  returns seconds, compile times, memory and cost counts. ``alone_step`` caches the one-fold step's compiled
+  program across calls (it does not depend on N)."""
   device = jax.local_devices()[:1]
   kwargs = dict(loss_fn=train_state.loss_fn(config), augmentation=train_state.augmentation(config),
                 seed=config.seed, global_batch=config.batch_size)
@@ -81,7 +83,8 @@ def measure(config, num_folds: int, warmup: int, steps: int, alone_step: dict) -
                                                           train_state.optimizer(config)))
   # On the device as pmap lays out its inputs, so the timed steps copy nothing from the host.
   batch = evaluate.replicate(jax.tree.map(lambda x: x[0], _inputs(config, num_folds)), devices=device)
-  at_once = jax.pmap(functools.partial(step_functions.folds_train_step, **kwargs), axis_name="batch", devices=device)
+  at_once = jax.pmap(functools.partial(step_functions.folds_train_step, fold_convolution=fold_convolution, **kwargs),
+                     axis_name="batch", devices=device)
   stacked = evaluate.replicate(jax.tree.map(lambda x: np.stack([x] * num_folds), state), devices=device)
   lrs = flax.jax_utils.replicate(np.full((num_folds,), 1e-3, np.float32), devices=device)
   active = flax.jax_utils.replicate(np.ones((num_folds,), bool), devices=device)
@@ -116,7 +119,7 @@ def measure(config, num_folds: int, warmup: int, steps: int, alone_step: dict) -
     sequence_times.append(median_time(folds_in_sequence, warmup, steps))
   peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes
           if memory is not None else float("nan"))
-  return {"folds": num_folds, "at_once_s": float(np.median(at_once_times)),
+  return {"folds": num_folds, "fold_convolution": fold_convolution, "at_once_s": float(np.median(at_once_times)),
           "sequence_s": float(np.median(sequence_times)), "peak_bytes": peak,
           "at_once_compile_s": at_once_compile_s, "alone_compile_s": alone_step["compile_s"],
           "flops": float(cost.get("flops", float("nan"))), "bytes": float(cost.get("bytes accessed", float("nan")))}
@@ -191,15 +194,15 @@ def report(args, rows, bounds) -> str:
       f"({devices[0].device_kind}), one device used",
       f"- step: {args.model}, {args.image_size} px, {args.dtype}, batch {args.batch} per fold, AMR loss, AdamW; "
       f"median of {args.steps} steps after {args.warmup} warm-up, two alternating blocks", "",
-      "| folds | at once: s/step | in sequence: s/step | at once / in sequence | images/s at once | images/s in "
+      "| folds | convolutions at once | at once: s/step | in sequence: s/step | at once / in sequence | images/s at once | images/s in "
       "sequence | compile at once | compile one fold | peak memory at once | GFLOP/step | GB accessed/step | 82 "
       "folds x 1500 steps: at once | in sequence |",
-      "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+      "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
   for r in rows:
     images = r["folds"] * args.batch
     groups = math.ceil(PROTOCOL_FOLDS / r["folds"])
     lines.append(
-        f"| {r['folds']} | {r['at_once_s']:.3f} | {r['sequence_s']:.3f} | {r['at_once_s'] / r['sequence_s']:.2f}x | "
+        f"| {r['folds']} | {r['fold_convolution']} | {r['at_once_s']:.3f} | {r['sequence_s']:.3f} | {r['at_once_s'] / r['sequence_s']:.2f}x | "
         f"{images / r['at_once_s']:.0f} | {images / r['sequence_s']:.0f} | {r['at_once_compile_s']:.0f} s | "
         f"{r['alone_compile_s']:.0f} s | {r['peak_bytes'] / 2**20:.0f} MiB | "
         f"{r['flops'] / 1e9:.2f} | {r['bytes'] / 1e9:.2f} | {_hours(groups * PROTOCOL_STEPS * r['at_once_s'])} | "
@@ -242,6 +245,9 @@ def main(argv=None):
   parser.add_argument("--folds", type=_fold_counts, default="1,2,4,8", help="fold counts, e.g. 1,2,4,8")
   parser.add_argument("--warmup", type=int, default=1)
   parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--fold_convolution", default="grouped,patches",
+                      help="how the folds' convolutions are computed at once, one row each: grouped, patches or "
+                      "both, comma-separated (amr_jax.training.step_functions.folds_train_step)")
   parser.add_argument("--no_bound", action="store_true", help="skip the H100 bound of the recipe's step")
   parser.add_argument("--launch_us", type=float, default=4.0, help="assumed cost of one kernel launch (microseconds)")
   parser.add_argument("--out", default="")
@@ -250,9 +256,15 @@ def main(argv=None):
     parser.error(f"--out {args.out}: its folder does not exist")
   config = _config(args.model, args.image_size, args.batch, args.dtype)
   rows, alone_step = [], {}
+  convolutions = args.fold_convolution.split(",")
+  unknown = sorted(set(convolutions) - set(step_functions.FOLD_CONVOLUTIONS))
+  if unknown:
+    parser.error(f"--fold_convolution: unknown {unknown}; valid: {', '.join(step_functions.FOLD_CONVOLUTIONS)}")
   for n in args.folds:
-    rows.append(measure(config, n, args.warmup, args.steps, alone_step))
-    _progress(f"{n} folds: {rows[-1]['at_once_s']:.3f} s at once, {rows[-1]['sequence_s']:.3f} s in sequence")
+    for convolution in convolutions if n > 1 else convolutions[:1]:  # one fold: no vmap, both are the same
+      rows.append(measure(config, n, args.warmup, args.steps, alone_step, convolution))
+      _progress(f"{n} folds ({convolution}): {rows[-1]['at_once_s']:.3f} s at once, {rows[-1]['sequence_s']:.3f} s "
+                "in sequence")
     if args.out:  # the table so far: a run stopped at a time limit keeps what it measured
       pathlib.Path(args.out).write_text(report(args, rows, []))
   bounds = [] if args.no_bound else recipe_bounds(args.folds, args.launch_us * 1e-6)

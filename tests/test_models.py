@@ -129,3 +129,34 @@ def test_unknown_model_name_lists_the_valid_ones():
     models.create_model("resnet101", 10)
   with pytest.raises(ValueError, match="num_classes must be a positive integer"):
     models.create_model("resnet18", 0)
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [(1, 1, "SAME"), (3, 1, ((1, 1), (1, 1))), (3, 2, "SAME"),
+                                                     (7, 2, "VALID"), (3, 2, ((0, 0), (0, 0)))])
+def test_a_convolution_as_a_product_of_patches_is_xlas_convolution(kernel, stride, padding):
+  """The same sum in another order: equal to float64 rounding (each output sums at most 7 * 7 * 5 terms)."""
+  from amr_jax.models import layers
+
+  with jax.enable_x64(True):
+    module = layers.Conv(6, kernel, stride, padding, use_bias=True, dtype=jnp.float64, param_dtype=jnp.float64)
+    x = jax.random.normal(jax.random.key(0), (2, 13, 11, 5), jnp.float64)
+    variables = module.init(jax.random.key(1), x)
+    variables = jax.tree.map(lambda v: v + 0.1, variables)  # a bias that is not zero
+    xla = module.apply(variables, x)
+    with layers.patch_convolutions():
+      patches = module.apply(variables, x)
+    assert patches.shape == xla.shape
+    np.testing.assert_allclose(patches, xla, rtol=0, atol=1e-12)
+    with layers.patch_convolutions(False):
+      np.testing.assert_array_equal(module.apply(variables, x), xla)
+
+
+def test_grouped_convolutions_stay_xlas_inside_patch_convolutions():
+  from amr_jax.models import layers
+
+  module = layers.Conv(8, 3, 1, "SAME", groups=8)
+  x = jax.random.normal(jax.random.key(0), (1, 9, 9, 8))
+  variables = module.init(jax.random.key(1), x)
+  with layers.patch_convolutions():
+    jaxpr = str(jax.make_jaxpr(lambda v: module.apply(v, x))(variables))
+  assert "conv_general_dilated" in jaxpr and "dot_general" not in jaxpr

@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from amr_jax.models.layers import global_average_pool, normalize_input
+from amr_jax.models.layers import Conv, global_average_pool, normalize_input
 
 #: The 81 ages (years) of the network's outputs.
 AGES = np.array([0.25] + list(range(1, 81)), np.float64)
@@ -74,9 +74,7 @@ class DlibAgeResNet(nn.Module):
   input_normalization: tuple | None = DLIB_NORMALIZATION
 
   def _conv(self, features: int, kernel: int, stride: int, padding: int, name: str):
-    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((padding, padding),) * 2,
-                   use_bias=True, dtype=self.dtype, param_dtype=jnp.float32,
-                   kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"), name=name)
+    return Conv(features, kernel, stride, ((padding, padding),) * 2, use_bias=True, dtype=self.dtype, name=name)
 
   @nn.compact
   def __call__(self, x, train: bool = False):

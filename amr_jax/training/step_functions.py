@@ -29,7 +29,19 @@ import jax.numpy as jnp
 
 from amr_jax.data import augment
 from amr_jax.evaluation import evaluate
+from amr_jax.models import layers
 from amr_jax.training import fold_layout, train_state
+
+FOLD_CONVOLUTIONS = ("grouped", "patches")
+# Where the patches were measured faster for folds at once (python -m benchmarks.lopo_speed, tiny_age_net, 16 images
+# a fold): on a CPU in float64, 6.5x for 4 folds (benchmarks/results/lopo_speed_cpu_float64.md). In float32 there
+# the grouped convolution was faster, by 1.3x for 8 folds (lopo_speed_cpu.md); on a GPU neither is measured yet.
+PATCHES_MEASURED_FASTER = {("cpu", "float64")}
+
+
+def fold_convolution_for(platform: str, dtype: str) -> str:
+  """The fold convolution measured faster on ``platform`` (``jax.Device.platform``) for ``config.dtype``."""
+  return "patches" if (platform, dtype) in PATCHES_MEASURED_FASTER else "grouped"
 
 
 def train_step(state: train_state.TrainState, batch: dict[str, jax.Array], learning_rate: jax.Array, *,
@@ -76,7 +88,7 @@ def train_step(state: train_state.TrainState, batch: dict[str, jax.Array], learn
 
 
 def folds_train_step(states: train_state.TrainState, batches: dict[str, jax.Array], learning_rates: jax.Array,
-                     active: jax.Array, **step_kwargs):
+                     active: jax.Array, *, fold_convolution: str = "grouped", **step_kwargs):
   """:func:`train_step` for several folds at once; call under ``pmap(axis_name="batch")``.
 
   Every argument has a leading fold axis: ``states`` are the folds' states stacked, ``batches`` each fold's part
@@ -84,10 +96,17 @@ def folds_train_step(states: train_state.TrainState, batches: dict[str, jax.Arra
   averages over devices are those it gets trained alone. A fold whose ``active`` is False keeps its state as it
   is (a fold that has finished while longer ones go on).
 
+  ``fold_convolution``: how two or more folds' convolutions are computed, each fold with its own weights:
+  "grouped" (what ``vmap`` makes of a convolution, one grouped convolution) or "patches" (a batched matrix
+  product of image patches, :func:`amr_jax.models.layers.patch_convolutions`). The same sums in another order.
+
   Returns:
     ``(new_states, metrics)``, both with the fold axis first.
   """
-  new_states, metrics = jax.vmap(functools.partial(train_step, **step_kwargs))(states, batches, learning_rates)
+  if fold_convolution not in FOLD_CONVOLUTIONS:
+    raise ValueError(f"fold_convolution must be one of {FOLD_CONVOLUTIONS}; got {fold_convolution!r}.")
+  with layers.patch_convolutions(fold_convolution == "patches" and active.shape[0] > 1):
+    new_states, metrics = jax.vmap(functools.partial(train_step, **step_kwargs))(states, batches, learning_rates)
 
   def keep_finished(new, old):
     return jnp.where(active.reshape(active.shape + (1,) * (new.ndim - 1)), new, old)
@@ -127,6 +146,7 @@ _STEPS: dict[str, Steps] = {}
 def compile_steps(config, loss_fn, augmentation, layout: fold_layout.FoldLayout) -> Steps:
   """The pmapped steps; one pair per distinct setting in a process, so XLA compiles each once."""
   key = json.dumps([config.loss, config.loss_kwargs.to_dict(), config.start_age, config.seed, config.batch_size,
+                    config.dtype,
                     config.test_time_flip, config.augmentation.to_dict(), config.sigma_field, layout.axis_name,
                     [str(d) for d in layout.pmap_devices or []]], sort_keys=True, default=str)
   if key not in _STEPS:
@@ -137,8 +157,10 @@ def compile_steps(config, loss_fn, augmentation, layout: fold_layout.FoldLayout)
 def _compile_steps(config, loss_fn, augmentation, layout) -> Steps:
   # Folds over devices: each device holds its folds' whole batches, so the step averages over no axis.
   step_axis = None if layout.over_devices else "batch"
+  platform = (layout.pmap_devices[0] if layout.pmap_devices else jax.local_devices()[0]).platform
   train = jax.pmap(functools.partial(gathered_train_step, loss_fn=loss_fn, augmentation=augmentation,
-                                     seed=config.seed, global_batch=config.batch_size, axis_name=step_axis),
+                                     seed=config.seed, global_batch=config.batch_size, axis_name=step_axis,
+                                     fold_convolution=fold_convolution_for(platform, config.dtype)),
                    axis_name=layout.axis_name, devices=layout.pmap_devices, donate_argnums=(0,))
   eval_ = jax.pmap(functools.partial(evaluate.eval_step, start_age=config.start_age,
                                      test_time_flip=config.test_time_flip), axis_name="batch")
