@@ -79,3 +79,29 @@ def test_folds_at_once_equal_each_fold_alone_and_a_finished_fold_stays_as_it_is(
         jax.tree.map(np.testing.assert_array_equal, mine, fold_1_when_done)
       training_setup.assert_same_training_result(mine, alone, state)
 
+
+
+@pytest.mark.parametrize("fold_convolution", ["grouped", "patches"])
+def test_patches_turn_the_folds_convolutions_into_batched_matrix_products(fold_convolution):
+  """What XLA is given for two folds of tiny_age_net (no grouped layer of its own): grouped convolutions, or none."""
+  config = training_setup.config("fgnet_ce", "3", batch_size=4)
+  model = train_state.model(config, axis_name=None)  # one device, no pmap: BatchNorm averages over no axis
+  state = jax.device_get(train_state.initial_train_state(config, model, train_state.optimizer(config)))
+  stacked = jax.tree.map(lambda x: np.stack([x, x]), state)
+  batches = {"image": np.zeros((2, 4, 64, 64, 3), np.uint8), "age": np.zeros((2, 4), np.float32),
+             "position": np.tile(np.arange(4, dtype=np.int32), (2, 1))}
+  step = functools.partial(step_functions.folds_train_step, fold_convolution=fold_convolution, axis_name=None,
+                           **_step_kwargs(config))
+  jaxpr = str(jax.make_jaxpr(step)(stacked, batches, np.full(2, 1e-3, np.float32), np.ones(2, bool)))
+  if fold_convolution == "grouped":
+    assert "feature_group_count=2" in jaxpr
+  else:
+    assert "conv_general_dilated" not in jaxpr and "dot_general" in jaxpr
+  with pytest.raises(ValueError, match="fold_convolution must be one of"):
+    step_functions.folds_train_step(stacked, batches, np.full(2, 1e-3), np.ones(2, bool), fold_convolution="x")
+
+
+def test_runs_use_the_patches_where_they_were_measured_faster():
+  assert step_functions.fold_convolution_for("cpu", "float64") == "patches"
+  assert step_functions.fold_convolution_for("cpu", "float32") == "grouped"
+  assert step_functions.fold_convolution_for("gpu", "float64") == "grouped"
