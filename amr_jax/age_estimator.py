@@ -222,7 +222,12 @@ class AgeEstimator:
     """
     pending = []  # (photograph's index, box, score, landmarks, crop (None: not cropped), note)
     for index, image in enumerate(images):
-      array = as_photograph(image)
+      try:
+        array = as_photograph(image)
+      except errors.DataError as error:
+        if isinstance(image, (str, os.PathLike)) or len(images) == 1:
+          raise  # a path's message names it
+        raise type(error)(f"photograph {index} of {len(images)}: {error}") from None
       pending += self._crops(index, array)
     crops = [item[4] for item in pending if item[4] is not None]
     out = self._network.predict(np.stack(crops)) if crops else {}

@@ -81,6 +81,8 @@ def test_what_is_not_a_photograph_is_refused_naming_it(estimator, tmp_path):
     estimator.predict(tmp_path / "nowhere.jpg")
   with pytest.raises(errors.DataError, match=r"must be uint8 \[H, W, 3\] \(RGB\) or \[H, W\] \(grey\); got float64"):
     estimator.predict(np.zeros((64, 64, 3)))
+  with pytest.raises(errors.DataError, match=r"^photograph 1 of 2: a photograph array must be uint8"):
+    estimator.predict_many([np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64, 4), np.uint8)])
 
 
 def test_run_predict_without_a_workdir_says_its_model_and_licence_and_ages_the_astronaut(astronaut, tmp_path):
