@@ -26,6 +26,7 @@ from amr_jax.training import interruption
 
 TRACEBACK_VARIABLE = "AMR_JAX_TRACEBACK"  # =1 shows the traceback of a refusal
 CONFIG_HELP = "Config file, with an optional argument: configs/fgnet_amr.py:17."
+SCRIPT_FLAGS = ("pack",)  # flags an entry script defines beside --config and --workdir, listed by --help
 
 
 def run(action, workdir_help: str, *, config_from_workdir: bool = False) -> None:
@@ -232,6 +233,7 @@ def help_text(argv: list[str], *, config_from_workdir: bool) -> str:
   lines = [(getattr(sys.modules["__main__"], "__doc__", None) or "").strip(), "", "Flags:",
            f"  --config: {CONFIG_HELP}" + (" Default: the config of --workdir." if config_from_workdir else ""),
            f"  --workdir: {flags.FLAGS['workdir'].help if 'workdir' in flags.FLAGS else ''}",
+           *(f"  --{name}: {flags.FLAGS[name].help}" for name in SCRIPT_FLAGS if name in flags.FLAGS),
            "  --verbosity=1: tracebacks and absl's INFO logs.", "",
            f"Config fields (the values of {origin}; set any with --config.<field>=VALUE):"]
   order = {field: index for index, field in enumerate(comments)}  # the config files' order, base.py's first

@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from amr_jax import config_checks, errors, workdir_layout
+from amr_jax import config_checks, errors, workdir_layout, workdir_pack
 from amr_jax.data import training_data
 from amr_jax.evaluation import evaluate
 from amr_jax.training import (checkpoints, fold_evaluation, fold_layout, fold_loop, metric_writers, selection, stages,
@@ -95,17 +95,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     missing = [f"{training_data.fold_name(config, fold)} (not in config.folds)"
                for fold in training_data.all_fold_ids(config, dataset) if fold not in fold_ids]
   if evaluate_only:
+    fold_dirs, packed = [], []
     for fold in fold_ids:
       fold_dir = workdir_layout.fold_workdir(config, workdir, fold, all_folds=all_folds)
+      splits = None
       if pooling:
         total = total_steps[fold]
         latest = checkpoints.latest_step_on_disk(workdir_layout.checkpoints_dir(fold_dir))
+        if latest != total and workdir_pack.packed_step(fold_dir) == total:
+          workdir_pack.check_config(fold_dir, config)
+          splits = training_data.fold_splits(config, dataset, fold)
+          results.append((splits, *workdir_pack.read_reports(fold_dir, selection.selects(config.model_selection))))
+          fold_dirs.append(fold_dir)
+          packed.append(splits.name)
+          continue
         if latest != total:
           state = "not started" if latest is None else f"unfinished: step {latest} of {total}"
           missing.append(f"{training_data.fold_name(config, fold)} ({state})")
           continue
       splits = training_data.fold_splits(config, dataset, fold)
       results.append((splits, *fold_evaluation.evaluate_fold(config, fold_dir, splits, stage_steps[-1], initial_state)))
+      fold_dirs.append(fold_dir)
+    if packed:  # pooled alike: every fold's predictions as its report holds them
+      metric_writers.log(f"{len(packed)} folds packed on another machine ({', '.join(packed[:5])}"
+                         f"{', ...' if len(packed) > 5 else ''}): every fold is pooled from its report's predictions")
+      results = [(splits, *workdir_pack.read_reports(fold_dir, selection.selects(config.model_selection)))
+                 for (splits, _, _), fold_dir in zip(results, fold_dirs)]
   else:
     data = None  # the training images on the devices, put there once for every group
     parallel = config.parallel_folds

@@ -67,3 +67,61 @@ def test_slices_on_one_workdir_pool_into_the_summary_of_one_run_over_all_folds(f
   experiment.evaluate_workdir(some, shared)
   out = capsys.readouterr().out
   assert "pooled over 1 of 4 folds, INCOMPLETE (missing: subject 1 (not in config.folds)" in out
+
+
+def test_a_slice_packed_on_another_machine_pools_with_the_folds_trained_here(fgnet_dirs, tmp_path, capsys):
+  """Folds 1-2 trained here, 3-4 "elsewhere" (another workdir) and brought back as a pack of their reports.
+
+  A pool holding a packed fold reads every fold's predictions from its report (four decimals): its MAE is that of
+  the reports' rows, and each packed fold's MAE within a unit of the fourth decimal of the one computed where the
+  fold was trained.
+  """
+  import subprocess
+  import sys
+  import tarfile
+
+  import numpy as np
+
+  from amr_jax import workdir_pack
+  from amr_jax.evaluation import reports
+
+  here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+  experiment.train_and_evaluate(_config(fgnet_dirs, "1-2"), here)
+  experiment.train_and_evaluate(_config(fgnet_dirs, "3-4"), elsewhere)
+  experiment.evaluate_workdir(workdir_layout.load(elsewhere), elsewhere)  # its pool of 2 of 4 folds, made there
+  archive = tmp_path / "out" / "slice.tar.gz"
+  result = subprocess.run([sys.executable, "run_eval.py", f"--workdir={elsewhere}", f"--pack={archive}"],
+                          cwd=training_setup.ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"packed 2 folds (subject_003, subject_004) -> {archive}" in result.stdout
+  with tarfile.open(archive) as tar:
+    names = set(tar.getnames())
+  assert "config.json" in names and "folds/subject_003/packed.json" in names
+  assert not any("checkpoints" in name for name in names) and archive.stat().st_size < 100_000
+  with pytest.raises(errors.ConfigError, match="slice.tar.gz exists; give a new file"):
+    workdir_pack.pack(elsewhere, archive)
+
+  kept = (here / "config.json").read_bytes()
+  subprocess.run(["tar", "-xz", "--skip-old-files", "-f", str(archive), "-C", str(here)], check=True)  # as documented
+  assert (here / "config.json").read_bytes() == kept
+  capsys.readouterr()
+  pooled = experiment.evaluate_workdir(workdir_layout.load(here), here)
+  out = capsys.readouterr().out
+  assert "2 folds packed on another machine (subject 3, subject 4)" in out
+  assert pooled["complete"] and pooled["num_folds"] == 4 and pooled["count"] == 16
+  rows = [reports.read_predictions_csv(here / "folds" / f"subject_{fold:03d}" / "test" / "predictions.csv")
+          for fold in (1, 2, 3, 4)]
+  errors_in_reports = np.concatenate([np.abs(r["predicted_age"] - r["age"]) for r in rows])
+  # The metrics sum in float32: 16 terms, each rounded by at most 2^-24 of the largest sum.
+  assert pooled["mae"] == pytest.approx(float(errors_in_reports.mean()), rel=16 * 2**-24)
+  # The packed folds' own MAEs, from their reports, against those computed there in memory.
+  per_fold = reports.read_predictions_csv(here / "summary" / "per_fold.csv")
+  there = reports.read_predictions_csv(elsewhere / "summary" / "per_fold.csv")
+  np.testing.assert_allclose(per_fold["mae"][2:], there["mae"], atol=5e-5 + 5e-5)  # both printed to 4 decimals
+
+  stored = json.loads((here / "folds" / "subject_004" / "config.json").read_text())
+  stored["loss"] = "amr"
+  (here / "folds" / "subject_004" / "config.json").write_text(json.dumps(stored))
+  with pytest.raises(errors.WorkdirError, match=r"subject_004: a packed fold of another run: config.loss: 'amr' in "
+                     r"the workdir, 'cross_entropy' now"):
+    experiment.evaluate_workdir(workdir_layout.load(here), here)

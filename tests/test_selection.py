@@ -75,6 +75,11 @@ def test_the_reports_give_the_selected_model_and_the_last_steps_test_metrics_bes
   last = experiment.train_and_evaluate(_selecting_config(fgnet_dirs, model_selection="last"), tmp_path / "last")
   assert reported["last_step_test"]["mae"] == pytest.approx(last["mae"], rel=1e-6)
   assert result["last_step_test"]["mae"] == pytest.approx(last["mae"], rel=1e-6)
+  # Beside the report, the last step's test predictions: a pool made from the reports' files needs them.
+  from amr_jax.evaluation import reports
+  last_rows = reports.read_predictions_csv(workdir / "test" / "last_step_predictions.csv")
+  assert np.mean(np.abs(last_rows["predicted_age"] - last_rows["age"])) == pytest.approx(last["mae"], abs=5e-5)
+  assert not (tmp_path / "last" / "test" / "last_step_predictions.csv").exists()  # a run that does not select
 
 
 def test_a_resumed_run_keeps_its_selection(selecting_run, tmp_path):

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from amr_jax import errors, workdir_layout
-from amr_jax.evaluation import evaluate
+from amr_jax.evaluation import evaluate, reports
 from amr_jax.training import checkpoints, metric_writers, selection, stages
 
 
@@ -48,6 +48,9 @@ def evaluate_splits(config, workdir, fold, steps, last_state, chosen: selection.
     last_step = int(jax.device_get(last_state.step))
     last_predictions = evaluate.predict(steps.eval, evaluate.replicate(last_state), fold.test, config.eval_batch_size)
     refuse_non_finite(fold.name, "test", last_step, last_predictions, workdir)
+    if metric_writers.is_writer():  # for a pool made from the reports' files (amr_jax.workdir_pack)
+      reports.write_predictions_csv(workdir / workdir_layout.TEST_REPORT / workdir_layout.LAST_STEP_PREDICTIONS_FILE,
+                                    last_predictions)
     last = evaluate.metrics_of(last_predictions)
     state = chosen.restore(jax.device_get(initial_state))
     extra = {**chosen.summary(), "last_step": last_step, "last_step_test": last}
