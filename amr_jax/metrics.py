@@ -8,11 +8,13 @@ addition; :meth:`AgeMetricSums.compute` divides once at the end::
   sums = age_metric_sums(predicted, true, mask=is_real_example)   # per batch, jittable
   sums = jax.lax.psum(sums, axis_name="batch")                    # inside pmap
   total = total.merge(jax.device_get(sums))                       # on the host, float64
-  print(total.compute())   # {"mae": ..., "cs": [...], "count": ..., "eps_error": ...}
+  print(total.compute())   # {"mae": ..., "rmse": ..., "pearson": ..., "cs": [...], "count": ...}
 
 Metrics:
 
-* MAE = mean ``|yhat - y|``.
+* MAE = mean ``|yhat - y|``; RMSE = sqrt(mean ``(yhat - y)^2``).
+* PC = Pearson's correlation of ``yhat`` and ``y``, from the sums of ``yhat``, ``y``, their squares and products
+  (so it too combines by addition), computed in float64 at the end.
 * CS(theta) = fraction of examples with ``|yhat - y| <= theta``, theta = 0..max_theta
   (the cumulative score curve).
 * epsilon-error (ChaLearn LAP) = mean 1 - exp(-(yhat - mu)^2 / (2 sigma^2)), with
@@ -45,6 +47,8 @@ class AgeMetricSums:
     cs_count: ``[max_theta + 1]``, number of examples with ``|yhat - y| <= theta``.
     eps_error_sum: sum of the per-example epsilon-errors (examples with a sigma).
     eps_count: number of examples that contributed to ``eps_error_sum``.
+    squared_error_sum: sum of ``(yhat - y)^2``.
+    moment_sums: ``[5]``, the sums of ``yhat``, ``y``, ``yhat^2``, ``y^2`` and ``yhat * y`` (Pearson's correlation).
   """
 
   count: Any
@@ -52,6 +56,8 @@ class AgeMetricSums:
   cs_count: Any
   eps_error_sum: Any
   eps_count: Any
+  squared_error_sum: Any
+  moment_sums: Any
 
   @classmethod
   def zeros(cls, max_theta: int = 10) -> "AgeMetricSums":
@@ -62,6 +68,8 @@ class AgeMetricSums:
         cs_count=np.zeros(max_theta + 1, np.int64),
         eps_error_sum=np.float64(0),
         eps_count=np.int64(0),
+        squared_error_sum=np.float64(0),
+        moment_sums=np.zeros(5, np.float64),
     )
 
   def merge(self, other: "AgeMetricSums") -> "AgeMetricSums":
@@ -74,20 +82,32 @@ class AgeMetricSums:
     return jax.tree.map(lambda a, b: a + b, self, other)
 
   def compute(self) -> dict[str, Any]:
-    """Final metrics: ``count``, ``mae``, ``cs`` (list over theta), and ``eps_error`` if any sigma was given.
+    """Final metrics: ``count``, ``mae``, ``rmse``, ``pearson``, ``cs`` (list over theta), and ``eps_error`` if any
+    sigma was given.
 
-    With no examples, ``mae`` and ``cs`` are NaN rather than a misleading 0.
+    With no examples, ``mae``, ``rmse`` and ``cs`` are NaN rather than a misleading 0; so is ``pearson`` with fewer
+    than two examples or when the predictions or the labels are all equal (no spread to correlate).
     """
     sums = jax.tree.map(lambda x: np.asarray(x, np.float64), jax.device_get(self))
     count = sums.count
     result = {
         "count": int(count),
         "mae": float(sums.abs_error_sum / count) if count else float("nan"),
+        "rmse": float(np.sqrt(sums.squared_error_sum / count)) if count else float("nan"),
+        "pearson": _pearson(count, *sums.moment_sums),
         "cs": (sums.cs_count / count).tolist() if count else [float("nan")] * len(sums.cs_count),
     }
     if sums.eps_count:
       result["eps_error"] = float(sums.eps_error_sum / sums.eps_count)
     return result
+
+
+def _pearson(count, sum_p, sum_t, sum_pp, sum_tt, sum_pt) -> float:
+  """Pearson's r from the sums: ``(n Spt - Sp St) / sqrt((n Spp - Sp^2) (n Stt - St^2))``."""
+  spread_p, spread_t = count * sum_pp - sum_p**2, count * sum_tt - sum_t**2
+  if count < 2 or spread_p <= 0 or spread_t <= 0:
+    return float("nan")
+  return float(np.clip((count * sum_pt - sum_p * sum_t) / np.sqrt(spread_p * spread_t), -1.0, 1.0))
 
 
 def _as_batch(value: ArrayLike, name: str, shape: tuple[int, ...]) -> Array:
@@ -149,12 +169,16 @@ def age_metric_sums(
     eps_error = 1.0 - jnp.exp(exponent)
     eps_error_sum = jnp.sum(jnp.where(weight, eps_error, 0.0))
     eps_count = jnp.sum(weight, dtype=jnp.int32)
+  kept_p, kept_t = jnp.where(weight, predicted, 0.0), jnp.where(weight, true, 0.0)
+  moments = jnp.stack([kept_p, kept_t, kept_p * kept_p, kept_t * kept_t, kept_p * kept_t])
   return AgeMetricSums(
       count=jnp.sum(weight, dtype=jnp.int32),
       abs_error_sum=jnp.sum(jnp.where(weight, abs_error, 0.0)),
       cs_count=jnp.sum(within, axis=0, dtype=jnp.int32),
       eps_error_sum=eps_error_sum,
       eps_count=eps_count,
+      squared_error_sum=jnp.sum(jnp.where(weight, jnp.square(predicted - true), 0.0)),
+      moment_sums=jnp.sum(moments, axis=1),
   )
 
 

@@ -59,6 +59,15 @@ def test_slices_on_one_workdir_pool_into_the_summary_of_one_run_over_all_folds(f
   experiment.train_and_evaluate(_config(fgnet_dirs, "3-4"), shared)  # array task 1
   pooled = experiment.evaluate_workdir(workdir_layout.load(shared), shared)
   assert pooled["complete"] and pooled["num_folds"] == 4
+  # RMSE and Pearson's correlation beside MAE, over the pooled images as MAE is.
+  from amr_jax import metrics
+  from amr_jax.evaluation import reports
+  rows = reports.read_predictions_csv(shared / "summary" / "predictions.csv")
+  again = metrics.compute_age_metrics(rows["predicted_age"], rows["age"])
+  stored = json.loads((shared / "summary" / "metrics.json").read_text())
+  assert stored["rmse"] == pytest.approx(again["rmse"], abs=1e-4) and stored["rmse"] >= stored["mae"]
+  # The CSV's predictions are rounded by at most 5e-5; to first order that moves r by at most 2 * 5e-5 / their std.
+  assert stored["pearson"] == pytest.approx(again["pearson"], abs=2 * 5e-5 / rows["predicted_age"].std() + 1e-6)
   for name in ("predictions.csv", "per_fold.csv"):  # the same computations: the same text
     assert (shared / "summary" / name).read_text() == (tmp_path / "whole" / "summary" / name).read_text()
 

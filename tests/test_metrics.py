@@ -124,3 +124,41 @@ def test_compute_age_metrics_pads_to_a_compiled_size_without_changing_a_metric(c
   np.testing.assert_array_equal(got["cs"], want["cs"])
   for name in ("mae", "eps_error"):
     np.testing.assert_allclose(got[name], want[name], rtol=1e-6)
+
+
+def test_hand_computed_rmse_and_pearson():
+  predicted = np.array([1.0, 2.0, 3.0, 6.0])
+  true = np.array([2.0, 2.0, 4.0, 4.0])  # errors -1, 0, -1, 2: squared 1, 0, 1, 4
+  result = compute_age_metrics(predicted, true)
+  np.testing.assert_allclose(result["rmse"], np.sqrt(6 / 4), rtol=1e-7)
+  # Means 3 and 3; deviations (-2, -1, 0, 3) and (-1, -1, 1, 1): sum of products 2 + 1 + 0 + 3 = 6, sums of
+  # squares 14 and 4: r = 6 / sqrt(56).
+  np.testing.assert_allclose(result["pearson"], 6 / np.sqrt(56), rtol=1e-7)
+
+
+def test_pearson_is_scipys_and_combines_across_batches_and_masks():
+  import scipy.stats
+
+  rng = np.random.default_rng(0)
+  true = rng.integers(0, 70, 200).astype(np.float64)
+  predicted = true + rng.normal(0, 6, 200)
+  whole = compute_age_metrics(predicted, true)
+  # The sums are float32: each of n = 200 terms is off by at most n * 2^-24 = 1.2e-5 relative; the spreads
+  # (n Spp - Sp^2) cancel about mean^2 / variance + 1 < 5 of that away, and r combines three of them: 2e-4 bounds it.
+  tolerance = 3 * 5 * 200 * 2**-24 * 2
+  assert whole["pearson"] == pytest.approx(scipy.stats.pearsonr(predicted, true).statistic, abs=tolerance)
+  assert whole["rmse"] == pytest.approx(np.sqrt(np.mean((predicted - true) ** 2)), rel=1e-6)
+  halves = AgeMetricSums.zeros()
+  for part in (slice(0, 90), slice(90, 200)):
+    halves = halves.merge(jax.device_get(age_metric_sums(predicted[part], true[part])))
+  assert halves.compute()["pearson"] == pytest.approx(whole["pearson"], abs=tolerance)
+  mask = np.arange(200) < 150
+  masked = compute_age_metrics(predicted, true, mask=mask)
+  assert masked["pearson"] == pytest.approx(scipy.stats.pearsonr(predicted[:150], true[:150]).statistic,
+                                            abs=tolerance)
+
+
+def test_pearson_without_spread_is_nan_not_a_number_that_misleads():
+  assert np.isnan(compute_age_metrics(np.array([5.0, 5.0, 5.0]), np.array([1.0, 2.0, 3.0]))["pearson"])
+  assert np.isnan(compute_age_metrics(np.array([5.0]), np.array([1.0]))["pearson"])
+  assert compute_age_metrics(np.array([5.0]), np.array([1.0]))["rmse"] == 4.0
