@@ -79,7 +79,7 @@ def _dlib_network(dtype: Any = None) -> _Network:
   variables = jax.device_put(variables)
 
   @jax.jit
-  def distributions(chips):
+  def distributions(variables, chips):  # the weights as an argument, not constants folded into the program
     logits = module.apply(variables, chips.astype(np.float32) / 255.0)
     return jax.nn.softmax(logits.astype(np.float32))
 
@@ -91,7 +91,7 @@ def _dlib_network(dtype: Any = None) -> _Network:
       piece = chips[start:start + _BATCH_SIZES[-1]]
       size = next(s for s in _BATCH_SIZES if s >= len(piece))
       padded = np.concatenate([piece, np.zeros((size - len(piece), *piece.shape[1:]), piece.dtype)])
-      pieces.append(np.asarray(distributions(padded), np.float64)[:len(piece)])
+      pieces.append(np.asarray(distributions(variables, padded), np.float64)[:len(piece)])
     probs = np.concatenate(pieces)
     mean = probs @ ages
     std = np.sqrt(np.sum(probs * (ages - mean[:, None]) ** 2, axis=1))
