@@ -138,6 +138,8 @@ def as_photograph(image: ImageLike) -> np.ndarray:
   """
   if isinstance(image, (str, os.PathLike)):
     path = pathlib.Path(image)
+    if path.is_dir():
+      raise errors.DataError(f"{path}: a folder, not a photograph (predict_many takes a list of photographs).")
     if not path.is_file():
       raise errors.MissingDataError(f"{path}: no such file.")
     try:

@@ -51,12 +51,12 @@ def pack(workdir: str | os.PathLike, archive: str | os.PathLike, *, max_bytes: i
   if archive.exists():
     raise errors.ConfigError(f"--pack={archive} exists; give a new file (an archive is never replaced).")
   folds_dir = workdir / workdir_layout.FOLDS_FOLDER
-  finished = sorted(p for p in folds_dir.glob("*") if (p / workdir_layout.TEST_REPORT /
-                                                        workdir_layout.METRICS_FILE).is_file()) \
-      if folds_dir.is_dir() else []
-  if not (workdir / workdir_layout.CONFIG_FILE).is_file() or not folds_dir.is_dir():
-    raise errors.WorkdirError(f"{workdir}: not a run over several folds (no {workdir_layout.CONFIG_FILE} and "
-                              f"{workdir_layout.FOLDS_FOLDER}/); --pack packs the finished folds of such a run.")
+  for needed in (workdir / workdir_layout.CONFIG_FILE, folds_dir):
+    if not needed.exists():
+      raise errors.WorkdirError(f"{workdir}: not a run over several folds (it has no {needed.name}); --pack packs "
+                                "the finished folds of such a run.")
+  finished = sorted(p for p in folds_dir.glob("*")
+                    if (p / workdir_layout.TEST_REPORT / workdir_layout.METRICS_FILE).is_file())
   if not finished:
     raise errors.WorkdirError(f"{workdir}: no fold has a test report yet; train first.")
   buffer = io.BytesIO()

