@@ -125,7 +125,7 @@ def _run_network(workdir, fold: int | None, checkpoint: str) -> _Network:
              "which the model did not see in training.",)
   description = (f"{model.description}: {config.model}, {size} px, crop {config.data.crop!r}"
                  f"{', test-time flip' if config.test_time_flip else ''}")
-  ages = config.start_age + np.arange(config.num_classes, dtype=np.float64)
+  ages = config.start_age + config.label_step * np.arange(config.num_classes, dtype=np.float64)
   return _Network(description, ages, crop, predict, whole_photograph=config.data.crop == "whole", notes=notes)
 
 

@@ -41,6 +41,7 @@ def check(config, *, training: bool = True) -> None:
   last the manual directory, so that a data mistake is not the first one named.
   """
   check_data_config(config.data, config.protocol)
+  check_release_splits(config)
   check_sigma_field(config)
   check_model_selection(config)
   check_fields(config, jax.device_count(), jax.process_count(), training=training)
@@ -85,10 +86,14 @@ def check_fields(config, num_devices: int, num_processes: int = 1, *, training: 
     raise errors.ConfigError(f"config.num_train_steps must be -1 (num_epochs x steps per epoch) or a positive "
                              f"number of steps; got {config.num_train_steps!r}.")
   if not _is_integer(config.num_classes) or config.num_classes < 2:
-    raise errors.ConfigError(f"config.num_classes must be an integer >= 2 (one class per age); got "
-                             f"{config.num_classes!r}.")
+    raise errors.ConfigError(f"config.num_classes must be an integer >= 2 (one class per age, or per label of the "
+                             f"grid); got {config.num_classes!r}.")
   if not _is_real(config.start_age):
-    raise errors.ConfigError(f"config.start_age must be a finite number (the age of class 0); got {config.start_age!r}.")
+    raise errors.ConfigError(f"config.start_age must be a finite number (the label of class 0); got "
+                             f"{config.start_age!r}.")
+  if not _is_real(config.label_step) or not config.label_step > 0:
+    raise errors.ConfigError(f"config.label_step must be a finite number > 0 (the spacing of the classes' labels; 1 "
+                             f"for whole years); got {config.label_step!r}.")
   if config.image_size < MIN_IMAGE_SIZE:
     raise errors.ConfigError(f"config.image_size must be at least {MIN_IMAGE_SIZE} (five 2x poolings); "
                              f"got {config.image_size}.")
@@ -145,12 +150,12 @@ def _check_dlib_pretrained(config) -> None:
     raise errors.ConfigError(f"config.pretrained={config.pretrained!r} with model {config.model!r}: dlib's weights "
                              f"({' or '.join(map(repr, DLIB_PRETRAINED))}) are for model 'dlib_age_resnet', and that "
                              "model takes no other pretrained weights ('' for random ones).")
-  if config.pretrained == "dlib_with_head" and (config.num_classes, config.start_age, config.head_bias) != (81, 0,
-                                                                                                           "zeros"):
+  found = (config.num_classes, config.start_age, config.label_step, config.head_bias)
+  if config.pretrained == "dlib_with_head" and found != (81, 0, 1, "zeros"):
     raise errors.ConfigError(f"config.pretrained='dlib_with_head' keeps dlib's classifier, whose 81 outputs are the "
-                             f"ages 0.25, 1, ..., 80: it needs num_classes=81, start_age=0 and head_bias='zeros' (which "
-                             f"leaves its bias as it is); got {config.num_classes}, {config.start_age} and "
-                             f"{config.head_bias!r}. pretrained='dlib' gives a new head instead.")
+                             f"ages 0.25, 1, ..., 80: it needs num_classes=81, start_age=0, label_step=1 and "
+                             f"head_bias='zeros' (which leaves its bias as it is); got {', '.join(map(repr, found))}. "
+                             f"pretrained='dlib' gives a new head instead.")
 
 
 def _check_optimisation_names(config) -> None:
@@ -215,6 +220,20 @@ def check_data_config(data, protocol: str) -> None:
                              f"got {protocol!r}.")
 
 
+def check_release_splits(config) -> None:
+  """SCUT-FBP5500 trains on its release's own splits: its five folds, or its 60/40 split, with no validation images;
+  refuses a config that asks for others, naming the field."""
+  if config.data.name != "scut_fbp5500":
+    return
+  if config.protocol == "kfold" and config.num_folds != training_data.SCUT_FBP5500_FOLDS:
+    raise errors.ConfigError(f"config.num_folds={config.num_folds!r}: scut_fbp5500's kfold protocol is its release's "
+                             f"{training_data.SCUT_FBP5500_FOLDS} cross-validation folds; set it to "
+                             f"{training_data.SCUT_FBP5500_FOLDS}.")
+  if config.num_validation_subjects:
+    raise errors.ConfigError(f"config.num_validation_subjects={config.num_validation_subjects!r}: scut_fbp5500's "
+                             "splits have no validation images and its faces no subject ids; set it to 0.")
+
+
 def check_sigma_field(config) -> None:
   """Refuses a ``config.sigma_field`` the dataset lacks, or a loss that takes no sigma."""
   field = config.sigma_field
@@ -242,6 +261,9 @@ def check_model_selection(config) -> None:
   if name == "validation_eps" and config.data.name != "clap2016":
     raise errors.ConfigError("config.model_selection='validation_eps' needs the annotators' spread of CLAP2016; "
                              f"{config.data.name} has none: use 'validation_mae'.")
+  if config.data.name == "scut_fbp5500":
+    raise errors.ConfigError(f"config.model_selection={name!r}: scut_fbp5500's splits have no validation images; "
+                             "use 'last' (the last step's model, as DLDL-v2's code evaluates).")
   if config.data.name == "fgnet" and config.num_validation_subjects < 1:
     raise errors.ConfigError(f"config.model_selection={name!r} selects on validation subjects drawn from the "
                              "training subjects: set config.num_validation_subjects (e.g. 5).")

@@ -86,7 +86,7 @@ def load_model(workdir: str | os.PathLike, fold: int | None = None, checkpoint: 
   template = jax.device_get(train_state.initial_train_state(config, model, train_state.optimizer(config)))
   state = store.restore(template)
   store.close()
-  eval_step = jax.pmap(lambda s, b: evaluate.eval_step(s, b, start_age=config.start_age,
+  eval_step = jax.pmap(lambda s, b: evaluate.eval_step(s, b, start_age=config.start_age, label_step=config.label_step,
                                                        test_time_flip=config.test_time_flip), axis_name="batch")
   description = f"{fold_name} of {workdir}, the {kind} checkpoint (step {int(state.step)})"
   if not finished:

@@ -84,7 +84,7 @@ _COSINE_LENGTH_FIELDS = ("num_epochs",)
 # is compared and loaded as if it held it.
 ADDED_FIELDS = {"parallel_folds": 1, "folds_over_devices": False, "head_bias": "zeros",
                 "augmentation.downscale_range": [1.0, 1.0], "input_normalization": "", "sigma_field": "",
-                "stages": [], "model_selection": "last"}
+                "stages": [], "model_selection": "last", "label_step": 1.0}
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -62,7 +62,10 @@ def get_config() -> ml_collections.ConfigDict:
   # code does. "": loss_kwargs.sigma for every image (FG-NET has one true age per image, no spread).
   config.sigma_field = ""
   config.num_classes = FGNET_NUM_CLASSES
-  config.start_age = 0  # the age of class 0
+  config.start_age = 0  # the label of class 0: an age here
+  # The spacing of the classes' labels: class j is start_age + label_step * j. 1: whole years. A finer grid suits
+  # a finer target, e.g. attractiveness scores 1.0, 1.1, ..., 5.0 (configs/scut_fbp5500_dldlv2.py).
+  config.label_step = 1.0
   # The head's starting bias: "age_prior", the log of the fold's training ages' distribution smoothed by a
   # Gaussian of 2 years (amr_jax.models.head_init), so training starts from the prior; or "zeros" (a near-uniform
   # first distribution, its expected age mid-range; the default before, and the workdirs made then).
@@ -72,7 +75,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Data.
   config.data = ml_collections.ConfigDict()
-  config.data.name = "fgnet"  # "fgnet" or "clap2016"
+  config.data.name = "fgnet"  # "fgnet", "clap2016" or "scut_fbp5500"
   # Where the raw archive or extracted folder lies (TFDS manual_dir); "" = <data_dir>/downloads/manual.
   config.data.manual_dir = ""
   config.data.data_dir = ""  # where TFDS builds the dataset; "" = ~/tensorflow_datasets
@@ -86,7 +89,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Protocol. FG-NET: "lopo" (leave one subject out; fold = subject id 1..82, -1 = all 82 in
   # turn, pooled) or "kfold" (num_folds subject-grouped folds; fold 0..num_folds-1, -1 = all).
-  # CLAP2016: its train/valid/test splits (fold unused).
+  # CLAP2016: its train/valid/test splits (fold unused). SCUT-FBP5500: "kfold", its release's five folds
+  # (num_folds 5; fold 0..4), or "splits", its 60/40 train/test split.
   config.protocol = "lopo"
   config.fold = -1
   # With fold = -1: the folds this run trains, e.g. "1-8,20" (one slice per array job, all sharing one

@@ -1,5 +1,7 @@
 """Independent float64 NumPy implementations of the losses, written per example.
 
+Classes stand for the labels ``start_age + step * j`` (``step`` 1: whole years).
+
 They follow SPEC.md section 2 directly, with gradients from the closed form
 dL/dz = p * (dL/dp - <p, dL/dp>) (plus p - onehot for the cross-entropy), so
 they share no code and no autodiff with amr_jax.
@@ -22,8 +24,8 @@ def log_softmax(z):
   return shifted - np.log(np.exp(shifted).sum())
 
 
-def label_class(y, num_classes, start_age):
-  return int(np.clip(np.round(y - start_age), 0, num_classes - 1))
+def label_class(y, num_classes, start_age, step=1):
+  return int(np.clip(np.round((y - start_age) / step), 0, num_classes - 1))
 
 
 def _per_example(fn, logits, labels, **kw):
@@ -40,13 +42,13 @@ def _softmax_backward(p, dl_dp):
   return p * (dl_dp - np.dot(p, dl_dp))
 
 
-def amr_example(z, y, *, start_age=0, lambda_mean=0.2, lambda_residue=0.05, eps=EPS,
+def amr_example(z, y, *, start_age=0, step=1, lambda_mean=0.2, lambda_residue=0.05, eps=EPS,
                 top=None, form="reference", adaptive=True):
   """Returns (loss, dloss/dz, info) for one example. ``top``: fixed K, or None for adaptive."""
   C = len(z)
   p, logp = softmax(z), log_softmax(z)
-  a = start_age + np.arange(C)
-  c = label_class(y, C, start_age)
+  a = start_age + step * np.arange(C)
+  c = label_class(y, C, start_age, step)
   m = float(p @ a)
   if top is None:
     selected = [j for j in range(C) if p[j] >= p[c]]
@@ -88,11 +90,11 @@ def mean_residue(logits, labels, *, k=3, **kw):
   return _per_example(amr_example, logits, labels, top=k, adaptive=False, **kw)
 
 
-def mean_variance_example(z, y, *, start_age=0, lambda_mean=0.2, lambda_variance=0.05):
+def mean_variance_example(z, y, *, start_age=0, step=1, lambda_mean=0.2, lambda_variance=0.05):
   C = len(z)
   p, logp = softmax(z), log_softmax(z)
-  a = start_age + np.arange(C)
-  c = label_class(y, C, start_age)
+  a = start_age + step * np.arange(C)
+  c = label_class(y, C, start_age, step)
   m = float(p @ a)
   variance = float(p @ (a - m) ** 2)
   loss = -logp[c] + lambda_mean * 0.5 * (m - y) ** 2 + lambda_variance * variance
@@ -106,21 +108,21 @@ def mean_variance(logits, labels, **kw):
   return _per_example(mean_variance_example, logits, labels, **kw)
 
 
-def gaussian_target(y, C, sigma, start_age=0):
-  a = start_age + np.arange(C)
+def gaussian_target(y, C, sigma, start_age=0, step=1):
+  a = start_age + step * np.arange(C)
   if sigma == 0:
     g = np.zeros(C)
-    g[label_class(y, C, start_age)] = 1.0
+    g[label_class(y, C, start_age, step)] = 1.0
     return g
   w = np.exp(-((a - y) ** 2) / (2 * sigma**2) - np.max(-((a - y) ** 2) / (2 * sigma**2)))
   return w / w.sum()
 
 
-def dldl_v2_example(z, y, *, sigma=2.0, lambda_l1=1.0, start_age=0, kl_reduction="sum"):
+def dldl_v2_example(z, y, *, sigma=2.0, lambda_l1=1.0, start_age=0, step=1, kl_reduction="sum"):
   C = len(z)
   p, logp = softmax(z), log_softmax(z)
-  a = start_age + np.arange(C)
-  g = gaussian_target(y, C, sigma, start_age)
+  a = start_age + step * np.arange(C)
+  g = gaussian_target(y, C, sigma, start_age, step)
   kl = sum(g[j] * (np.log(g[j]) - logp[j]) for j in range(C) if g[j] > 0)
   scale = 1.0 / C if kl_reduction == "mean" else 1.0
   m = float(p @ a)

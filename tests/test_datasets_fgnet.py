@@ -206,7 +206,8 @@ def test_the_file_tfds_build_reads_subclasses_the_package_builder_and_registers_
   assert thin.get_metadata() == metadata
   assert metadata.description.startswith("# ") and "(TFDS builder)" in metadata.description.splitlines()[0]
   assert metadata.citation.startswith("@")
-  built_in = {"fgnet": tmp_path / "fgnet" / "1.0.0", "clap2016": tmp_path / "clap2016" / "face" / "1.0.0"}[name]
+  built_in = {"fgnet": tmp_path / "fgnet" / "1.0.0", "clap2016": tmp_path / "clap2016" / "face" / "1.0.0",
+              "scut_fbp5500": tmp_path / "scut_fbp5500" / "1.0.0"}[name]
   assert {pathlib.Path(cls(data_dir=tmp_path).data_dir) for cls in (package_class, thin)} == {built_in}
 
 

@@ -182,8 +182,8 @@ def test_dlibs_weights_are_refused_for_another_model_or_a_head_that_does_not_fit
   with pytest.raises(errors.ConfigError, match=r"config.pretrained='imagenet' with model 'dlib_age_resnet'"):
     config_checks.check_pretrained(training_setup.config("fgnet_amr", None, model="dlib_age_resnet",
                                                          pretrained="imagenet"))
-  with pytest.raises(errors.ConfigError, match=r"needs num_classes=81, start_age=0 and head_bias='zeros' .*; got "
-                     r"\d+, 0 and 'age_prior'"):
+  with pytest.raises(errors.ConfigError, match=r"needs num_classes=81, start_age=0, label_step=1 and "
+                     r"head_bias='zeros' .*; got \d+, 0, 1.0, 'age_prior'"):
     config_checks.check_pretrained(training_setup.config("fgnet_amr", None, model="dlib_age_resnet",
                                                          pretrained="dlib_with_head"))
 

@@ -54,7 +54,8 @@ def test_the_bias_is_centred_and_its_softmax_is_the_prior():
 @pytest.mark.parametrize("call, message", [
     (lambda: head_init.age_prior([], 70), "age_prior needs at least one training age"),
     (lambda: head_init.age_prior([3.0, np.nan], 70), "age_prior: the ages must be finite; got nan"),
-    (lambda: head_init.age_prior([3.0], 70, sigma=-1.0), "age_prior: sigma must be a number of years >= 0; got -1.0"),
+    (lambda: head_init.age_prior([3.0], 70, sigma=-1.0),
+     "age_prior: sigma must be a number of years (label units) >= 0; got -1.0"),
     (lambda: head_init.age_prior([3.0], 70, uniform_share=1.5), "uniform_share must be in [0, 1]; got 1.5"),
     (lambda: head_init.prior_bias([3.0], 70, sigma=0.0, uniform_share=0.0), "a class has probability 0"),
 ])

@@ -183,6 +183,15 @@ def test_readme_start_age_binding_example_runs(tmp_path):
   assert predicted == 50.5 and cross_entropy == round(np.log(70), 4)
 
 
+def test_label_grid_example_runs_and_prints_what_its_comment_works_out(tmp_path):
+  script = tmp_path / "grid_example.py"
+  script.write_text(_code_block_after("<!-- example: label-grid -->"))
+  result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  # The middle of 1.0..5.0; 3.44 is class round(24.4); |3.00 - 3.44|: worked out by hand beside the example.
+  assert result.stdout.split() == ["3.00", "24", "0.44"]
+
+
 def test_readme_quick_losses_example_runs_and_matches_the_loss_of_the_mean(tmp_path):
   """The README's first losses example prints the mean AMR loss and the first three expected ages; both are
   recomputed here from the same logits (float32: the printed 3 decimals agree)."""

@@ -68,8 +68,9 @@ def test_fgnet_defaults_are_the_amr_recipe_with_the_offline_backbone():
   assert (config.model, config.pretrained, config.num_classes) == ("efficientnet_lite0", "imagenet", 70)
 
 
-# clap2016_dldlv2 (two stages) runs end to end in tests/test_stages.py.
-@pytest.mark.parametrize("name", [name for name in CONFIGS if name != "clap2016_dldlv2"])
+# clap2016_dldlv2 (two stages) runs end to end in tests/test_stages.py, scut_fbp5500_dldlv2 (its own data) in
+# tests/test_scut_fbp5500_training.py.
+@pytest.mark.parametrize("name", [name for name in CONFIGS if name not in ("clap2016_dldlv2", "scut_fbp5500_dldlv2")])
 def test_one_step_smoke_run_of_every_config(name, fgnet_dirs, tmp_path):
   if name.startswith("fgnet"):
     overrides = _data(fgnet_dirs)

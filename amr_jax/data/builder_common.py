@@ -1,9 +1,9 @@
-"""What both TFDS builders share: the folder of their cards, the file format of a new build, and the record of the
+"""What the TFDS builders share: the folder of their cards, the file format of a new build, and the record of the
 raw files a build was made from.
 
-The builders (:mod:`amr_jax.data.fgnet_builder`, :mod:`amr_jax.data.clap2016_builder`) import this module, and
-:mod:`amr_jax.data.tfds_builders`, which builds with them, imports both: so neither builder imports the module that
-imports it.
+The builders (:mod:`amr_jax.data.fgnet_builder`, :mod:`amr_jax.data.clap2016_builder`,
+:mod:`amr_jax.data.scut_fbp5500_builder`) import this module, and :mod:`amr_jax.data.tfds_builders`, which builds with
+them, imports them all: so no builder imports the module that imports it.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ import os
 import pathlib
 
 from amr_jax import errors
+from amr_jax.data import dataset_sources
 
 SPLITS = ("train", "valid", "test")
 CROPS = ("face", "whole")
@@ -89,19 +90,10 @@ def find_root(directory: str | os.PathLike) -> pathlib.Path:
   directory = pathlib.Path(directory)
   if not directory.is_dir():
     raise errors.MissingDataError(f"{directory}: no such directory.\n{DOWNLOAD_INSTRUCTIONS}")
-  candidates = dict.fromkeys(p.parent for p in directory.rglob("gt_avg_*.csv") if p.is_file())
-  roots = [p for p in candidates if not _missing_parts(p)]
-  if len(roots) > 1:
-    raise errors.DataError(f"{directory}: holds {len(roots)} CLAP2016 release folders "
-                     f"({', '.join(map(str, sorted(roots)))}); keep one.")
-  if roots:
-    return roots[0]
-  if candidates:  # a partial copy: say what is missing rather than "nothing found"
-    partial = sorted(candidates)[0]
-    raise errors.MissingDataError(f"{partial}: incomplete CLAP2016 release folder, missing "
-                            f"{', '.join(_missing_parts(partial))}.\n{DOWNLOAD_INSTRUCTIONS}")
-  raise errors.MissingDataError(f"{directory}: holds no CLAP2016 release folder "
-                          f"(train/ valid/ test/ and gt_avg_*.csv).\n{DOWNLOAD_INSTRUCTIONS}")
+  candidates = list(dict.fromkeys(p.parent for p in directory.rglob("gt_avg_*.csv") if p.is_file()))
+  return dataset_sources.one_release_folder(directory, candidates, _missing_parts, name="CLAP2016",
+                                            layout="train/ valid/ test/ and gt_avg_*.csv",
+                                            instructions=DOWNLOAD_INSTRUCTIONS)
 
 
 def _missing_parts(folder: pathlib.Path) -> list[str]:

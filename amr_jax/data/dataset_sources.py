@@ -120,6 +120,30 @@ def _root_in_folder_or_zip(folder: pathlib.Path, extract_to: pathlib.Path, find_
   return find_root(extract_to)
 
 
+def one_release_folder(directory: pathlib.Path, candidates, missing_parts: Callable[[pathlib.Path], list[str]], *,
+                       name: str, layout: str, instructions: str) -> pathlib.Path:
+  """The one complete folder among ``candidates`` (folders in or below ``directory`` holding part of dataset
+  ``name``'s release, in order): what every dataset's ``find_root`` shares once it has looked for them.
+
+  Raises:
+    errors.DataError: several complete folders, naming them.
+    errors.MissingDataError: none; naming, on one line, all that the first partial candidate with the fewest
+      missing parts lacks (``missing_parts``), or, with no candidate, the ``layout`` looked for; then
+      ``instructions``.
+  """
+  roots = [folder for folder in candidates if not missing_parts(folder)]
+  if len(roots) > 1:
+    raise errors.DataError(f"{directory}: holds {len(roots)} {name} release folders "
+                           f"({', '.join(map(str, sorted(roots)))}); keep one.")
+  if roots:
+    return roots[0]
+  if candidates:  # a partial copy: say all it lacks rather than "nothing found"
+    partial = min(candidates, key=lambda folder: (len(missing_parts(folder)), str(folder)))
+    raise errors.MissingDataError(f"{partial}: incomplete {name} release folder, missing "
+                                  f"{', '.join(missing_parts(partial))}.\n{instructions}")
+  raise errors.MissingDataError(f"{directory}: holds no {name} release folder ({layout}).\n{instructions}")
+
+
 def rgb_jpeg_bytes(path: pathlib.Path) -> bytes:
   """The image file's bytes as an RGB JPEG: the file itself when it is one, else re-encoded (quality 95).
 

@@ -11,7 +11,9 @@ Both datasets are small enough to decode once into memory. The crop is one of
 
 Every result has ``image`` (uint8 ``[N, size, size, 3]``) and ``file_name``, and the dataset's labels:
 FG-NET ``age`` and ``subject_id`` (int32); CLAP2016 ``age`` (the apparent-age mean) and ``age_std`` (float32) and
-``real_age`` (int32).
+``real_age`` (int32); SCUT-FBP5500 ``age`` (the training label: the mean attractiveness score) and ``age_std`` (the
+raters' spread), ``cv_fold`` (int32, 1..5) and ``split_60_40`` (bytes, ``b"train"`` or ``b"test"``). ``age`` and
+``age_std`` are the label and its spread whatever the dataset labels.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ LABELS = {
     "fgnet": {"age": ("age", np.int32), "subject_id": ("subject_id", np.int32)},
     "clap2016": {"age": ("apparent_age_mean", np.float32), "age_std": ("apparent_age_std", np.float32),
                  "real_age": ("real_age", np.int32)},
+    "scut_fbp5500": {"age": ("score_mean", np.float32), "age_std": ("score_std", np.float32),
+                     "cv_fold": ("cv_fold", np.int32), "split_60_40": ("split_60_40", "S5")},
 }
 CROPS = ("aligned", "detected", "whole", "face")
 
@@ -89,6 +93,12 @@ def load_fgnet_arrays(dataset_dir: str, *, crop: str = "aligned", image_size: in
   examples = sorted_examples(builder.as_data_source()["train"], f"{dataset_dir}: split 'train'")
   return decode_examples(examples, "fgnet", crop=crop, image_size=image_size, cache_dir=dataset_dir,
                          eye_distance=eye_distance, eye_y=eye_y, log=log)
+
+
+def scut_fbp5500_arrays(builder, image_size: int) -> dict[str, np.ndarray]:
+  """The built SCUT-FBP5500 (one split of all 5500 faces, 350 px squares), decoded once, by file name."""
+  examples = sorted_examples(builder.as_data_source()["train"], f"{builder.data_dir}: split 'train'")
+  return decode_examples(examples, "scut_fbp5500", crop="whole", image_size=image_size, cache_dir=builder.data_dir)
 
 
 def clap2016_arrays(builder, split: str, image_size: int, crop: str = "whole") -> dict[str, np.ndarray]:

@@ -1,7 +1,8 @@
 """Build the TFDS datasets: the builders' classes, their file format, and the record of a build's raw files.
 
-The builders are :class:`amr_jax.data.fgnet_builder.Builder` and
-:class:`amr_jax.data.clap2016_builder.Builder`, imported like any module, so an
+The builders are :class:`amr_jax.data.fgnet_builder.Builder`,
+:class:`amr_jax.data.clap2016_builder.Builder` and
+:class:`amr_jax.data.scut_fbp5500_builder.Builder`, imported like any module, so an
 installed amr_jax (``pip install .``, not only a checkout) builds the data. Their
 TFDS metadata (``README.md``, the description; ``CITATIONS.bib``) is package
 data in ``dataset_cards/<name>/`` (:func:`amr_jax.data.builder_common.card_dir`). In a checkout,
@@ -24,7 +25,7 @@ from typing import Any
 from amr_jax import errors
 from amr_jax.data import builder_common
 
-NAMES = ("fgnet", "clap2016")
+NAMES = ("fgnet", "clap2016", "scut_fbp5500")
 FILE_FORMAT = builder_common.FILE_FORMAT
 SOURCE_FILE = builder_common.SOURCE_FILE
 
@@ -35,6 +36,8 @@ def builder_class(name: str) -> type:
     from amr_jax.data import fgnet_builder as module
   elif name == "clap2016":
     from amr_jax.data import clap2016_builder as module
+  elif name == "scut_fbp5500":
+    from amr_jax.data import scut_fbp5500_builder as module
   else:
     raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(NAMES)}.")
   return module.Builder
@@ -114,7 +117,7 @@ def build(name: str, *, manual_dir: str | os.PathLike, data_dir: str | os.PathLi
   built from the files ``manual_dir`` holds now (:func:`check_source`).
 
   Args:
-    name: ``"fgnet"`` or ``"clap2016"``.
+    name: ``"fgnet"``, ``"clap2016"`` or ``"scut_fbp5500"``.
     manual_dir: where the downloaded archive or extracted folder lies.
     data_dir: where TFDS writes ``<name>[/<config>]/<version>/``.
     config: the builder config (e.g. ``"face"`` or ``"whole"`` for CLAP2016).

@@ -6,10 +6,11 @@ arrays of the run's image size, and every fold of a protocol is a set of
 index arrays into them (:mod:`amr_jax.data.folds`).
 
 Every array dict has ``image`` (uint8 ``[N, S, S, 3]``), ``age`` (float32,
-the training label and the age metrics compare with: FG-NET's real age,
-CLAP2016's apparent-age mean) and ``file_name``; FG-NET adds
+the training label and the metrics compare with: FG-NET's real age,
+CLAP2016's apparent-age mean, SCUT-FBP5500's mean attractiveness score) and ``file_name``; FG-NET adds
 ``subject_id``, CLAP2016 ``age_std`` (the votes' spread, for the
-epsilon-error) and ``real_age``.
+epsilon-error) and ``real_age``, SCUT-FBP5500 ``age_std`` (the raters' spread), ``cv_fold`` and ``split_60_40``
+(its release's five folds and its 60/40 split).
 """
 
 from __future__ import annotations
@@ -26,8 +27,11 @@ from amr_jax.data import folds as folds_lib
 from amr_jax.data import decoding, tfds_builders
 
 Arrays = dict[str, np.ndarray]
-PROTOCOLS = {"fgnet": ("lopo", "kfold"), "clap2016": ("splits",)}
-CROPS = {"fgnet": ("whole", "aligned", "detected"), "clap2016": ("face", "whole", "detected")}
+PROTOCOLS = {"fgnet": ("lopo", "kfold"), "clap2016": ("splits",), "scut_fbp5500": ("kfold", "splits")}
+CROPS = {"fgnet": ("whole", "aligned", "detected"), "clap2016": ("face", "whole", "detected"),
+         "scut_fbp5500": ("whole",)}
+# SCUT-FBP5500's folds are its release's: kfold's fold f tests on cross_validation_{f + 1}.
+SCUT_FBP5500_FOLDS = 5
 # The TFDS build each crop decodes from: "detected" crops CLAP2016's whole photographs.
 _BUILD_CONFIGS = {"face": "face", "whole": "whole", "detected": "whole"}
 
@@ -133,6 +137,8 @@ def load_arrays(data, image_size: int, builder) -> dict[str, Arrays]:
     arrays = decoding.load_fgnet_arrays(os.fspath(builder.data_dir), crop=data.crop, image_size=image_size)
     arrays["age"] = arrays["age"].astype(np.float32)
     return {"all": arrays}
+  if data.name == "scut_fbp5500":
+    return {"all": decoding.scut_fbp5500_arrays(builder, image_size)}
   dataset: dict[str, Any] = {split: decoding.clap2016_arrays(builder, split, image_size, data.crop)
                              for split in ("train", "valid")}
   dataset["test"] = LazySplit(functools.partial(decoding.clap2016_arrays, builder, "test", image_size, data.crop),
@@ -142,7 +148,7 @@ def load_arrays(data, image_size: int, builder) -> dict[str, Arrays]:
 
 # The DLDL-v2 code makes an annotator spread of 0 (every guess equal) this, i.e. a one-hot target.
 SIGMA_FLOOR = 1e-10
-SIGMA_FIELDS = {"clap2016": ("age_std",), "fgnet": ()}
+SIGMA_FIELDS = {"clap2016": ("age_std",), "fgnet": (), "scut_fbp5500": ("age_std",)}
 
 
 def training_arrays(config, source: Arrays) -> Arrays:
@@ -157,7 +163,8 @@ def training_arrays(config, source: Arrays) -> Arrays:
 
 
 def check_labels(config, dataset: dict[str, Arrays]) -> None:
-  """Refuses ages whose class would be clamped: ``round(age - start_age)`` outside ``0..num_classes - 1``.
+  """Refuses labels whose class would be clamped: ``round((age - start_age) / label_step)`` outside
+  ``0..num_classes - 1``.
 
   The losses clamp such labels silently (:func:`amr_jax.losses.label_class`); a run must not. The test is
   :func:`amr_jax.losses.check_label_range`'s; this names the image.
@@ -165,22 +172,26 @@ def check_labels(config, dataset: dict[str, Arrays]) -> None:
   Raises:
     errors.DataError: naming the dataset, how many images, the first of them with its age, and the range.
   """
-  low, high = config.start_age, config.start_age + config.num_classes - 1
+  low, step = config.start_age, config.label_step
+  high = low + step * (config.num_classes - 1)
+  grid = (f"{config.num_classes} classes of ages {low:g}..{high:g} (config.start_age, config.num_classes)" if step == 1
+          else f"{config.num_classes} classes of labels {low:g}..{high:g} in steps of {step:g} (config.start_age, "
+          "config.label_step, config.num_classes)")
+  noun = "age" if step == 1 else "label"
   for split, arrays in dataset.items():
     if isinstance(arrays, LazySplit):  # the test split, read after training; its ages are never made classes
       continue
     try:
-      losses.check_label_range(arrays["age"], config.num_classes, start_age=config.start_age)
+      losses.check_label_range(arrays["age"], config.num_classes, start_age=low, label_step=step)
     except losses.LabelRangeError as error:
       name = arrays["file_name"][error.index] if "file_name" in arrays else f"example {error.index}"
       where = config.data.name if split == "all" else f"{config.data.name} {split}"
-      classes = np.round(np.asarray(arrays["age"], np.float64) - config.start_age)
+      classes = np.round((np.asarray(arrays["age"], np.float64) - low) / step)
       advice = (f"raise config.num_classes to {int(np.max(classes)) + 1}" if np.min(classes) >= 0
                 else "lower config.start_age")
       raise errors.DataError(
-          f"{where}: {error.count} image(s) have ages outside the {config.num_classes} classes of ages "
-          f"{low:g}..{high:g} (config.start_age, config.num_classes), e.g. {name} with age {error.label:g}; their "
-          f"labels would be clamped. To train on them, {advice}.") from None
+          f"{where}: {error.count} image(s) have {noun}s outside the {grid}, e.g. {name} with {noun} "
+          f"{error.label:g}; their labels would be clamped. To train on them, {advice}.") from None
 
 
 def fold_ids(config, dataset: dict[str, Arrays]) -> list[int]:
@@ -219,6 +230,8 @@ def fold_name(config, fold: int) -> str:
 
 
 def _fold_indices(config, dataset: dict[str, Arrays], fold: int) -> folds_lib.Split:
+  if config.data.name == "scut_fbp5500":
+    return _release_split(dataset["all"], config.protocol, fold)
   kwargs = {"num_validation_subjects": config.num_validation_subjects, "seed": config.seed}
   subject_ids = dataset["all"]["subject_id"]
   try:
@@ -229,16 +242,23 @@ def _fold_indices(config, dataset: dict[str, Arrays], fold: int) -> folds_lib.Sp
     raise errors.ConfigError(f"config.{error}") from None
 
 
+def _release_split(arrays: Arrays, protocol: str, fold: int) -> folds_lib.Split:
+  """SCUT-FBP5500's own splits: fold ``f`` of its five (``kfold``), or its 60/40 split (``splits``); no
+  validation images (the release has none)."""
+  is_test = arrays["cv_fold"] == fold + 1 if protocol == "kfold" else arrays["split_60_40"] == b"test"
+  return folds_lib.Split(train=np.flatnonzero(~is_test), validation=np.zeros(0, np.int64), test=np.flatnonzero(is_test))
+
+
 def num_train_examples(config, dataset: dict[str, Arrays], fold: int) -> int:
   """The size of ``fold``'s training set, without gathering its images."""
-  if config.protocol == "splits":
+  if config.protocol == "splits" and config.data.name == "clap2016":
     return len(dataset["train"]["age"])
   return len(_fold_indices(config, dataset, fold).train)
 
 
 def fold_splits(config, dataset: dict[str, Arrays], fold: int) -> Fold:
   """Training, validation and test arrays of ``fold``; validation subjects never include the test subjects."""
-  if config.protocol == "splits":
+  if config.protocol == "splits" and config.data.name == "clap2016":
     train = dataset["train"]
     return Fold(fold_name(config, fold), train, np.arange(len(train["age"])), dataset["valid"], dataset["test"])
   arrays = dataset["all"]

@@ -63,14 +63,17 @@ def unreplicate(tree):
   return jax.tree.map(lambda x: x.addressable_shards[0].data[0], tree)
 
 
-def distribution_mean_and_std(probs: jax.Array, start_age: float) -> tuple[jax.Array, jax.Array]:
-  """The predicted age (the mean of the age distribution ``probs`` ``[batch, classes]``) and its spread."""
-  ages = start_age + jnp.arange(probs.shape[-1], dtype=probs.dtype)
+def distribution_mean_and_std(probs: jax.Array, start_age: float, label_step: float = 1
+                              ) -> tuple[jax.Array, jax.Array]:
+  """The predicted age (the mean of the distribution ``probs`` ``[batch, classes]`` over the labels
+  ``start_age + label_step * j``) and its spread."""
+  ages = start_age + label_step * jnp.arange(probs.shape[-1], dtype=probs.dtype)
   mean = probs @ ages
   return mean, jnp.sqrt(jnp.sum(probs * jnp.square(ages - mean[:, None]), axis=-1))
 
 
-def eval_step(state, batch: dict[str, jax.Array], *, start_age: float, test_time_flip: bool) -> dict[str, jax.Array]:
+def eval_step(state, batch: dict[str, jax.Array], *, start_age: float, test_time_flip: bool, label_step: float = 1
+              ) -> dict[str, jax.Array]:
   """Per-example predictions of one device's batch, gathered from all devices (call under ``pmap``).
 
   Returns ``predicted_age`` (the distribution's mean), ``distribution_std``,
@@ -87,8 +90,9 @@ def eval_step(state, batch: dict[str, jax.Array], *, start_age: float, test_time
   probs = distribution(images)
   if test_time_flip:
     probs = 0.5 * (probs + distribution(augment.flip_left_right(images)))
-  mean, std = distribution_mean_and_std(probs, start_age)
-  out = {"predicted_age": mean, "distribution_std": std, "mode_age": start_age + jnp.argmax(probs, axis=-1),
+  mean, std = distribution_mean_and_std(probs, start_age, label_step)
+  out = {"predicted_age": mean, "distribution_std": std,
+         "mode_age": start_age + label_step * jnp.argmax(probs, axis=-1),
          "distribution": probs, "index": batch["index"], "mask": batch["mask"]}
   return jax.lax.all_gather(out, axis_name="batch")
 

@@ -1,4 +1,4 @@
-"""What every loss shares: argument checks, an age's class, the predicted distribution and its moments.
+"""What every loss shares: argument checks, the label grid, a label's class, the predicted distribution and its moments.
 
 The public helpers here (:func:`~amr_jax.losses.label_class`,
 :func:`~amr_jax.losses.check_label_range`, :func:`~amr_jax.losses.expected_age`,
@@ -125,31 +125,83 @@ def _compute_dtype(logits: Array) -> jnp.dtype:
   return jnp.promote_types(logits.dtype, jnp.float32)
 
 
-def _ages(num_classes: int, start_age: float, dtype=jnp.float32) -> Array:
-  return start_age + jnp.arange(num_classes, dtype=dtype)
+# --------------------------------------------------------------------------
+# The label grid: class j is the label start + step * j. Ages use step 1 (start_age); any other ordinal target,
+# e.g. attractiveness scores 1.0, 1.1, ..., 5.0, gives its own start and step.
+
+
+def label_grid(*, start_age: float | None = None, label_start: float | None = None,
+               label_step: float = 1) -> tuple[float, float]:
+  """The ``(start, step)`` of the classes from the losses' keyword arguments: class ``j`` is ``start + step * j``.
+
+  ``start_age`` and ``label_start`` are two names for the label of class 0 (the first for ages, the second for any
+  target); give at most one (neither: 0). ``label_step`` is the spacing of the classes, a number ``> 0`` known at
+  trace time (it shapes the grid; a traced step is refused).
+
+  Raises:
+    ValueError: both starts given, or a step that is not a finite number > 0.
+  """
+  if start_age is not None and label_start is not None:
+    raise ValueError(f"give start_age or label_start (two names for the label of class 0), not both; got "
+                     f"start_age={start_age!r} and label_start={label_start!r}.")
+  start = label_start if label_start is not None else (start_age if start_age is not None else 0)
+  if isinstance(label_step, jax.core.Tracer):
+    raise ValueError("label_step must be a number known at trace time (a Python or NumPy number), not a traced "
+                     "value: bind it with functools.partial before jit or vmap.")
+  value = np.asarray(label_step)
+  if (isinstance(label_step, bool) or value.ndim != 0 or not np.issubdtype(value.dtype, np.number)
+      or not np.isfinite(value) or not value > 0):
+    raise ValueError(f"label_step must be a finite number > 0 (the spacing of the classes' labels); got "
+                     f"{label_step!r}.")
+  return start, label_step
+
+
+def _grid(start_age, label_start, label_step) -> tuple[float, float]:
+  return label_grid(start_age=start_age, label_start=label_start, label_step=label_step)
+
+
+def _describe_grid(num_classes: int, start: float, step: float) -> str:
+  high = start + step * (num_classes - 1)
+  if step == 1:
+    return f"{num_classes} classes of ages {start:g}..{high:g} (start_age, num_classes)"
+  return (f"{num_classes} classes of labels {start:g}..{high:g} in steps of {step:g} (label_start, label_step, "
+          "num_classes)")
+
+
+def _label_values(num_classes: int, start: float, step: float, dtype=jnp.float32) -> Array:
+  # step * j is exact for step 1, so integer ages keep the values (and results) they had before grids.
+  return start + step * jnp.arange(num_classes, dtype=dtype)
 
 
 # --------------------------------------------------------------------------
 # Building blocks.
 
 
-def label_class(labels: ArrayLike, num_classes: int, *, start_age: float = 0) -> Array:
-  """Class index of each age label: ``clip(round(label - start_age), 0, C - 1)``.
+def label_class(labels: ArrayLike, num_classes: int, *, start_age: float | None = None,
+                label_start: float | None = None, label_step: float = 1) -> Array:
+  """Class index of each label: ``clip(round((label - start) / step), 0, C - 1)``.
 
   Args:
-    labels: ages, ``[...]``, integer or real.
-    num_classes: number of age classes ``C``, at least 2.
-    start_age: the age of class 0.
+    labels: ages or other labels, ``[...]``, integer or real.
+    num_classes: number of classes ``C``, at least 2.
+    start_age, label_start: the label of class 0 (two names; give at most one; default 0).
+    label_step: the spacing of the classes' labels (default 1: whole years).
 
   Returns:
-    int32 class indices, ``[...]``. Out-of-range ages are clamped to the
+    int32 class indices, ``[...]``. Out-of-range labels are clamped to the
     nearest end class.
   """
   _check_num_classes(num_classes)
+  start, step = label_grid(start_age=start_age, label_start=label_start, label_step=label_step)
   labels = jnp.asarray(labels)
-  offset = jnp.round(labels.astype(jnp.promote_types(labels.dtype, jnp.float32)) - start_age)
+  offset = _grid_offset(labels.astype(jnp.promote_types(labels.dtype, jnp.float32)), start, step)
   # Clip before the cast: a huge float would overflow int32.
   return jnp.clip(offset, 0, num_classes - 1).astype(jnp.int32)
+
+
+def _grid_offset(labels, start: float, step: float):
+  """``round((labels - start) / step)``; the division by a step of 1 is exact, so whole years are unchanged."""
+  return jnp.round((labels - start) / step)
 
 
 class LabelRangeError(ValueError):
@@ -160,8 +212,9 @@ class LabelRangeError(ValueError):
     self.count, self.index, self.label = count, index, label
 
 
-def check_label_range(labels: ArrayLike, num_classes: int, *, start_age: float = 0) -> None:
-  """Refuses labels whose class :func:`label_class` would clamp: ``round(label - start_age)`` outside ``0..C-1``.
+def check_label_range(labels: ArrayLike, num_classes: int, *, start_age: float | None = None,
+                      label_start: float | None = None, label_step: float = 1) -> None:
+  """Refuses labels whose class :func:`label_class` would clamp: ``round((label - start) / step)`` outside ``0..C-1``.
 
   On concrete arrays (data being loaded) it raises at once. Inside ``jit``, ``vmap`` or ``grad`` it records a
   ``jax.experimental.checkify`` check, so the function must be transformed by ``checkify.checkify``::
@@ -171,88 +224,97 @@ def check_label_range(labels: ArrayLike, num_classes: int, *, start_age: float =
     error.throw()                                # raises naming the first bad label
 
   Args:
-    labels: ages, ``[...]``.
-    num_classes: number of age classes ``C``, at least 2.
-    start_age: the age of class 0.
+    labels: ages or other labels, ``[...]``.
+    num_classes: number of classes ``C``, at least 2.
+    start_age, label_start: the label of class 0 (two names; give at most one; default 0).
+    label_step: the spacing of the classes' labels (default 1).
 
   Raises:
     LabelRangeError: (a ``ValueError``; concrete labels) naming how many labels are outside, the first of them
       and the range.
   """
   _check_num_classes(num_classes)
-  high = start_age + num_classes - 1
+  start, step = label_grid(start_age=start_age, label_start=label_start, label_step=label_step)
+  grid = _describe_grid(num_classes, start, step)
   if isinstance(labels, jax.core.Tracer):
     labels = jnp.asarray(labels)
-    classes = jnp.round(labels.astype(jnp.promote_types(labels.dtype, jnp.float32)) - start_age)
+    classes = _grid_offset(labels.astype(jnp.promote_types(labels.dtype, jnp.float32)), start, step)
     outside = (classes < 0) | (classes > num_classes - 1)
     first = jnp.ravel(labels)[jnp.argmax(jnp.ravel(outside))]
-    checkify.check(~jnp.any(outside), f"label {{first}} is outside the {num_classes} classes of ages "
-                   f"{start_age:g}..{high:g} (start_age, num_classes): its class would be clamped", first=first)
+    checkify.check(~jnp.any(outside), f"label {{first}} is outside the {grid}: its class would be clamped",
+                   first=first)
     return
   values = np.asarray(labels, dtype=np.float64)
-  classes = np.round(values - start_age)  # half to even, as jnp.round in label_class
+  classes = np.round((values - start) / step)  # half to even, as jnp.round in label_class
   outside = np.flatnonzero((classes < 0) | (classes > num_classes - 1))
   if outside.size:
     first = float(values.flat[outside[0]])
-    raise LabelRangeError(f"{outside.size} of {values.size} labels are outside the {num_classes} classes of ages "
-                          f"{start_age:g}..{high:g} (start_age, num_classes), e.g. label {first:g} at flat index "
-                          f"{outside[0]}: their class would be clamped.", count=int(outside.size),
+    raise LabelRangeError(f"{outside.size} of {values.size} labels are outside the {grid}, e.g. label {first:g} at "
+                          f"flat index {outside[0]}: their class would be clamped.", count=int(outside.size),
                           index=int(outside[0]), label=first)
 
 
-def expected_age(logits: ArrayLike, *, start_age: float = 0) -> Array:
-  r"""Expectation of the predicted age distribution (the read-out of every loss).
+def expected_age(logits: ArrayLike, *, start_age: float | None = None, label_start: float | None = None,
+                 label_step: float = 1) -> Array:
+  r"""Expectation of the predicted distribution over the labels (the read-out of every loss).
 
-  :math:`m_i = \sum_j \mathrm{softmax}(z_i)_j \, (\mathrm{start\_age} + j)`.
+  :math:`m_i = \sum_j \mathrm{softmax}(z_i)_j \, (\mathrm{start} + \mathrm{step} \cdot j)`.
 
   Args:
     logits: ``[..., num_classes]``.
-    start_age: the age of class 0.
+    start_age, label_start: the label of class 0 (two names; give at most one; default 0).
+    label_step: the spacing of the classes' labels (default 1).
 
   Returns:
-    expected ages (at least float32), ``[...]``.
+    expected labels (at least float32), ``[...]``.
   """
+  start, step = label_grid(start_age=start_age, label_start=label_start, label_step=label_step)
   logits = _check_logits(logits)
   probs = jax.nn.softmax(logits.astype(_compute_dtype(logits)), axis=-1)
-  return start_age + _index_moments(probs)[0]
+  return start + step * _index_moments(probs)[0]
 
 
 def gaussian_label_distribution(
-    labels: ArrayLike, num_classes: int, sigma: ArrayLike, *, start_age: float = 0
+    labels: ArrayLike, num_classes: int, sigma: ArrayLike, *, start_age: float | None = None,
+    label_start: float | None = None, label_step: float = 1
 ) -> Array:
   r"""DLDL target: a discretised Gaussian around each label, normalised over the classes.
 
-  :math:`g_{ij} \propto \exp(-(a_j - y_i)^2 / (2\sigma_i^2))`, :math:`\sum_j g_{ij} = 1`;
-  ``sigma == 0`` gives the one-hot of :func:`label_class`. Computed in log space,
-  so a label far outside the age range still gives a valid distribution
+  :math:`g_{ij} \propto \exp(-(a_j - y_i)^2 / (2\sigma_i^2))`, :math:`a_j = \mathrm{start} + \mathrm{step} \cdot j`,
+  :math:`\sum_j g_{ij} = 1`; ``sigma == 0`` gives the one-hot of :func:`label_class`. Computed in log space,
+  so a label far outside the grid still gives a valid distribution
   (concentrated on the nearest end classes).
 
   Args:
-    labels: ages, ``[...]``.
+    labels: ages or other labels, ``[...]``.
     num_classes: number of classes ``C``, at least 2.
-    sigma: standard deviation in years, ``>= 0``, a scalar or ``[...]`` (one
+    sigma: standard deviation in label units (years for ages), ``>= 0``, a scalar or ``[...]`` (one
       per example); a traced sigma is not checked (see :func:`dldl_loss`).
-    start_age: the age of class 0.
+    start_age, label_start: the label of class 0 (two names; give at most one; default 0).
+    label_step: the spacing of the classes' labels (default 1).
 
   Returns:
     distributions (at least float32), ``[..., num_classes]``.
   """
   _check_num_classes(num_classes)
+  start, step = label_grid(start_age=start_age, label_start=label_start, label_step=label_step)
   labels = jnp.asarray(labels)
   _check_real(labels, "labels")
   sigma = _check_sigma(sigma, labels.shape)
-  return jnp.exp(_log_gaussian_target(labels, num_classes, sigma, start_age))
+  return jnp.exp(_log_gaussian_target(labels, num_classes, sigma, start, step))
 
 
-def _log_gaussian_target(labels: Array, num_classes: int, sigma: Array, start_age: float) -> Array:
+def _log_gaussian_target(labels: Array, num_classes: int, sigma: Array, start: float, step: float) -> Array:
   dtype = jnp.promote_types(labels.dtype, jnp.float32)
   labels = labels.astype(dtype)
   sigma = jnp.broadcast_to(sigma.astype(dtype), labels.shape)
   is_one_hot = sigma <= 0
   safe_sigma = jnp.where(is_one_hot, 1.0, sigma)  # keeps the unused branch finite
-  logits = -jnp.square(_ages(num_classes, start_age, dtype) - labels[..., None]) / (2 * jnp.square(safe_sigma[..., None]))
+  values = _label_values(num_classes, start, step, dtype)
+  logits = -jnp.square(values - labels[..., None]) / (2 * jnp.square(safe_sigma[..., None]))
   log_gaussian = jax.nn.log_softmax(logits, axis=-1)
-  one_hot = jnp.arange(num_classes) == label_class(labels, num_classes, start_age=start_age)[..., None]
+  one_hot = jnp.arange(num_classes) == label_class(labels, num_classes, label_start=start,
+                                                   label_step=step)[..., None]
   log_one_hot = jnp.where(one_hot, 0.0, -jnp.inf)
   return jnp.where(is_one_hot[..., None], log_one_hot, log_gaussian)
 
@@ -260,7 +322,7 @@ def _log_gaussian_target(labels: Array, num_classes: int, sigma: Array, start_ag
 def _index_moments_primal(probs: Array) -> tuple[Array, Array, Array]:
   """Mean, variance and deviations ``j - m`` of the class index under ``probs``.
 
-  (Ages are ``start_age + j``: the same variance and deviations, the mean shifted.)
+  (Labels are ``start + step * j``: the mean scaled and shifted, the variance scaled by ``step**2``.)
 
   The deviations are formed as ``(j - r) - sum_k p_k (k - r)`` around the
   class ``r`` nearest the mean, not as ``a_j - m``: near the mean that
@@ -303,7 +365,8 @@ def _index_moments_jvp(primals, tangents):
 class _Common:
   """Quantities every loss needs, each computed once per call (one exp per entry)."""
 
-  def __init__(self, logits: ArrayLike, labels: ArrayLike, start_age: float):
+  def __init__(self, logits: ArrayLike, labels: ArrayLike, grid: tuple[float, float]):
+    start, step = self.start, self.step = grid
     logits = _check_logits(logits)
     labels = _check_labels(labels, logits)
     dtype = _compute_dtype(logits)
@@ -315,10 +378,13 @@ class _Common:
     self.probs = unnormalised / total
     self.log_normaliser = (max_logit + jnp.log(total))[..., 0]  # logsumexp
     self.label_age = labels.astype(dtype)
-    self.one_hot = jnp.arange(self.num_classes) == label_class(labels, self.num_classes, start_age=start_age)[..., None]
+    self.one_hot = jnp.arange(self.num_classes) == label_class(labels, self.num_classes, label_start=start,
+                                                               label_step=step)[..., None]
     self.true_logit = jnp.sum(jnp.where(self.one_hot, self.logits, 0.0), axis=-1)
-    mean_index, self.variance = _index_moments(self.probs)
-    self.mean_age = start_age + mean_index
+    mean_index, variance_index = _index_moments(self.probs)
+    # Exact for a step of 1 (whole years): the values are those of the index moments, shifted.
+    self.mean_age = start + step * mean_index
+    self.variance = (step * step) * variance_index
 
   @property
   def log_probs(self) -> Array:

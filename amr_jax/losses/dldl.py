@@ -7,7 +7,7 @@ from typing import Literal
 
 import jax.numpy as jnp
 
-from amr_jax.losses.common import _check_sigma, _Common, _log_gaussian_target, Array, ArrayLike, LossTerms
+from amr_jax.losses.common import _check_sigma, _Common, _grid, _log_gaussian_target, Array, ArrayLike, LossTerms
 
 
 # --------------------------------------------------------------------------
@@ -16,23 +16,25 @@ from amr_jax.losses.common import _check_sigma, _Common, _log_gaussian_target, A
 KLReduction = Literal["sum", "mean"]
 
 
-def _kl_to_gaussian(common: _Common, sigma: ArrayLike, start_age: float) -> Array:
+def _kl_to_gaussian(common: _Common, sigma: ArrayLike) -> Array:
   sigma = _check_sigma(sigma, common.logits.shape[:-1])
-  log_target = _log_gaussian_target(common.label_age, common.num_classes, sigma, start_age)
+  log_target = _log_gaussian_target(common.label_age, common.num_classes, sigma, common.start, common.step)
   target = jnp.exp(log_target)
   # 0 * log 0 := 0, written so that no inf or nan is formed even in unused branches.
   log_target = jnp.where(target > 0, log_target, 0.0)
   return jnp.sum(target * (log_target - common.log_probs), axis=-1)
 
 
-def dldl_terms(logits: ArrayLike, labels: ArrayLike, *, sigma: ArrayLike = 2.0, start_age: float = 0) -> LossTerms:
+def dldl_terms(logits: ArrayLike, labels: ArrayLike, *, sigma: ArrayLike = 2.0,
+               start_age: float | None = None, label_start: float | None = None, label_step: float = 1) -> LossTerms:
   """Terms of :func:`dldl_loss`: ``kl`` and ``loss`` (equal)."""
-  common = _Common(logits, labels, start_age)
-  kl = _kl_to_gaussian(common, sigma, start_age)
+  common = _Common(logits, labels, _grid(start_age, label_start, label_step))
+  kl = _kl_to_gaussian(common, sigma)
   return {"kl": kl, "loss": kl}
 
 
-def dldl_loss(logits: ArrayLike, labels: ArrayLike, *, sigma: ArrayLike = 2.0, start_age: float = 0) -> Array:
+def dldl_loss(logits: ArrayLike, labels: ArrayLike, *, sigma: ArrayLike = 2.0,
+               start_age: float | None = None, label_start: float | None = None, label_step: float = 1) -> Array:
   r"""Deep label distribution learning (DLDL) loss.
 
   :math:`L_i = \mathrm{KL}(g_i \,\|\, p_i) = \sum_j g_{ij} \log(g_{ij} / p_{ij})`
@@ -52,12 +54,14 @@ def dldl_loss(logits: ArrayLike, labels: ArrayLike, *, sigma: ArrayLike = 2.0, s
       function) cannot be: there a negative value silently gives the one-hot
       target, as ``0`` does (loss equal to the cross-entropy, zero gradient
       with respect to sigma), and NaN gives a NaN loss and NaN gradients.
-    start_age: the age of class 0.
+    start_age, label_start: the label of class 0 (two names; give at most one; default 0).
+    label_step: the spacing of the classes' labels (default 1: whole years).
 
   Returns:
     per-example losses (at least float32), ``[...]``.
   """
-  return dldl_terms(logits, labels, sigma=sigma, start_age=start_age)["loss"]
+  return dldl_terms(logits, labels, sigma=sigma, start_age=start_age, label_start=label_start,
+                    label_step=label_step)["loss"]
 
 
 def dldl_v2_terms(
@@ -66,12 +70,14 @@ def dldl_v2_terms(
     *,
     sigma: ArrayLike = 2.0,
     lambda_l1: float = 1.0,
-    start_age: float = 0,
+    start_age: float | None = None,
+    label_start: float | None = None,
+    label_step: float = 1,
     kl_reduction: KLReduction = "sum",
 ) -> LossTerms:
   """Terms of :func:`dldl_v2_loss`: ``kl`` (as reduced), ``l1`` and ``loss``."""
-  common = _Common(logits, labels, start_age)
-  kl = _kl_to_gaussian(common, sigma, start_age)
+  common = _Common(logits, labels, _grid(start_age, label_start, label_step))
+  kl = _kl_to_gaussian(common, sigma)
   if kl_reduction == "mean":
     kl = kl / common.num_classes
   elif kl_reduction != "sum":
@@ -86,7 +92,9 @@ def dldl_v2_loss(
     *,
     sigma: ArrayLike = 2.0,
     lambda_l1: float = 1.0,
-    start_age: float = 0,
+    start_age: float | None = None,
+    label_start: float | None = None,
+    label_step: float = 1,
     kl_reduction: KLReduction = "sum",
 ) -> Array:
   r"""DLDL-v2 loss: label-distribution KL plus the L1 error of the expectation.
@@ -106,12 +114,14 @@ def dldl_v2_loss(
     labels: ages, ``[...]``.
     sigma: Gaussian target standard deviation, scalar or ``[...]`` (see :func:`dldl_loss`).
     lambda_l1: weight :math:`\lambda` of the L1 term.
-    start_age: the age of class 0.
+    start_age, label_start: the label of class 0 (two names; give at most one; default 0).
+    label_step: the spacing of the classes' labels (default 1: whole years).
     kl_reduction: ``"sum"`` (paper) or ``"mean"`` (official code) over classes.
 
   Returns:
     per-example losses (at least float32), ``[...]``.
   """
   return dldl_v2_terms(
-      logits, labels, sigma=sigma, lambda_l1=lambda_l1, start_age=start_age, kl_reduction=kl_reduction
+      logits, labels, sigma=sigma, lambda_l1=lambda_l1, start_age=start_age, label_start=label_start,
+      label_step=label_step, kl_reduction=kl_reduction,
   )["loss"]

@@ -10,28 +10,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from amr_jax.losses.common import _check_eps, _Common, Array, ArrayLike, LossTerms
+from amr_jax.losses.common import _check_eps, _Common, _grid, Array, ArrayLike, LossTerms
 
 
 # --------------------------------------------------------------------------
 # Cross-entropy.
 
 
-def cross_entropy_loss(logits: ArrayLike, labels: ArrayLike, *, start_age: float = 0) -> Array:
-  r"""Softmax cross-entropy against the label's age class.
+def cross_entropy_loss(logits: ArrayLike, labels: ArrayLike, *, start_age: float | None = None,
+                       label_start: float | None = None, label_step: float = 1) -> Array:
+  r"""Softmax cross-entropy against the label's class.
 
   :math:`\mathrm{CE}_i = -\log \mathrm{softmax}(z_i)_{c_i}`, with
-  :math:`c_i = \mathrm{round}(y_i - \mathrm{start\_age})` (:func:`label_class`).
+  :math:`c_i = \mathrm{round}((y_i - \mathrm{start}) / \mathrm{step})` (:func:`label_class`).
 
   Args:
     logits: ``[..., num_classes]``.
     labels: ages, ``[...]``.
-    start_age: the age of class 0.
+    start_age, label_start: the label of class 0 (two names; give at most one; default 0).
+    label_step: the spacing of the classes' labels (default 1: whole years).
 
   Returns:
     per-example losses (at least float32), ``[...]``.
   """
-  return _Common(logits, labels, start_age).cross_entropy()
+  return _Common(logits, labels, _grid(start_age, label_start, label_step)).cross_entropy()
 
 
 # --------------------------------------------------------------------------
@@ -60,7 +62,9 @@ def adaptive_mean_residue_terms(
     logits: ArrayLike,
     labels: ArrayLike,
     *,
-    start_age: float = 0,
+    start_age: float | None = None,
+    label_start: float | None = None,
+    label_step: float = 1,
     lambda_mean: float = 0.2,
     lambda_residue: float = 0.05,
     eps: float = 1e-3,
@@ -74,7 +78,7 @@ def adaptive_mean_residue_terms(
     adaptive :math:`K_i`, int32) and ``loss`` (the weighted total).
   """
   _check_eps(eps)
-  common = _Common(logits, labels, start_age)
+  common = _Common(logits, labels, _grid(start_age, label_start, label_step))
   # p_j >= p_c  <=>  z_j >= z_c. Comparing logits gives the same set without
   # depending on rounding: where float32 probabilities underflow to 0, comparing
   # them would put every underflowed class in the set (same loss, inflated K).
@@ -94,7 +98,9 @@ def adaptive_mean_residue_loss(
     logits: ArrayLike,
     labels: ArrayLike,
     *,
-    start_age: float = 0,
+    start_age: float | None = None,
+    label_start: float | None = None,
+    label_step: float = 1,
     lambda_mean: float = 0.2,
     lambda_residue: float = 0.05,
     eps: float = 1e-3,
@@ -102,7 +108,7 @@ def adaptive_mean_residue_loss(
 ) -> Array:
   r"""Adaptive mean-residue (AMR) loss, exactly as the reference code computes it.
 
-  With :math:`p_i = \mathrm{softmax}(z_i)`, ages :math:`a_j = \mathrm{start\_age} + j`,
+  With :math:`p_i = \mathrm{softmax}(z_i)`, ages (labels) :math:`a_j = \mathrm{start} + \mathrm{step} \cdot j`,
   expected age :math:`m_i = \sum_j p_{ij} a_j` and label class :math:`c_i`:
 
   .. math::
@@ -123,6 +129,12 @@ def adaptive_mean_residue_loss(
   in the reference; ``residue_form="paper"`` gives the authors' intended
   :math:`R_i = -\sum_{j \notin T_i} p_{ij} \ln p_{ij}` instead.
 
+  On a grid of another step, :math:`K_i` is counted in classes, not label
+  units: the set compares probabilities only, so it is the same set whatever
+  the labels' spacing, and the residue too. The mean term is in squared label
+  units: on a 0.1 grid it is 1/100 of the same error counted in tenths, so
+  keep ``lambda_mean`` in mind when changing the step (docs/label_grids.md).
+
   Reference: Zhao et al., "Adaptive Mean-Residue Loss for Robust Facial Age
   Estimation", ICME 2022 (arXiv:2203.17156); code ``residue_loss_adaptive_K.py``
   of github.com/jacobzhaoziyuan/AMR-Loss. The mean over a batch equals that
@@ -132,7 +144,8 @@ def adaptive_mean_residue_loss(
   Args:
     logits: ``[..., num_classes]`` (usually ``[batch, num_classes]``).
     labels: ages, ``[...]``.
-    start_age: the age of class 0.
+    start_age, label_start: the label of class 0 (two names; give at most one; default 0).
+    label_step: the spacing of the classes' labels (default 1: whole years).
     lambda_mean: weight :math:`\lambda_m` of the mean term (0.2 in the paper's scripts).
     lambda_residue: weight :math:`\lambda_r` of the residue term (0.05 in the paper's scripts).
     eps: :math:`\epsilon > 0` inside the residue's logarithm (used by the ``"reference"`` form only,
@@ -143,7 +156,8 @@ def adaptive_mean_residue_loss(
     per-example losses (at least float32), ``[...]``.
   """
   return adaptive_mean_residue_terms(
-      logits, labels, start_age=start_age, lambda_mean=lambda_mean,
+      logits, labels, start_age=start_age, label_start=label_start, label_step=label_step,
+      lambda_mean=lambda_mean,
       lambda_residue=lambda_residue, eps=eps, residue_form=residue_form,
   )["loss"]
 
@@ -153,7 +167,9 @@ def mean_residue_terms(
     labels: ArrayLike,
     *,
     k: int = 3,
-    start_age: float = 0,
+    start_age: float | None = None,
+    label_start: float | None = None,
+    label_step: float = 1,
     lambda_mean: float = 0.2,
     lambda_residue: float = 0.05,
     eps: float = 1e-3,
@@ -161,7 +177,7 @@ def mean_residue_terms(
 ) -> LossTerms:
   """Terms of :func:`mean_residue_loss`: ``cross_entropy``, ``mean``, ``residue``, ``loss``."""
   _check_eps(eps)
-  common = _Common(logits, labels, start_age)
+  common = _Common(logits, labels, _grid(start_age, label_start, label_step))
   if not isinstance(k, (int, np.integer)) or not 1 <= k <= common.num_classes:
     raise ValueError(f"k must be an integer in [1, num_classes={common.num_classes}]; got {k!r}.")
   _, top_index = jax.lax.top_k(common.probs, k)  # ties go to the lower class index
@@ -180,7 +196,9 @@ def mean_residue_loss(
     labels: ArrayLike,
     *,
     k: int = 3,
-    start_age: float = 0,
+    start_age: float | None = None,
+    label_start: float | None = None,
+    label_step: float = 1,
     lambda_mean: float = 0.2,
     lambda_residue: float = 0.05,
     eps: float = 1e-3,
@@ -193,20 +211,22 @@ def mean_residue_loss(
   the lower class wins), whether or not it contains the true class, and, as in
   the co-author's code, the residue sums over the other ``C - k`` classes only:
   :math:`R_i = -\sum_{j \notin T_i} (p_{ij} + \epsilon) \ln(p_{ij} + \epsilon)`
-  (no constant for the top-K slots).
+  (no constant for the top-K slots). ``k`` is a count of classes on any grid:
+  ``k=3`` on a 0.1 grid spans 0.3 label units (``k=30`` spans 3).
 
   Args:
     logits: ``[..., num_classes]``.
     labels: ages, ``[...]``.
     k: size of the excluded top set, ``1 <= k <= num_classes``.
-    start_age, lambda_mean, lambda_residue, eps, residue_form: as in
+    start_age, label_start, label_step, lambda_mean, lambda_residue, eps, residue_form: as in
       :func:`adaptive_mean_residue_loss`.
 
   Returns:
     per-example losses (at least float32), ``[...]``.
   """
   return mean_residue_terms(
-      logits, labels, k=k, start_age=start_age, lambda_mean=lambda_mean,
+      logits, labels, k=k, start_age=start_age, label_start=label_start, label_step=label_step,
+      lambda_mean=lambda_mean,
       lambda_residue=lambda_residue, eps=eps, residue_form=residue_form,
   )["loss"]
 
@@ -219,12 +239,14 @@ def mean_variance_terms(
     logits: ArrayLike,
     labels: ArrayLike,
     *,
-    start_age: float = 0,
+    start_age: float | None = None,
+    label_start: float | None = None,
+    label_step: float = 1,
     lambda_mean: float = 0.2,
     lambda_variance: float = 0.05,
 ) -> LossTerms:
   """Terms of :func:`mean_variance_loss`: ``cross_entropy``, ``mean``, ``variance``, ``loss``."""
-  common = _Common(logits, labels, start_age)
+  common = _Common(logits, labels, _grid(start_age, label_start, label_step))
   terms = {
       "cross_entropy": common.cross_entropy(),
       "mean": common.mean_term(),
@@ -238,7 +260,9 @@ def mean_variance_loss(
     logits: ArrayLike,
     labels: ArrayLike,
     *,
-    start_age: float = 0,
+    start_age: float | None = None,
+    label_start: float | None = None,
+    label_step: float = 1,
     lambda_mean: float = 0.2,
     lambda_variance: float = 0.05,
 ) -> Array:
@@ -249,7 +273,9 @@ def mean_variance_loss(
     L_i = -\log p_{i c_i} + \lambda_m \tfrac{1}{2}(m_i - y_i)^2
         + \lambda_v \sum_j p_{ij} (a_j - m_i)^2,
 
-  with :math:`m_i` not detached in the variance term.
+  with :math:`m_i` not detached in the variance term. On a grid of step
+  :math:`s`, :math:`a_j = \mathrm{start} + s j` and the variance is in
+  squared label units (:math:`s^2` times the variance of the class index).
 
   Reference: Pan et al., "Mean-Variance Loss for Deep Age Estimation from a
   Face", CVPR 2018; values as in github.com/Herosan163/AgeEstimation.
@@ -257,7 +283,8 @@ def mean_variance_loss(
   Args:
     logits: ``[..., num_classes]``.
     labels: ages, ``[...]``.
-    start_age: the age of class 0.
+    start_age, label_start: the label of class 0 (two names; give at most one; default 0).
+    label_step: the spacing of the classes' labels (default 1: whole years).
     lambda_mean: weight of the mean term.
     lambda_variance: weight of the variance term.
 
@@ -265,6 +292,7 @@ def mean_variance_loss(
     per-example losses (at least float32), ``[...]``.
   """
   return mean_variance_terms(
-      logits, labels, start_age=start_age, lambda_mean=lambda_mean, lambda_variance=lambda_variance
+      logits, labels, start_age=start_age, label_start=label_start, label_step=label_step,
+      lambda_mean=lambda_mean, lambda_variance=lambda_variance,
   )["loss"]
 

@@ -8,7 +8,8 @@ distribution starts every prediction at the prior::
   prior = (1 - u) * mean_i g(y_i) + u / C,     bias = log(prior) - mean(log(prior)),
 
 with ``g(y)`` the Gaussian label distribution of age ``y`` over the ``C`` classes
-(:func:`amr_jax.losses.gaussian_label_distribution`, the DLDL target: standard deviation ``sigma`` years) and ``u``
+(:func:`amr_jax.losses.gaussian_label_distribution`, the DLDL target: standard deviation ``sigma``, two classes
+unless given: 2 years for ages, 0.2 on a grid of step 0.1) and ``u``
 a small uniform share so that no age the training set lacks starts out impossible. The softmax of the bias is the
 prior exactly; the kernel's random start adds input-dependent logits around it. Subtracting the mean changes no
 probability and keeps the bias centred, as weight decay would pull it.
@@ -23,20 +24,23 @@ import numpy as np
 
 from amr_jax import losses, models
 
-DEFAULT_SIGMA = 2.0  # years: DLDL's label sigma on FG-NET
+DEFAULT_SIGMA = 2.0  # classes, i.e. years for ages: DLDL's label sigma on FG-NET
 DEFAULT_UNIFORM_SHARE = 0.01
-_label_distributions = jax.jit(losses.gaussian_label_distribution, static_argnums=(1,), static_argnames=("start_age",))
+_label_distributions = jax.jit(losses.gaussian_label_distribution, static_argnums=(1,),
+                               static_argnames=("start_age", "label_step"))
 
 
-def age_prior(ages: Any, num_classes: int, *, start_age: float = 0, sigma: float = DEFAULT_SIGMA,
-              uniform_share: float = DEFAULT_UNIFORM_SHARE) -> np.ndarray:
+def age_prior(ages: Any, num_classes: int, *, start_age: float = 0, label_step: float = 1,
+              sigma: float | None = None, uniform_share: float = DEFAULT_UNIFORM_SHARE) -> np.ndarray:
   """The smoothed distribution of ``ages`` over the classes, ``[num_classes]`` float64 summing to 1.
 
   Args:
-    ages: the training ages, ``[N]`` with ``N >= 1``.
-    num_classes: the number of age classes ``C``; class ``k`` is age ``start_age + k``.
-    start_age: the age of class 0.
-    sigma: the Gaussian's standard deviation in years, ``>= 0`` (0: each age on its rounded class).
+    ages: the training ages (or other labels), ``[N]`` with ``N >= 1``.
+    num_classes: the number of classes ``C``; class ``k`` is the label ``start_age + label_step * k``.
+    start_age: the label of class 0.
+    label_step: the spacing of the classes' labels (1: whole years).
+    sigma: the Gaussian's standard deviation in label units, ``>= 0`` (0: each label on its rounded class); by
+      default ``DEFAULT_SIGMA`` classes (2 years for ages).
     uniform_share: the weight ``u`` in ``[0, 1]`` of the uniform distribution mixed in.
 
   Raises:
@@ -48,8 +52,10 @@ def age_prior(ages: Any, num_classes: int, *, start_age: float = 0, sigma: float
   if not np.isfinite(ages).all():
     index = int(np.argmin(np.isfinite(ages)))
     raise ValueError(f"age_prior: the ages must be finite; got {float(ages[index])!r} at index {index}.")
+  if sigma is None:
+    sigma = DEFAULT_SIGMA * label_step
   if not (np.isfinite(sigma) and sigma >= 0):
-    raise ValueError(f"age_prior: sigma must be a number of years >= 0; got {sigma!r}.")
+    raise ValueError(f"age_prior: sigma must be a number of years (label units) >= 0; got {sigma!r}.")
   if not 0 <= uniform_share <= 1:
     raise ValueError(f"age_prior: uniform_share must be in [0, 1]; got {uniform_share!r}.")
   # float32 unless 64-bit JAX is on: a class's share is at least u / C, far above float32's rounding. One compiled
@@ -58,20 +64,21 @@ def age_prior(ages: Any, num_classes: int, *, start_age: float = 0, sigma: float
   size = 1 << max(3, (len(ages) - 1).bit_length())
   padded = np.zeros(size)
   padded[:len(ages)] = ages
-  targets = np.asarray(_label_distributions(padded, num_classes, float(sigma), start_age=float(start_age)),
-                       np.float64)[:len(ages)]
+  targets = np.asarray(_label_distributions(padded, num_classes, float(sigma), start_age=float(start_age),
+                                            label_step=label_step), np.float64)[:len(ages)]
   prior = (1 - uniform_share) * targets.mean(axis=0) + uniform_share / num_classes
   return prior / prior.sum()
 
 
-def prior_bias(ages: Any, num_classes: int, *, start_age: float = 0, sigma: float = DEFAULT_SIGMA,
-               uniform_share: float = DEFAULT_UNIFORM_SHARE) -> np.ndarray:
+def prior_bias(ages: Any, num_classes: int, *, start_age: float = 0, label_step: float = 1,
+               sigma: float | None = None, uniform_share: float = DEFAULT_UNIFORM_SHARE) -> np.ndarray:
   """``[num_classes]`` float64: the bias whose softmax is :func:`age_prior` of ``ages``, centred on 0.
 
   Raises:
     ValueError: as :func:`age_prior`, and for ``uniform_share = 0`` with a class of zero probability.
   """
-  prior = age_prior(ages, num_classes, start_age=start_age, sigma=sigma, uniform_share=uniform_share)
+  prior = age_prior(ages, num_classes, start_age=start_age, label_step=label_step, sigma=sigma,
+                    uniform_share=uniform_share)
   if not (prior > 0).all():
     raise ValueError("prior_bias: a class has probability 0 (no training age near it); use uniform_share > 0.")
   log_prior = np.log(prior)

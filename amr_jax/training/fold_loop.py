@@ -86,11 +86,11 @@ def open_fold(config, workdir: pathlib.Path, fold: training_data.Fold, initial_s
                        f"{int(state.step)}")
   elif config.head_bias == "age_prior":
     bias = head_init.prior_bias(fold.train_source["age"][fold.train_indices], config.num_classes,
-                                start_age=config.start_age)
+                                start_age=config.start_age, label_step=config.label_step)
     state = state.replace(params=head_init.with_head_bias(state.params, bias))
     prior = np.exp(bias) / np.exp(bias).sum()
-    metric_writers.log(f"{fold.name}: head bias set to the training ages' prior (its mean age "
-                       f"{config.start_age + prior @ np.arange(config.num_classes):.1f})")
+    metric_writers.log(f"{fold.name}: head bias set to the training labels' prior (its mean "
+                       f"{config.start_age + config.label_step * (prior @ np.arange(config.num_classes)):.1f})")
   start_step = int(state.step)
   if start_step > total_steps:
     raise errors.WorkdirError(f"{workdir}: its checkpoint is at step {start_step}, past this config's {total_steps} "

@@ -145,7 +145,8 @@ _STEPS: dict[str, Steps] = {}
 
 def compile_steps(config, loss_fn, augmentation, layout: fold_layout.FoldLayout) -> Steps:
   """The pmapped steps; one pair per distinct setting in a process, so XLA compiles each once."""
-  key = json.dumps([config.loss, config.loss_kwargs.to_dict(), config.start_age, config.seed, config.batch_size,
+  key = json.dumps([config.loss, config.loss_kwargs.to_dict(), config.start_age, config.label_step, config.seed,
+                    config.batch_size,
                     config.dtype,
                     config.test_time_flip, config.augmentation.to_dict(), config.sigma_field, layout.axis_name,
                     [str(d) for d in layout.pmap_devices or []]], sort_keys=True, default=str)
@@ -162,7 +163,7 @@ def _compile_steps(config, loss_fn, augmentation, layout) -> Steps:
                                      seed=config.seed, global_batch=config.batch_size, axis_name=step_axis,
                                      fold_convolution=fold_convolution_for(platform, config.dtype)),
                    axis_name=layout.axis_name, devices=layout.pmap_devices, donate_argnums=(0,))
-  eval_ = jax.pmap(functools.partial(evaluate.eval_step, start_age=config.start_age,
+  eval_ = jax.pmap(functools.partial(evaluate.eval_step, start_age=config.start_age, label_step=config.label_step,
                                      test_time_flip=config.test_time_flip), axis_name="batch")
   return Steps(train, eval_)
 

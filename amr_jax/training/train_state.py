@@ -39,15 +39,17 @@ class TrainState(train_state.TrainState):
 
 
 def loss_fn(config) -> Callable[[jax.Array, jax.Array], losses.LossTerms]:
-  """``terms(logits, ages)`` of ``config.loss`` with ``config.loss_kwargs`` and ``config.start_age``."""
+  """``terms(logits, ages)`` of ``config.loss`` with ``config.loss_kwargs`` and the label grid (``config.start_age``,
+  ``config.label_step``)."""
   if config.loss not in LOSSES:
     raise errors.ConfigError(f"config.loss must be one of {', '.join(LOSSES)}; got {config.loss!r}.")
   kwargs = dict(config.loss_kwargs)
   try:
-    LOSSES[config.loss](jnp.zeros((1, config.num_classes)), jnp.zeros((1,)), start_age=config.start_age, **kwargs)
+    LOSSES[config.loss](jnp.zeros((1, config.num_classes)), jnp.zeros((1,)), start_age=config.start_age,
+                        label_step=config.label_step, **kwargs)
   except (TypeError, ValueError) as error:  # an unknown argument, or a value the loss refuses
     raise errors.ConfigError(f"config.loss_kwargs {kwargs} do not fit loss {config.loss!r}: {error}") from None
-  return functools.partial(LOSSES[config.loss], start_age=config.start_age, **kwargs)
+  return functools.partial(LOSSES[config.loss], start_age=config.start_age, label_step=config.label_step, **kwargs)
 
 
 def augmentation(config) -> augment.Augmentation:
