@@ -146,10 +146,9 @@ _STEPS: dict[str, Steps] = {}
 def compile_steps(config, loss_fn, augmentation, layout: fold_layout.FoldLayout) -> Steps:
   """The pmapped steps; one pair per distinct setting in a process, so XLA compiles each once."""
   key = json.dumps([config.loss, config.loss_kwargs.to_dict(), config.start_age, config.label_step, config.seed,
-                    config.batch_size,
-                    config.dtype,
-                    config.test_time_flip, config.augmentation.to_dict(), config.sigma_field, layout.axis_name,
-                    [str(d) for d in layout.pmap_devices or []]], sort_keys=True, default=str)
+                    config.batch_size, config.dtype, config.test_time_flip, config.augmentation.to_dict(),
+                    config.sigma_field, layout.axis_name, [str(d) for d in layout.pmap_devices or []]],
+                   sort_keys=True, default=str)
   if key not in _STEPS:
     _STEPS[key] = _compile_steps(config, loss_fn, augmentation, layout)
   return _STEPS[key]
