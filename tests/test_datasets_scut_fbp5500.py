@@ -143,13 +143,15 @@ def _rating_out_of_range(release):
   _ratings_as_csv(release, rows=rows)
 
 
-@pytest.mark.parametrize("header, delimiter", [
-    (("Rater", "Filename", "Rating", "original Rating"), ","),
-    (("RATER", "File_Name", "rating", "Original  Rating"), ";"),  # other case, spacing, separator: the same columns
-], ids=["as-exported", "semicolons-other-case"])
-def test_csv_ratings_build_the_same_dataset(dummy_build, tmp_path, header, delimiter, caplog):
+@pytest.mark.parametrize("header, delimiter, bare_names", [
+    (("Rater", "Filename", "Rating", "original Rating"), ",", False),
+    (("RATER", "File_Name", "rating", "Original  Rating"), ";", False),  # other case, spacing, separator
+    (("Rater", "Filename", "Rating", "original Rating"), ",", True),  # "AF1" for AF1.jpg
+], ids=["as-exported", "semicolons-other-case", "names-without-extension"])
+def test_csv_ratings_build_the_same_dataset(dummy_build, tmp_path, header, delimiter, bare_names, caplog):
   manual, release = _release_copy(tmp_path)
-  _ratings_as_csv(release, header, delimiter)
+  rows = [[row[0], row[1].removesuffix(".jpg"), *row[2:]] if bare_names else row for row in _rating_rows()]
+  _ratings_as_csv(release, header, delimiter, rows=rows)
   builder = _build(manual, tmp_path / "data")
   assert dict(builder.info.metadata) == {**METADATA, "ratings_file": "All_Ratings.csv", "rating_sheets": []}
   got, want = _examples(builder), _examples(dummy_build)

@@ -234,10 +234,11 @@ def read_release(root: str | os.PathLike) -> ScutRelease:
   _check_images_folder(root / IMAGES_DIR, labels, labels_path)
   cv_fold, split_60_40 = _check_splits(root, set(labels))
   ratings = ratings_module.read_ratings(ratings_module.ratings_path(root))
-  _check_rated(ratings, labels, labels_path)
+  by_image = _by_label_name(ratings.by_image, labels)
+  _check_rated(ratings.path, by_image, labels, labels_path)
   images, disagreements = [], {}
   for name, score in labels.items():
-    values = ratings.by_image[name]
+    values = by_image[name]
     mean = math.fsum(values) / len(values)
     if abs(mean - score) > MEAN_TOLERANCE:
       disagreements[name] = {"label": score, "ratings_mean": round(mean, 6)}
@@ -305,11 +306,23 @@ def _partition(files: dict, names: dict, labelled: set[str], what: str) -> dict:
   return {name: keys[0] for name, keys in where.items()}
 
 
-def _check_rated(ratings: ratings_module.Ratings, labels: dict[str, float], labels_path: pathlib.Path) -> None:
-  unrated = set(labels) - set(ratings.by_image)
+def _by_label_name(by_image: dict[str, list[float]], labels: dict[str, float]) -> dict[str, list[float]]:
+  """The ratings under All_labels.txt's names: a rated name without its extension (``AF1``) is the labelled
+  ``AF1.jpg``, since the ratings file's name column is not documented to carry one."""
+  named: dict[str, list[float]] = {}
+  for name, values in by_image.items():
+    if name not in labels and not pathlib.PurePath(name).suffix:
+      name = next((full for full in (name + suffix for suffix in IMAGE_SUFFIXES) if full in labels), name)
+    named.setdefault(name, []).extend(values)
+  return named
+
+
+def _check_rated(ratings_path: pathlib.Path, by_image: dict[str, list[float]], labels: dict[str, float],
+                 labels_path: pathlib.Path) -> None:
+  unrated = set(labels) - set(by_image)
   if unrated:
-    raise errors.DataError(f"{ratings.path}: no ratings for {describe_names(unrated)} (every image of "
+    raise errors.DataError(f"{ratings_path}: no ratings for {describe_names(unrated)} (every image of "
                            f"{labels_path} needs its raters' ratings).")
-  unlabelled = set(ratings.by_image) - set(labels)
+  unlabelled = set(by_image) - set(labels)
   if unlabelled:
-    raise errors.DataError(f"{ratings.path}: rates {describe_names(unlabelled)} that {labels_path} does not list.")
+    raise errors.DataError(f"{ratings_path}: rates {describe_names(unlabelled)} that {labels_path} does not list.")
