@@ -11,6 +11,8 @@ shares no disk with this one; unpacked into the run's workdir there (``tar -xz -
 -C DIR``), they are pooled with its own folds (``amr_jax.workdir_pack``).
 """
 
+import sys
+
 from absl import flags
 
 from amr_jax import cli
@@ -21,8 +23,11 @@ flags.DEFINE_string("pack", "", "Pack the finished folds' reports into this new 
 
 def evaluate_workdir(config, workdir):
   if flags.FLAGS.pack:
-    from amr_jax import workdir_pack  # pylint: disable=import-outside-toplevel
+    from amr_jax import errors, workdir_pack  # pylint: disable=import-outside-toplevel
 
+    if any(arg.startswith("--config") for arg in sys.argv[1:]):
+      raise errors.ConfigError("--pack packs the run as its workdir holds it, every fold with a test report: give "
+                               "--workdir and --pack only, no --config or --config.* flag.")
     names = workdir_pack.pack(workdir, flags.FLAGS.pack)
     print(f"packed {len(names)} folds ({', '.join(names)}) -> {flags.FLAGS.pack}; on the other machine: tar -xz "
           f"--skip-old-files -f {flags.FLAGS.pack} -C <the run's workdir there>, then python run_eval.py --workdir=<it>")

@@ -51,6 +51,9 @@ def main(argv):
     counts = predict.predict_photographs(estimator, paths, flags.FLAGS.out, annotate=flags.FLAGS.annotate or None)
     if "annotation_failure" in counts:  # the CSV is whole; the exit status says the copies are not
       cli.refuse(f"{counts['annotation_failure']}; every prediction is in {flags.FLAGS.out}.")
+    if counts["failed"]:  # the model failed on them (not a bad file): the CSV is whole, the exit status says so
+      cli.refuse(f"the model failed on {counts['failed']} of {counts['files']} file(s); their rows in "
+                 f"{flags.FLAGS.out} say why.")
   except errors.Interrupted as stop:
     print(f"interrupted {stop}", file=sys.stderr, flush=True)
     sys.exit(130)

@@ -220,8 +220,14 @@ class AgeEstimator:
     """:meth:`predict` for each photograph, with all their faces run through the network together.
 
     Raises:
-      errors.DataError: as :meth:`predict`, naming the photograph (nothing is predicted then).
+      errors.DataError: as :meth:`predict`, naming the photograph (nothing is predicted then), or ``images`` is
+        one photograph rather than a sequence of them.
     """
+    one = isinstance(images, (str, os.PathLike)) or hasattr(images, "getpixel")  # a path, a PIL image
+    if one or (isinstance(images, np.ndarray) and images.ndim != 4):  # a 4-D array is a stack of photographs
+      raise errors.DataError(f"predict_many takes a list of photographs; got one ({type(images).__name__}): use "
+                             "predict, or put it in a list.")
+    images = list(images)  # a generator is read once
     pending = []  # (photograph's index, box, score, landmarks, crop (None: not cropped), note)
     for index, image in enumerate(images):
       try:

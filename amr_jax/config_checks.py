@@ -258,12 +258,12 @@ def check_model_selection(config) -> None:
     raise errors.ConfigError(f"config.model_selection must be one of {', '.join(selection.SELECTIONS)}; got {name!r}.")
   if name == "last":
     return
-  if name == "validation_eps" and config.data.name != "clap2016":
-    raise errors.ConfigError("config.model_selection='validation_eps' needs the annotators' spread of CLAP2016; "
-                             f"{config.data.name} has none: use 'validation_mae'.")
   if config.data.name == "scut_fbp5500":
     raise errors.ConfigError(f"config.model_selection={name!r}: scut_fbp5500's splits have no validation images; "
                              "use 'last' (the last step's model, as DLDL-v2's code evaluates).")
+  if name == "validation_eps" and config.data.name != "clap2016":
+    raise errors.ConfigError("config.model_selection='validation_eps' needs the annotators' spread of CLAP2016; "
+                             f"{config.data.name} has none: use 'validation_mae'.")
   if config.data.name == "fgnet" and config.num_validation_subjects < 1:
     raise errors.ConfigError(f"config.model_selection={name!r} selects on validation subjects drawn from the "
                              "training subjects: set config.num_validation_subjects (e.g. 5).")

@@ -95,32 +95,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     missing = [f"{training_data.fold_name(config, fold)} (not in config.folds)"
                for fold in training_data.all_fold_ids(config, dataset) if fold not in fold_ids]
   if evaluate_only:
-    fold_dirs, packed = [], []
+    # First every fold's state, so that a packed fold of another run is refused before any fold is evaluated.
+    plan = []  # (fold, its folder, packed elsewhere)
     for fold in fold_ids:
       fold_dir = workdir_layout.fold_workdir(config, workdir, fold, all_folds=all_folds)
-      splits = None
+      is_packed = False
       if pooling:
         total = total_steps[fold]
         latest = checkpoints.latest_step_on_disk(workdir_layout.checkpoints_dir(fold_dir))
-        if latest != total and workdir_pack.packed_step(fold_dir) == total:
+        packed_at = workdir_pack.packed_step(fold_dir)
+        if packed_at is not None and latest not in (None, total):
+          raise errors.WorkdirError(
+              f"{fold_dir}: trained here to step {latest} of {total}, and unpacked from another machine at step "
+              f"{packed_at} ({workdir_layout.PACKED_FILE}); its report is this machine's. To pool the packed fold, "
+              f"remove this folder and unpack it again; to finish it here, remove {workdir_layout.PACKED_FILE}.")
+        is_packed = latest != total and packed_at == total
+        if is_packed:
           workdir_pack.check_config(fold_dir, config)
-          splits = training_data.fold_splits(config, dataset, fold)
-          results.append((splits, *workdir_pack.read_reports(fold_dir, selection.selects(config.model_selection))))
-          fold_dirs.append(fold_dir)
-          packed.append(splits.name)
-          continue
-        if latest != total:
-          state = "not started" if latest is None else f"unfinished: step {latest} of {total}"
+        elif latest != total:
+          reached = latest if latest is not None else packed_at
+          state = ("not started" if reached is None else f"unfinished: step {reached} of {total}"
+                   + (", packed" if latest is None else ""))
           missing.append(f"{training_data.fold_name(config, fold)} ({state})")
           continue
-      splits = training_data.fold_splits(config, dataset, fold)
-      results.append((splits, *fold_evaluation.evaluate_fold(config, fold_dir, splits, stage_steps[-1], initial_state)))
-      fold_dirs.append(fold_dir)
+      plan.append((fold, fold_dir, is_packed))
+    packed = [training_data.fold_name(config, fold) for fold, _, is_packed in plan if is_packed]
     if packed:  # pooled alike: every fold's predictions as its report holds them
       metric_writers.log(f"{len(packed)} folds packed on another machine ({', '.join(packed[:5])}"
                          f"{', ...' if len(packed) > 5 else ''}): every fold is pooled from its report's predictions")
-      results = [(splits, *workdir_pack.read_reports(fold_dir, selection.selects(config.model_selection)))
-                 for (splits, _, _), fold_dir in zip(results, fold_dirs)]
+    for fold, fold_dir, is_packed in plan:
+      splits = training_data.fold_splits(config, dataset, fold)
+      if not packed:
+        results.append((splits, *fold_evaluation.evaluate_fold(config, fold_dir, splits, stage_steps[-1],
+                                                                initial_state)))
+        continue
+      if not is_packed:  # writes the fold's report, which is then read as the packed ones are
+        fold_evaluation.evaluate_fold(config, fold_dir, splits, stage_steps[-1], initial_state)
+      results.append((splits, *workdir_pack.read_reports(fold_dir, selection.selects(config.model_selection))))
   else:
     data = None  # the training images on the devices, put there once for every group
     parallel = config.parallel_folds

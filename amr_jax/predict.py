@@ -44,12 +44,16 @@ def prepare_outputs(out: str | os.PathLike, annotate: str | os.PathLike | None =
   """Makes the folders ``out`` and ``annotate`` need, before any work.
 
   Raises:
-    errors.ConfigError: ``out`` is a folder or one of ``photographs``, ``annotate`` a file, or a folder cannot be
-      made (the reason given).
+    errors.ConfigError: ``out`` is a folder, something else than a regular file, or one of ``photographs``;
+      ``annotate`` a file; or a folder cannot be made (the reason given).
   """
   out = pathlib.Path(out)
   if out.is_dir():
     raise errors.ConfigError(f"--out={out} is a folder; give the CSV file to write (e.g. {out / 'ages.csv'}).")
+  if (out.exists() or out.is_symlink()) and not (out.is_file() and not out.is_symlink()):
+    # The CSV is written whole and renamed into place, which would replace a device, a pipe or a link itself.
+    raise errors.ConfigError(f"--out={out} is not a regular file (a device, a pipe or a link); give a path to a "
+                             "CSV file.")
   if out.exists() and any(out.resolve() == path.resolve() for path in photographs):
     raise errors.ConfigError(f"--out={out} is one of the photographs to predict; writing the CSV there would "
                              "replace it. Give another file (e.g. --out=ages.csv).")

@@ -83,7 +83,10 @@ def load_model(workdir: str | os.PathLike, fold: int | None = None, checkpoint: 
         f"{workdir}` says how far it got. Finish it with its run_train.py command, or predict with that checkpoint "
         f"anyway: --checkpoint={kind}.")
   model = train_state.model(config, axis_name=None)
-  template = jax.device_get(train_state.initial_train_state(config, model, train_state.optimizer(config)))
+  # Only the template's structure counts (the checkpoint replaces every value): pretrained weights are not loaded.
+  shape_config = config.copy_and_resolve_references()
+  shape_config.pretrained = ""
+  template = jax.device_get(train_state.initial_train_state(shape_config, model, train_state.optimizer(config)))
   state = store.restore(template)
   store.close()
   eval_step = jax.pmap(lambda s, b: evaluate.eval_step(s, b, start_age=config.start_age, label_step=config.label_step,

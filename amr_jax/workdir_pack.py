@@ -39,17 +39,20 @@ def _reached_step(fold_dir: pathlib.Path) -> int | None:
   return step if step is not None else packed_step(fold_dir)
 
 
-def pack(workdir: str | os.PathLike, archive: str | os.PathLike, *, max_bytes: int = MAX_BYTES) -> list[str]:
+def pack(workdir: str | os.PathLike, archive: str | os.PathLike) -> list[str]:
   """Writes ``archive`` (``.tar.gz``) with the reports of every fold of ``workdir`` that has a test report; returns
   the folds' names.
 
   Raises:
     errors.WorkdirError: not a run over several folds, or no fold with a test report.
-    errors.ConfigError: ``archive`` exists (it is never replaced), or the archive would exceed ``max_bytes``.
+    errors.ConfigError: ``archive`` exists (it is never replaced), is not named ``.tar.gz``, would lie below a
+      file, or would exceed :data:`MAX_BYTES`.
   """
   workdir, archive = pathlib.Path(workdir), pathlib.Path(archive)
   if archive.exists():
     raise errors.ConfigError(f"--pack={archive} exists; give a new file (an archive is never replaced).")
+  if not archive.name.endswith(".tar.gz"):
+    raise errors.ConfigError(f"--pack={archive}: name the archive FILE.tar.gz (a gzip-compressed tar is written).")
   folds_dir = workdir / workdir_layout.FOLDS_FOLDER
   for needed in (workdir / workdir_layout.CONFIG_FILE, folds_dir):
     if not needed.exists():
@@ -70,11 +73,15 @@ def pack(workdir: str | os.PathLike, archive: str | os.PathLike, *, max_bytes: i
       info.size = len(marker)
       tar.addfile(info, io.BytesIO(marker))
   data = buffer.getvalue()
-  if len(data) > max_bytes:
+  if len(data) > MAX_BYTES:
     raise errors.ConfigError(f"--pack: the {len(finished)} folds' reports take {len(data) / 2**20:.1f} MB packed, more "
-                             f"than {max_bytes / 2**20:.0f} MB; pack fewer folds (a smaller --config.folds slice a "
+                             f"than {MAX_BYTES / 2**20:.0f} MB; pack fewer folds (a smaller --config.folds slice a "
                              "workdir).")
-  archive.parent.mkdir(parents=True, exist_ok=True)
+  try:
+    archive.parent.mkdir(parents=True, exist_ok=True)
+  except (FileExistsError, NotADirectoryError):
+    raise errors.ConfigError(f"--pack={archive}: a file stands where its folder would be; give a path in a "
+                             "folder.") from None
   with atomic_files.replacing(archive) as temporary:  # whole or not at all
     temporary.write_bytes(data)
   return [fold_dir.name for fold_dir in finished]

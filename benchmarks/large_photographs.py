@@ -4,7 +4,7 @@
 
 Each photograph is scikit-image's astronaut scaled (bicubic) to a square of the given side and saved as a JPEG
 (quality 90). A fresh Python process per case does what ``run_predict.py`` does per photograph before the model:
-read it (:func:`amr_jax.predict.read_photograph`), find its faces (:class:`amr_jax.faces.mtcnn.Detector`, with the
+read it (:func:`amr_jax.photographs.read_photograph`), find its faces (:class:`amr_jax.faces.mtcnn.Detector`, with the
 case's ``max_side``) and crop the main face on its eyes at 112 px. Reported: the first photograph's time (it
 compiles), the median of three more, the process's peak resident memory (``ru_maxrss``) and how much of it the
 photograph added (peak less the resident memory before the first read, with JAX and the networks loaded). The
@@ -31,7 +31,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def worker(path: str, max_side: int | None) -> dict:
   import numpy as np  # pylint: disable=import-outside-toplevel
 
-  from amr_jax import predict
+  from amr_jax import photographs
   from amr_jax.faces import face_crop, mtcnn
 
   detector = mtcnn.Detector(max_side=max_side)
@@ -39,7 +39,7 @@ def worker(path: str, max_side: int | None) -> dict:
 
   def once() -> tuple[float, int]:
     start = time.perf_counter()
-    image = predict.read_photograph(pathlib.Path(path))
+    image = photographs.read_photograph(pathlib.Path(path))
     found = detector.detect(image)
     face = mtcnn.main_face(found, *image.shape[:2])
     if face is not None:

@@ -39,10 +39,10 @@ def at_once_seconds(folds: int, steps: int, group_size: int, step_s: float, last
                     compile_s: float, *, pad_last_group: bool) -> float:
   """``group_size`` folds at once, ``step_s`` a step; the last, smaller group (``last_group_step_s`` a step) compiled
   on its own, or padded to ``group_size`` folds (one compilation, the padded folds' work wasted)."""
-  groups, rest = math.ceil(folds / group_size), folds % group_size
+  full, rest = divmod(folds, group_size)
   if rest == 0 or pad_last_group:
-    return compile_s + groups * steps * step_s
-  return 2 * compile_s + (groups - 1) * steps * step_s + steps * last_group_step_s
+    return compile_s + math.ceil(folds / group_size) * steps * step_s
+  return (2 if full else 1) * compile_s + full * steps * step_s + steps * last_group_step_s
 
 
 def _minutes(seconds: float) -> str:
@@ -75,11 +75,14 @@ def report(args) -> str:
   for name, compilations, seconds in rows:
     lines.append(f"| {name} | {compilations} | {_minutes(seconds)} | {images / seconds:,.0f} | "
                  f"{seconds / GOAL_S:.1f}x |")
-  needed = images / (GOAL_S - args.compile_s) if GOAL_S > args.compile_s else math.inf
-  lines += ["", f"The goal needs {needed:,.0f} images/s over the folds after one {args.compile_s:g} s compilation: "
-            f"{needed / args.alone_images_per_s:.2f}x one model alone, "
-            f"{needed / (args.group_size * args.batch / args.at_once_step_s):.1f}x {args.group_size} folds at once "
-            "as measured."]
+  if args.compile_s >= GOAL_S:
+    lines += ["", f"One {args.compile_s:g} s compilation alone takes the goal's {GOAL_S:.0f} s."]
+  else:
+    needed = images / (GOAL_S - args.compile_s)
+    lines += ["", f"The goal needs {needed:,.0f} images/s over the folds after one {args.compile_s:g} s compilation: "
+              f"{needed / args.alone_images_per_s:.2f}x one model alone, "
+              f"{needed / (args.group_size * args.batch / args.at_once_step_s):.1f}x {args.group_size} folds at "
+              "once as measured."]
   if rest:
     break_even = args.compile_s / args.steps
     lines.append(f"Padding the last group pays when t_{args.group_size} - t_{rest} < {break_even * 1e3:.0f} ms "
@@ -98,10 +101,12 @@ def main(argv=None) -> int:
   parser.add_argument("--compile_s", type=float, default=136.0, help="seconds one compilation of the step takes")
   args = parser.parse_args(argv)
   for name in ("folds", "steps", "batch", "group_size", "at_once_step_s", "alone_images_per_s"):
-    if not getattr(args, name) > 0:
-      parser.error(f"--{name} must be > 0; got {getattr(args, name)}")
-  if args.compile_s < 0:
-    parser.error(f"--compile_s must be >= 0; got {args.compile_s}")
+    if not (math.isfinite(getattr(args, name)) and getattr(args, name) > 0):
+      parser.error(f"--{name} must be > 0 and finite; got {getattr(args, name)}")
+  if not (math.isfinite(args.compile_s) and args.compile_s >= 0):
+    parser.error(f"--compile_s must be >= 0 and finite; got {args.compile_s}")
+  if args.group_size > args.folds:
+    parser.error(f"--group_size={args.group_size} is more than --folds={args.folds}: at most every fold at once")
   print(report(args), end="")
   return 0
 

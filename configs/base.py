@@ -62,7 +62,7 @@ def get_config() -> ml_collections.ConfigDict:
   # code does. "": loss_kwargs.sigma for every image (FG-NET has one true age per image, no spread).
   config.sigma_field = ""
   config.num_classes = FGNET_NUM_CLASSES
-  config.start_age = 0  # the label of class 0: an age here
+  config.start_age = 0.0  # the label of class 0: an age here
   # The spacing of the classes' labels: class j is start_age + label_step * j. 1: whole years. A finer grid suits
   # a finer target, e.g. attractiveness scores 1.0, 1.1, ..., 5.0 (configs/scut_fbp5500_dldlv2.py).
   config.label_step = 1.0

@@ -46,14 +46,13 @@ def get_config(arg: str | None = None):
   config.data.name = "scut_fbp5500"
   config.data.crop = "whole"  # the release's faces, 350 px squares
   config.num_classes = NUM_CLASSES
-  config.start_age = 1  # the score of class 0
+  config.start_age = 1.0  # the score of class 0
   config.label_step = 0.1
   config.protocol = "kfold"
   config.num_folds = 5  # the release's cross_validation_1..5
   config.fold = base.parse_fold(arg)
   config.num_validation_subjects = 0
   config.eval_every_epochs = 0  # no validation images
-  config.model_selection = "last"
   config.loss_kwargs = KL_AND_L1
   config.stages = ({"name": "kl", "loss_kwargs": KL_ONLY}, {"name": "kl+l1", "loss_kwargs": KL_AND_L1})
   return config

@@ -183,7 +183,7 @@ def test_dlibs_weights_are_refused_for_another_model_or_a_head_that_does_not_fit
     config_checks.check_pretrained(training_setup.config("fgnet_amr", None, model="dlib_age_resnet",
                                                          pretrained="imagenet"))
   with pytest.raises(errors.ConfigError, match=r"needs num_classes=81, start_age=0, label_step=1 and "
-                     r"head_bias='zeros' .*; got \d+, 0, 1.0, 'age_prior'"):
+                     r"head_bias='zeros' .*; got \d+, 0.0, 1.0, 'age_prior'"):
     config_checks.check_pretrained(training_setup.config("fgnet_amr", None, model="dlib_age_resnet",
                                                          pretrained="dlib_with_head"))
 

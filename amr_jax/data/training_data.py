@@ -24,14 +24,14 @@ import numpy as np
 
 from amr_jax import errors, losses
 from amr_jax.data import folds as folds_lib
-from amr_jax.data import decoding, tfds_builders
+from amr_jax.data import decoding, scut_fbp5500, tfds_builders
 
 Arrays = dict[str, np.ndarray]
 PROTOCOLS = {"fgnet": ("lopo", "kfold"), "clap2016": ("splits",), "scut_fbp5500": ("kfold", "splits")}
 CROPS = {"fgnet": ("whole", "aligned", "detected"), "clap2016": ("face", "whole", "detected"),
          "scut_fbp5500": ("whole",)}
 # SCUT-FBP5500's folds are its release's: kfold's fold f tests on cross_validation_{f + 1}.
-SCUT_FBP5500_FOLDS = 5
+SCUT_FBP5500_FOLDS = scut_fbp5500.NUM_FOLDS
 # The TFDS build each crop decodes from: "detected" crops CLAP2016's whole photographs.
 _BUILD_CONFIGS = {"face": "face", "whole": "whole", "detected": "whole"}
 

@@ -109,7 +109,9 @@ def predict(p_eval_step, replicated_state, arrays: dict[str, np.ndarray], global
     columns["distribution"] = None  # its width (the classes) is known at the first batch
   for batch in input_pipeline.eval_batches(inputs, global_batch=global_batch, num_devices=jax.local_device_count(),
                                            process_index=jax.process_index(), process_count=jax.process_count()):
-    out = jax.device_get(unreplicate(p_eval_step(replicated_state, batch)))
+    out = p_eval_step(replicated_state, batch)
+    # Only what is kept comes to the host (not the distributions, unless asked for).
+    out = jax.device_get(unreplicate({name: out[name] for name in (*columns, "mask", "index")}))
     keep = out["mask"].reshape(-1)
     index = out["index"].reshape(-1)[keep]
     for name in columns:

@@ -139,12 +139,17 @@ def label_grid(*, start_age: float | None = None, label_start: float | None = No
   trace time (it shapes the grid; a traced step is refused).
 
   Raises:
-    ValueError: both starts given, or a step that is not a finite number > 0.
+    ValueError: both starts given, a start that is not a finite number, or a step that is not a finite number > 0.
   """
   if start_age is not None and label_start is not None:
     raise ValueError(f"give start_age or label_start (two names for the label of class 0), not both; got "
                      f"start_age={start_age!r} and label_start={label_start!r}.")
   start = label_start if label_start is not None else (start_age if start_age is not None else 0)
+  if not isinstance(start, jax.core.Tracer):  # a traced start works in the losses (it is only added)
+    value = np.asarray(start)
+    if (isinstance(start, bool) or value.ndim != 0 or not np.issubdtype(value.dtype, np.number)
+        or not np.isfinite(value)):
+      raise ValueError(f"start_age / label_start must be a finite number (the label of class 0); got {start!r}.")
   if isinstance(label_step, jax.core.Tracer):
     raise ValueError("label_step must be a number known at trace time (a Python or NumPy number), not a traced "
                      "value: bind it with functools.partial before jit or vmap.")
@@ -154,10 +159,6 @@ def label_grid(*, start_age: float | None = None, label_start: float | None = No
     raise ValueError(f"label_step must be a finite number > 0 (the spacing of the classes' labels); got "
                      f"{label_step!r}.")
   return start, label_step
-
-
-def _grid(start_age, label_start, label_step) -> tuple[float, float]:
-  return label_grid(start_age=start_age, label_start=label_start, label_step=label_step)
 
 
 def _describe_grid(num_classes: int, start: float, step: float) -> str:
@@ -235,6 +236,9 @@ def check_label_range(labels: ArrayLike, num_classes: int, *, start_age: float |
   """
   _check_num_classes(num_classes)
   start, step = label_grid(start_age=start_age, label_start=label_start, label_step=label_step)
+  if isinstance(start, jax.core.Tracer):
+    raise ValueError("check_label_range needs start_age / label_start known at trace time (its message names the "
+                     "range): bind it with functools.partial before jit or vmap.")
   grid = _describe_grid(num_classes, start, step)
   if isinstance(labels, jax.core.Tracer):
     labels = jnp.asarray(labels)
@@ -365,8 +369,10 @@ def _index_moments_jvp(primals, tangents):
 class _Common:
   """Quantities every loss needs, each computed once per call (one exp per entry)."""
 
-  def __init__(self, logits: ArrayLike, labels: ArrayLike, grid: tuple[float, float]):
-    start, step = self.start, self.step = grid
+  def __init__(self, logits: ArrayLike, labels: ArrayLike, start_age: float | None, label_start: float | None,
+               label_step: float):
+    start, step = self.start, self.step = label_grid(start_age=start_age, label_start=label_start,
+                                                     label_step=label_step)
     logits = _check_logits(logits)
     labels = _check_labels(labels, logits)
     dtype = _compute_dtype(logits)

@@ -7,7 +7,7 @@ from typing import Literal
 
 import jax.numpy as jnp
 
-from amr_jax.losses.common import _check_sigma, _Common, _grid, _log_gaussian_target, Array, ArrayLike, LossTerms
+from amr_jax.losses.common import _check_sigma, _Common, _log_gaussian_target, Array, ArrayLike, LossTerms
 
 
 # --------------------------------------------------------------------------
@@ -28,7 +28,7 @@ def _kl_to_gaussian(common: _Common, sigma: ArrayLike) -> Array:
 def dldl_terms(logits: ArrayLike, labels: ArrayLike, *, sigma: ArrayLike = 2.0,
                start_age: float | None = None, label_start: float | None = None, label_step: float = 1) -> LossTerms:
   """Terms of :func:`dldl_loss`: ``kl`` and ``loss`` (equal)."""
-  common = _Common(logits, labels, _grid(start_age, label_start, label_step))
+  common = _Common(logits, labels, start_age, label_start, label_step)
   kl = _kl_to_gaussian(common, sigma)
   return {"kl": kl, "loss": kl}
 
@@ -76,7 +76,7 @@ def dldl_v2_terms(
     kl_reduction: KLReduction = "sum",
 ) -> LossTerms:
   """Terms of :func:`dldl_v2_loss`: ``kl`` (as reduced), ``l1`` and ``loss``."""
-  common = _Common(logits, labels, _grid(start_age, label_start, label_step))
+  common = _Common(logits, labels, start_age, label_start, label_step)
   kl = _kl_to_gaussian(common, sigma)
   if kl_reduction == "mean":
     kl = kl / common.num_classes

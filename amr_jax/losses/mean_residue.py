@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from amr_jax.losses.common import _check_eps, _Common, _grid, Array, ArrayLike, LossTerms
+from amr_jax.losses.common import _check_eps, _Common, Array, ArrayLike, LossTerms
 
 
 # --------------------------------------------------------------------------
@@ -33,7 +33,7 @@ def cross_entropy_loss(logits: ArrayLike, labels: ArrayLike, *, start_age: float
   Returns:
     per-example losses (at least float32), ``[...]``.
   """
-  return _Common(logits, labels, _grid(start_age, label_start, label_step)).cross_entropy()
+  return _Common(logits, labels, start_age, label_start, label_step).cross_entropy()
 
 
 # --------------------------------------------------------------------------
@@ -78,7 +78,7 @@ def adaptive_mean_residue_terms(
     adaptive :math:`K_i`, int32) and ``loss`` (the weighted total).
   """
   _check_eps(eps)
-  common = _Common(logits, labels, _grid(start_age, label_start, label_step))
+  common = _Common(logits, labels, start_age, label_start, label_step)
   # p_j >= p_c  <=>  z_j >= z_c. Comparing logits gives the same set without
   # depending on rounding: where float32 probabilities underflow to 0, comparing
   # them would put every underflowed class in the set (same loss, inflated K).
@@ -177,7 +177,7 @@ def mean_residue_terms(
 ) -> LossTerms:
   """Terms of :func:`mean_residue_loss`: ``cross_entropy``, ``mean``, ``residue``, ``loss``."""
   _check_eps(eps)
-  common = _Common(logits, labels, _grid(start_age, label_start, label_step))
+  common = _Common(logits, labels, start_age, label_start, label_step)
   if not isinstance(k, (int, np.integer)) or not 1 <= k <= common.num_classes:
     raise ValueError(f"k must be an integer in [1, num_classes={common.num_classes}]; got {k!r}.")
   _, top_index = jax.lax.top_k(common.probs, k)  # ties go to the lower class index
@@ -246,7 +246,7 @@ def mean_variance_terms(
     lambda_variance: float = 0.05,
 ) -> LossTerms:
   """Terms of :func:`mean_variance_loss`: ``cross_entropy``, ``mean``, ``variance``, ``loss``."""
-  common = _Common(logits, labels, _grid(start_age, label_start, label_step))
+  common = _Common(logits, labels, start_age, label_start, label_step)
   terms = {
       "cross_entropy": common.cross_entropy(),
       "mean": common.mean_term(),

