@@ -94,6 +94,7 @@ def check_fields(config, num_devices: int, num_processes: int = 1, *, training: 
   if not _is_real(config.label_step) or not config.label_step > 0:
     raise errors.ConfigError(f"config.label_step must be a finite number > 0 (the spacing of the classes' labels; 1 "
                              f"for whole years); got {config.label_step!r}.")
+  _check_label_scale(config)
   if config.image_size < MIN_IMAGE_SIZE:
     raise errors.ConfigError(f"config.image_size must be at least {MIN_IMAGE_SIZE} (five 2x poolings); "
                              f"got {config.image_size}.")
@@ -114,6 +115,19 @@ def check_fields(config, num_devices: int, num_processes: int = 1, *, training: 
     if config[name] % num_devices:
       raise errors.ConfigError(f"config.{name}={config[name]} must be divisible by the number of devices "
                                f"({num_devices}).")
+
+
+def _check_label_scale(config) -> None:
+  """The reports' ``label_name``, ``label_unit`` and ``cs_step`` (absent in a config made before them: ages)."""
+  for name in ("label_name", "label_unit"):
+    value = config.get(name, "age")
+    if not isinstance(value, str) or not value.strip():
+      raise errors.ConfigError(f"config.{name} must be a non-empty string (the reports' axes, e.g. 'age' in "
+                               f"'years'); got {value!r}.")
+  step = config.get("cs_step", 1.0)
+  if not _is_real(step) or not step > 0:
+    raise errors.ConfigError(f"config.cs_step must be a finite number > 0 (CS(k) counts errors within k * cs_step; 1 "
+                             f"for years); got {step!r}.")
 
 
 def check_pretrained(config) -> None:

@@ -20,7 +20,7 @@ import ml_collections
 
 from amr_jax import config_checks, errors, workdir_layout, workdir_pack
 from amr_jax.data import training_data
-from amr_jax.evaluation import evaluate
+from amr_jax.evaluation import evaluate, reports
 from amr_jax.training import (checkpoints, fold_evaluation, fold_layout, fold_loop, metric_writers, selection, stages,
                               step_functions, train_state)
 
@@ -162,32 +162,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   if not results:
     raise errors.WorkdirError(f"{workdir}: no fold is finished ({'; '.join(missing)}); train first.")
   selected = selection.selects(config.model_selection)
+  scale = reports.LabelScale.of(config)
   if len(results) == 1 and not missing:
     (_, predictions, last_predictions), = results
     if not selected:
-      return evaluate.metrics_of(predictions)
-    return {**evaluate.metrics_of(predictions), "model_selection": config.model_selection,
-            "last_step_test": evaluate.metrics_of(last_predictions)}
+      return evaluate.metrics_of(predictions, scale)
+    return {**evaluate.metrics_of(predictions, scale), "model_selection": config.model_selection,
+            "last_step_test": evaluate.metrics_of(last_predictions, scale)}
   by_fold = [(splits.name, predictions) for splits, predictions, _ in results]
   extra = {"model_selection": config.model_selection}
   if selected:
-    extra["last_step_test"] = evaluate.pooled_metrics([(splits.name, last) for splits, _, last in results])
+    extra["last_step_test"] = evaluate.pooled_metrics([(splits.name, last) for splits, _, last in results], scale)
   if config.get("folds", "") and not evaluate_only:
     # One slice of an array job: the pool is written once every slice is done, by run_eval.py.
     metric_writers.log(f"trained folds {config.folds}; once every slice has finished, pool them all with: "
                        f"python run_eval.py --workdir={workdir}")
-    return {**evaluate.pooled_metrics(by_fold), **extra}
+    return {**evaluate.pooled_metrics(by_fold, scale), **extra}
   if metric_writers.is_writer():
     summary = evaluate.write_pooled_report(workdir / workdir_layout.SUMMARY_FOLDER, by_fold, missing=missing,
-                                           extra=extra, title=f"{config.name}, {len(results)} folds pooled")
+                                           extra=extra, title=f"{config.name}, {len(results)} folds pooled",
+                                           scale=scale)
   else:
-    summary = {**evaluate.pooled_metrics(by_fold), **extra}
+    summary = {**evaluate.pooled_metrics(by_fold, scale), **extra}
   listed = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
   extent = f"{len(results)} folds" if not missing else (
       f"{len(results)} of {len(results) + len(missing)} folds, INCOMPLETE (missing: {listed})")
   chosen = "the last step's models" if not selected else f"the models selected on {config.model_selection}"
   metric_writers.log(f"pooled over {extent}, {chosen}: MAE {summary['mae']:.3f} over {summary['count']} images, "
-                     f"mean of per-fold MAEs {summary['mean_fold_mae']:.3f}, CS(5) {summary['cs'][5]:.3f}, RMSE "
+                     f"mean of per-fold MAEs {summary['mean_fold_mae']:.3f}, {scale.cs_name(5)} {summary['cs'][5]:.3f}, RMSE "
                      f"{summary['rmse']:.3f}, PC {summary['pearson']:.3f} -> "
                      f"{workdir / workdir_layout.SUMMARY_FOLDER}")
   if selected:

@@ -15,14 +15,16 @@ Metrics:
 * MAE = mean ``|yhat - y|``; RMSE = sqrt(mean ``(yhat - y)^2``).
 * PC = Pearson's correlation of ``yhat`` and ``y``, from the sums of ``yhat``, ``y``, their squares and products
   (so it too combines by addition), computed in float64 at the end.
-* CS(theta) = fraction of examples with ``|yhat - y| <= theta``, theta = 0..max_theta
-  (the cumulative score curve).
+* CS(theta) = fraction of examples with ``|yhat - y| <= theta``, theta = 0, theta_step, ..., max_theta * theta_step
+  (the cumulative score curve; ``theta_step`` 1 for ages in years, a finer one for a finer scale such as
+  attractiveness scores).
 * epsilon-error (ChaLearn LAP) = mean 1 - exp(-(yhat - mu)^2 / (2 sigma^2)), with
   mu and sigma the mean and standard deviation of the apparent-age votes.
 """
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import flax.struct
@@ -44,7 +46,7 @@ class AgeMetricSums:
   Attributes:
     count: number of (unmasked) examples.
     abs_error_sum: sum of ``|yhat - y|``.
-    cs_count: ``[max_theta + 1]``, number of examples with ``|yhat - y| <= theta``.
+    cs_count: ``[max_theta + 1]``, number of examples with ``|yhat - y| <= k * theta_step``, k = 0..max_theta.
     eps_error_sum: sum of the per-example epsilon-errors (examples with a sigma).
     eps_count: number of examples that contributed to ``eps_error_sum``.
     squared_error_sum: sum of ``(yhat - y)^2``.
@@ -124,6 +126,7 @@ def age_metric_sums(
     age_std: ArrayLike | None = None,
     mask: ArrayLike | None = None,
     max_theta: int = 10,
+    theta_step: float = 1.0,
     reference_rounding: bool = False,
 ) -> AgeMetricSums:
   """Metric sums for one batch. Pure and jittable; combine results with ``merge`` or ``psum``.
@@ -135,7 +138,8 @@ def age_metric_sums(
       when given, the epsilon-error is accumulated.
     mask: optional ``[batch]`` bool or 0/1 array; examples where it is false
       (padding) count in no sum.
-    max_theta: CS(theta) is accumulated for theta = 0, 1, ..., max_theta.
+    max_theta: CS(theta) is accumulated for theta = k * theta_step, k = 0, 1, ..., max_theta.
+    theta_step: the spacing of the thresholds, in the labels' unit (a Python number > 0).
     reference_rounding: reproduce the reference code: round the predictions
       (and, for the epsilon-error, the apparent-age mean) to integers and add
       1e-4 to sigma. The default uses the real values, as the ChaLearn
@@ -147,6 +151,8 @@ def age_metric_sums(
   predicted = jnp.asarray(predicted_ages)
   if predicted.ndim != 1:
     raise ValueError(f"predicted_ages must have shape [batch]; got shape {predicted.shape}.")
+  if isinstance(theta_step, bool) or not isinstance(theta_step, numbers.Real) or not 0 < theta_step < float("inf"):
+    raise ValueError(f"theta_step must be a finite number > 0; got {theta_step!r}.")
   shape = predicted.shape
   predicted = predicted.astype(jnp.float32)
   true = _as_batch(true_ages, "true_ages", shape).astype(jnp.float32)
@@ -154,7 +160,8 @@ def age_metric_sums(
   if reference_rounding:
     predicted = jnp.round(predicted)
   abs_error = jnp.abs(predicted - true)
-  thetas = jnp.arange(max_theta + 1, dtype=jnp.float32)
+  # Rounded once from float64 (5 * 0.1 is 0.5 there), so a threshold is the float32 nearest k * theta_step.
+  thetas = jnp.asarray(np.arange(max_theta + 1) * float(theta_step), jnp.float32)
   within = (abs_error[:, None] <= thetas) & weight[:, None]
   if age_std is None:
     eps_error_sum, eps_count = jnp.float32(0), jnp.int32(0)
@@ -182,7 +189,7 @@ def age_metric_sums(
   )
 
 
-_compiled_sums = jax.jit(age_metric_sums, static_argnames=("max_theta", "reference_rounding"))
+_compiled_sums = jax.jit(age_metric_sums, static_argnames=("max_theta", "theta_step", "reference_rounding"))
 
 
 def compute_age_metrics(predicted_ages: ArrayLike, true_ages: ArrayLike, **kwargs) -> dict[str, Any]:

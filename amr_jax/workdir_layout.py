@@ -67,7 +67,8 @@ def checkpoints_dir(fold_dir: pathlib.Path) -> pathlib.Path:
 
 # Where the data lies, and how a run reports and saves: none changes what a step computes.
 _LOCATION_AND_BOOKKEEPING = ("data.manual_dir", "data.data_dir", "log_every_steps", "checkpoint_every_steps",
-                             "max_checkpoints_to_keep", "eval_batch_size", "eval_every_epochs")
+                             "max_checkpoints_to_keep", "eval_batch_size", "eval_every_epochs", "label_name",
+                             "label_unit", "cs_step")
 # A resumed run may also stop later or sooner. The multistep and constant schedules do not depend on the run's
 # length; the cosine one depends on num_epochs, so a change of it is refused there (the steps already taken followed
 # another curve). ``fold`` may pick one fold of a workdir made by a run over all folds, and ``folds`` a slice of them
@@ -84,7 +85,8 @@ _COSINE_LENGTH_FIELDS = ("num_epochs",)
 # is compared and loaded as if it held it.
 ADDED_FIELDS = {"parallel_folds": 1, "folds_over_devices": False, "head_bias": "zeros",
                 "augmentation.downscale_range": [1.0, 1.0], "input_normalization": "", "sigma_field": "",
-                "stages": [], "model_selection": "last", "label_step": 1.0}
+                "stages": [], "model_selection": "last", "label_step": 1.0,
+                "label_name": "age", "label_unit": "years", "cs_step": 1.0}
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -66,6 +66,13 @@ def get_config() -> ml_collections.ConfigDict:
   # The spacing of the classes' labels: class j is start_age + label_step * j. 1: whole years. A finer grid suits
   # a finer target, e.g. attractiveness scores 1.0, 1.1, ..., 5.0 (configs/scut_fbp5500_dldlv2.py).
   config.label_step = 1.0
+  # How the reports name the labels (plot axes, legends) and the step of CS(theta)'s thresholds in their unit: CS(k)
+  # is the fraction of errors within k * cs_step, k = 0..10 (metrics.json's "cs"). Years for ages; scores on a 1-5
+  # scale read better with label_name "score", label_unit "points" and cs_step 0.1. Reports only: changeable on
+  # resume and by run_eval.py.
+  config.label_name = "age"
+  config.label_unit = "years"
+  config.cs_step = 1.0
   # The head's starting bias: "age_prior", the log of the fold's training ages' distribution smoothed by a
   # Gaussian of 2 years (amr_jax.models.head_init), so training starts from the prior; or "zeros" (a near-uniform
   # first distribution, its expected age mid-range; the default before, and the workdirs made then).

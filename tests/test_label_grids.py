@@ -6,6 +6,7 @@ Three kinds of proof, all in float64: a hand-worked three-class case; the indepe
 """
 
 import functools
+import json
 import math
 
 import jax
@@ -242,3 +243,34 @@ def test_a_config_with_a_bad_label_step_is_refused_naming_the_field(step):
 
   with pytest.raises(errors.ConfigError, match=r"config.label_step must be a finite number > 0"):
     config_checks.check_fields(training_setup.config("fgnet_amr", None, label_step=step), num_devices=1)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("cs_step", 0, "config.cs_step must be a finite number > 0"), ("cs_step", float("inf"), "config.cs_step"),
+    ("label_name", "", "config.label_name must be a non-empty string"), ("label_unit", " ", "config.label_unit must be a non-empty string")])
+def test_a_config_with_a_bad_report_scale_is_refused_naming_the_field(field, value, message):
+  import training_setup
+  from amr_jax import config_checks, errors
+
+  with pytest.raises(errors.ConfigError, match=message):
+    config_checks.check_fields(training_setup.config("fgnet_amr", None, **{field: value}), num_devices=1)
+
+
+def test_the_report_scale_changes_on_resume_and_a_workdir_from_before_it_reads_as_years(tmp_path):
+  import training_setup
+  from amr_jax import workdir_layout
+  from amr_jax.evaluation import reports
+
+  config = training_setup.config("scut_fbp5500_dldlv2", "0")
+  assert reports.LabelScale.of(config) == reports.LabelScale("score", "points", 0.1)
+  stored = workdir_layout.as_json_dict(training_setup.config("fgnet_amr", "3"))
+  for field in ("label_name", "label_unit", "cs_step"):
+    del stored[field]  # a config.json written before the fields existed
+  ages = training_setup.config("fgnet_amr", "3")
+  assert workdir_layout.differences(stored, ages, workdir_layout.RESUME_FIELDS) == ([], {})
+  ages.cs_step, ages.label_unit = 0.5, "half-years"
+  for allowed in (workdir_layout.RESUME_FIELDS, workdir_layout.EVAL_FIELDS):
+    assert workdir_layout.differences(stored, ages, allowed) == (
+        [], {"cs_step": (1.0, 0.5), "label_unit": ("years", "half-years")})
+  (tmp_path / workdir_layout.CONFIG_FILE).write_text(json.dumps(stored))
+  assert reports.LabelScale.of(workdir_layout.load(tmp_path)) == reports.AGES

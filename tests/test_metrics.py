@@ -162,3 +162,20 @@ def test_pearson_without_spread_is_nan_not_a_number_that_misleads():
   assert np.isnan(compute_age_metrics(np.array([5.0, 5.0, 5.0]), np.array([1.0, 2.0, 3.0]))["pearson"])
   assert np.isnan(compute_age_metrics(np.array([5.0]), np.array([1.0]))["pearson"])
   assert compute_age_metrics(np.array([5.0]), np.array([1.0]))["rmse"] == 4.0
+
+
+def test_cs_thresholds_on_a_finer_scale_are_hand_computed():
+  # Errors 0, 0.25, 0.5, 0.75 and 3 (exact in float32); thresholds k * 0.25.
+  true = np.array([2.0, 2.0, 3.0, 1.0, 1.0])
+  predicted = np.array([2.0, 2.25, 2.5, 1.75, 4.0])
+  result = compute_age_metrics(predicted, true, theta_step=0.25, max_theta=4)
+  assert result["cs"] == [0.2, 0.4, 0.6, 0.8, 0.8]  # theta 0, 0.25, 0.5, 0.75, 1
+  assert compute_age_metrics(predicted, true, max_theta=3)["cs"] == [0.2, 0.8, 0.8, 1.0]  # whole units
+  # On a tenth-point scale an error of half a point lies within CS(5), 5 * 0.1 being 0.5 exactly.
+  assert compute_age_metrics([3.5, 3.0], [3.0, 3.6], theta_step=0.1)["cs"][4:7] == [0.0, 0.5, 1.0]
+
+
+@pytest.mark.parametrize("step", [0, -0.1, float("nan"), float("inf"), True, "0.1"])
+def test_a_bad_theta_step_is_refused(step):
+  with pytest.raises(ValueError, match="theta_step must be a finite number > 0"):
+    age_metric_sums(np.array([1.0]), np.array([1.0]), theta_step=step)

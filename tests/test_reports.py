@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 import subprocess
 import sys
 
@@ -114,3 +115,47 @@ def test_bad_inputs_name_the_argument(tmp_path, call, name):
   with pytest.raises(ValueError, match=name):
     call(tmp_path / "plot.png")
   assert not (tmp_path / "plot.png").exists()
+
+
+def test_a_label_scale_names_thresholds_groups_and_axes_in_its_unit(tmp_path, monkeypatch):
+  scores = reports.LabelScale("score", "points", 0.1)
+  assert (reports.AGES.cs_name(5), scores.cs_name(5), scores.cs_name(3)) == ("CS(5)", "CS(0.5)", "CS(0.3)")
+  assert (reports.AGES.group_width, scores.group_width) == (10, 1.0)
+  true, predicted = [1.5, 1.9, 2.0, 4.25, 5.0], [1.5, 2.4, 2.5, 4.0, 4.5]  # errors 0, 0.5, 0.5, 0.25, 0.5
+  assert reports.error_by_age_group(true, predicted, scores.group_width) == [
+      ("[1, 2)", 2, 0.25), ("[2, 3)", 1, 0.5), ("[4, 5)", 1, 0.25), ("[5, 6)", 1, 0.5)]
+  assert reports.error_by_age_group(true, predicted, 2.5)[0][0] == "[0, 2.5)"
+  axes = {}
+  monkeypatch.setattr(reports, "_save", lambda fig, ax, path, title: axes.__setitem__(pathlib.Path(path).stem, ax))
+  reports.plot_cumulative_score(tmp_path / "cs.png", {"x": [0.2, 0.6, 1.0]}, scale=scores)
+  reports.plot_predicted_vs_true(tmp_path / "scatter.png", true, predicted, scale=scores)
+  reports.plot_error_by_age_group(tmp_path / "groups.png", true, predicted, scale=scores)
+  assert axes["cs"].get_xlabel() == "error level theta (points)"
+  np.testing.assert_allclose(axes["cs"].get_lines()[0].get_xdata(), [0, 0.1, 0.2])
+  assert (axes["scatter"].get_xlabel(), axes["scatter"].get_ylabel()) == ("true score (points)",
+                                                                          "predicted score (points)")
+  assert axes["scatter"].get_xlim() == (0.0, 5.5)  # the largest score + CS(5)'s half point
+  assert (axes["groups"].get_xlabel(), axes["groups"].get_ylabel()) == ("true score group (points)", "MAE (points)")
+  assert [tick.get_text() for tick in axes["groups"].get_xticklabels()] == ["[1, 2)", "[2, 3)", "[4, 5)", "[5, 6)"]
+  reports.plot_predicted_vs_true(tmp_path / "scatter.png", [10, 20], [12, 18])
+  assert axes["scatter"].get_xlabel() == "true age (years)" and axes["scatter"].get_xlim() == (0.0, 25.0)
+
+
+@pytest.mark.parametrize("fields, name", [(("", "points", 0.1), "name"), (("score", None, 0.1), "unit"),
+                                          (("score", "points", 0), "cs_step"), (("a", "b", float("nan")), "cs_step")])
+def test_a_bad_label_scale_is_refused_naming_the_field(fields, name):
+  with pytest.raises(ValueError, match=f"LabelScale.{name} must be"):
+    reports.LabelScale(*fields)
+
+
+def test_reports_on_a_finer_scale_count_cs_in_its_step_and_name_the_per_fold_column(tmp_path):
+  from amr_jax.evaluation import evaluate  # pylint: disable=import-outside-toplevel
+
+  scores = reports.LabelScale("score", "points", 0.1)
+  folds = [(name, {"age": np.array(true), "predicted_age": np.array(predicted)})
+           for name, true, predicted in (("fold_0", [3.0, 2.0], [3.5, 2.0]), ("fold_1", [4.0], [3.05]))]
+  summary = evaluate.write_pooled_report(tmp_path, folds, scale=scores)
+  assert summary["cs_step"] == 0.1 and summary["cs"][5] == 2 / 3  # errors 0.5, 0 and 0.95: two within half a point
+  per_fold = reports.read_predictions_csv(tmp_path / "per_fold.csv")
+  np.testing.assert_array_equal(per_fold["cs0.5"], [1.0, 0.0])
+  assert evaluate.metrics_of(folds[0][1])["cs_step"] == 1.0 and evaluate.metrics_of(folds[1][1])["cs"][1] == 1.0

@@ -52,6 +52,12 @@ def test_a_fold_trains_on_the_release_split_and_reports_attractiveness_metrics(t
   np.testing.assert_allclose(np.round((mode - 1) / 0.1) * 0.1 + 1, mode, atol=1e-4)  # 4 decimals in the CSV
   np.testing.assert_allclose(metrics["mae"], np.mean(np.abs(predicted - true)), atol=1e-4)
   np.testing.assert_allclose(metrics["rmse"], np.sqrt(np.mean((predicted - true) ** 2)), atol=2e-4)
+  # CS(k) counts the faces within k tenths of a point (the CSV's 4 decimals decide no threshold they lie far from).
+  assert metrics["cs_step"] == 0.1 and f"CS(0.5) {metrics['cs'][5]:.3f} over 2 images" in out
+  abs_errors = np.abs(predicted - true)
+  for k, fraction in enumerate(metrics["cs"]):
+    if np.all(np.abs(abs_errors - 0.1 * k) > 1e-3):
+      assert fraction == np.mean(abs_errors <= 0.1 * k), k
   logged = metric_writers.read_jsonl(tmp_path / "run" / "metrics.jsonl")
   assert [entry["step"] for entry in logged if "train/loss" in entry] == [1, 2, 3, 4]
 

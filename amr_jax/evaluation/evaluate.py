@@ -12,9 +12,11 @@ validation data). ``evaluate_workdir`` (``run_eval.py``) re-evaluates a
 finished or interrupted run from its checkpoints.
 
 A report folder holds ``predictions.csv`` (one row per image),
-``metrics.json`` (MAE, CS(0..10), and for CLAP2016 the epsilon-error) and
-three PNGs: the CS(theta) curve, predicted against true age, and MAE by
-age group.
+``metrics.json`` (MAE, RMSE, PC, CS(0..10), and where the labels' spread is
+known the epsilon-error) and three PNGs: the CS(theta) curve, predicted against
+true age, and MAE by age group, each in the labels' unit
+(:class:`amr_jax.evaluation.reports.LabelScale`: years for ages; a run's
+``label_name``, ``label_unit`` and ``cs_step``).
 """
 
 from __future__ import annotations
@@ -123,11 +125,13 @@ def predict(p_eval_step, replicated_state, arrays: dict[str, np.ndarray], global
   return {**labels, **columns}
 
 
-def metrics_of(predictions: Predictions) -> dict[str, Any]:
-  """MAE, CS(0..10), count, and the epsilon-error where the votes' spread (``age_std``) is known."""
+def metrics_of(predictions: Predictions, scale: reports.LabelScale = reports.AGES) -> dict[str, Any]:
+  """MAE, RMSE, PC, count, CS(k * ``scale.cs_step``) for k = 0..10 (``cs``, and its ``cs_step``), and the
+  epsilon-error where the votes' spread (``age_std``) is known."""
   kwargs = {"age_std": predictions["age_std"]} if "age_std" in predictions else {}
-  result = metrics.compute_age_metrics(predictions["predicted_age"], predictions["age"], **kwargs)
-  return _plain(result)
+  result = metrics.compute_age_metrics(predictions["predicted_age"], predictions["age"], theta_step=scale.cs_step,
+                                       **kwargs)
+  return {**_plain(result), "cs_step": float(scale.cs_step)}
 
 
 def _plain(value):
@@ -138,49 +142,52 @@ def _plain(value):
 
 
 def write_report(folder: str | os.PathLike, predictions: Predictions, *, title: str = "",
-                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                 extra: dict[str, Any] | None = None, scale: reports.LabelScale = reports.AGES) -> dict[str, Any]:
   """Writes ``predictions.csv``, the three PNGs and ``metrics.json`` (the metrics, then ``extra``) to ``folder``;
-  returns the metrics.
+  returns the metrics. ``scale``: the labels' name, unit and CS step (ages in years by default).
 
   Each file is written whole or not at all, ``metrics.json`` last: where it is new, so is the whole report.
   """
   folder = pathlib.Path(folder)
   folder.mkdir(parents=True, exist_ok=True)
-  summary = {**metrics_of(predictions), **(extra or {})}
+  summary = {**metrics_of(predictions, scale), **(extra or {})}
   columns = dict(predictions)
   columns["abs_error"] = np.abs(predictions["predicted_age"] - predictions["age"])
   reports.write_predictions_csv(folder / workdir_layout.PREDICTIONS_FILE, columns)
-  _plots(folder, predictions, summary, title)
+  _plots(folder, predictions, summary, title, scale)
   # Last: it says "done".
   atomic_files.write_text(folder / workdir_layout.METRICS_FILE, json.dumps(summary, indent=2) + "\n")
   return summary
 
 
-def _plots(folder: pathlib.Path, predictions: Predictions, summary: dict[str, Any], title: str) -> None:
+def _plots(folder: pathlib.Path, predictions: Predictions, summary: dict[str, Any], title: str,
+           scale: reports.LabelScale) -> None:
   reports.plot_cumulative_score(folder / workdir_layout.CUMULATIVE_SCORE_PLOT,
-                                {f"MAE {summary['mae']:.2f}": summary["cs"]}, title=title)
+                                {f"MAE {summary['mae']:.2f}": summary["cs"]}, title=title, scale=scale)
   reports.plot_predicted_vs_true(folder / workdir_layout.PREDICTED_VS_TRUE_PLOT, predictions["age"],
-                                 predictions["predicted_age"], title=title)
+                                 predictions["predicted_age"], title=title, scale=scale)
   reports.plot_error_by_age_group(folder / workdir_layout.ERROR_BY_AGE_GROUP_PLOT, predictions["age"],
-                                  predictions["predicted_age"], title=title)
+                                  predictions["predicted_age"], title=title, scale=scale)
 
 
 def _pooled(by_fold: Sequence[tuple[str, Predictions]]) -> Predictions:
   return {name: np.concatenate([p[name] for _, p in by_fold]) for name in by_fold[0][1]}
 
 
-def pooled_metrics(by_fold: Sequence[tuple[str, Predictions]]) -> dict[str, Any]:
+def pooled_metrics(by_fold: Sequence[tuple[str, Predictions]], scale: reports.LabelScale = reports.AGES
+                   ) -> dict[str, Any]:
   """Metrics over all folds' test images pooled, plus the mean and spread of the per-fold MAEs."""
-  summary = metrics_of(_pooled(by_fold))
+  summary = metrics_of(_pooled(by_fold), scale)
   fold_maes = np.array([metrics_of(p)["mae"] for _, p in by_fold])
   summary.update(num_folds=len(by_fold), mean_fold_mae=float(fold_maes.mean()), std_fold_mae=float(fold_maes.std()))
   return summary
 
 
 def write_pooled_report(folder: str | os.PathLike, by_fold: Sequence[tuple[str, Predictions]], *,
-                        title: str = "", missing: Sequence[str] = (), extra: dict[str, Any] | None = None
-                        ) -> dict[str, Any]:
-  """The pooled report of a multi-fold run, plus ``per_fold.csv`` (one row per fold).
+                        title: str = "", missing: Sequence[str] = (), extra: dict[str, Any] | None = None,
+                        scale: reports.LabelScale = reports.AGES) -> dict[str, Any]:
+  """The pooled report of a multi-fold run, plus ``per_fold.csv`` (one row per fold: its count, MAE and CS(5),
+  ``cs5``, or for another ``scale`` the column its CS(5) is named by, e.g. ``cs0.5``).
 
   ``missing`` names the protocol's folds that are not pooled (not finished): ``metrics.json`` then says
   ``"complete": false`` with them listed, and the plots' title says INCOMPLETE. ``extra`` is added to
@@ -189,18 +196,18 @@ def write_pooled_report(folder: str | os.PathLike, by_fold: Sequence[tuple[str, 
   folder = pathlib.Path(folder)
   folder.mkdir(parents=True, exist_ok=True)
   pooled = {"fold": np.concatenate([[name] * len(p["age"]) for name, p in by_fold]), **_pooled(by_fold)}
-  summary = pooled_metrics(by_fold)
+  summary = pooled_metrics(by_fold, scale)
   summary.update(complete=not missing, missing_folds=list(missing), **(extra or {}))
   if missing:
     title = f"{title} (INCOMPLETE: {len(missing)} folds missing)"
   columns = dict(pooled)
   columns["abs_error"] = np.abs(pooled["predicted_age"] - pooled["age"])
   reports.write_predictions_csv(folder / workdir_layout.PREDICTIONS_FILE, columns)
-  per_fold = [metrics_of(p) for _, p in by_fold]
+  per_fold = [metrics_of(p, scale) for _, p in by_fold]
   reports.write_predictions_csv(folder / workdir_layout.PER_FOLD_FILE, {
       "fold": [name for name, _ in by_fold], "count": [m["count"] for m in per_fold],
-      "mae": [m["mae"] for m in per_fold], "cs5": [m["cs"][5] for m in per_fold]})
-  _plots(folder, pooled, summary, title)
+      "mae": [m["mae"] for m in per_fold], f"cs{scale.threshold(5):g}": [m["cs"][5] for m in per_fold]})
+  _plots(folder, pooled, summary, title, scale)
   # Last: it says "done".
   atomic_files.write_text(folder / workdir_layout.METRICS_FILE, json.dumps(summary, indent=2) + "\n")
   return summary

@@ -42,6 +42,7 @@ def evaluate_splits(config, workdir, fold, steps, last_state, chosen: selection.
     ``(test predictions of the reported model, test predictions of the last step's model or None)``.
   """
   state, extra, last_predictions = last_state, {}, None
+  scale = reports.LabelScale.of(config)
   if chosen.selects:
     if chosen.best is None:
       raise errors.WorkdirError(f"{fold.name}: {chosen.path} holds no validation score; train the run to its end.")
@@ -51,7 +52,7 @@ def evaluate_splits(config, workdir, fold, steps, last_state, chosen: selection.
     if metric_writers.is_writer():  # for a pool made from the reports' files (amr_jax.workdir_pack)
       reports.write_predictions_csv(workdir / workdir_layout.TEST_REPORT / workdir_layout.LAST_STEP_PREDICTIONS_FILE,
                                     last_predictions)
-    last = evaluate.metrics_of(last_predictions)
+    last = evaluate.metrics_of(last_predictions, scale)
     state = chosen.restore(jax.device_get(initial_state))
     extra = {**chosen.summary(), "last_step": last_step, "last_step_test": last}
     metric_writers.log(f"{fold.name}: selected step {extra['selected_step']} of {extra['last_step']} on {chosen.name} "
@@ -66,8 +67,8 @@ def evaluate_splits(config, workdir, fold, steps, last_state, chosen: selection.
         # The last step's test metrics belong beside the test metrics only.
         beside = extra if split == "test" else {k: v for k, v in extra.items() if k != "last_step_test"}
         summary = evaluate.write_report(workdir / split, outputs[split], extra=beside,
-                                        title=f"{config.name}, {fold.name}, {split}")
-        metric_writers.log(f"{fold.name}: {split} MAE {summary['mae']:.3f}, CS(5) {summary['cs'][5]:.3f} over "
+                                        title=f"{config.name}, {fold.name}, {split}", scale=scale)
+        metric_writers.log(f"{fold.name}: {split} MAE {summary['mae']:.3f}, {scale.cs_name(5)} {summary['cs'][5]:.3f} over "
                            f"{summary['count']} images (RMSE {summary['rmse']:.3f}, PC {summary['pearson']:.3f}) -> "
                            f"{workdir / split}")
   return outputs.get("test"), last_predictions

@@ -28,7 +28,7 @@ import numpy as np
 
 from amr_jax import errors, workdir_layout
 from amr_jax.data import training_data
-from amr_jax.evaluation import evaluate
+from amr_jax.evaluation import evaluate, reports
 from amr_jax.models import head_init
 from amr_jax.training import (checkpoints, fold_evaluation, fold_layout, interruption, metric_writers, selection,
                               stages, train_state)
@@ -150,13 +150,14 @@ def _validate(config, run: FoldRun, steps: Steps, state, step: int) -> None:
   """Scores ``state`` (one fold's, on one device) on the validation images; keeps it if the run selects it."""
   predictions = evaluate.predict(steps.eval, evaluate.replicate(state), run.fold.validation, config.eval_batch_size)
   fold_evaluation.refuse_non_finite(run.fold.name, "validation", step, predictions, run.workdir)
-  metrics = evaluate.metrics_of(predictions)
+  scale = reports.LabelScale.of(config)
+  metrics = evaluate.metrics_of(predictions, scale)
   note = " (the best so far: kept)" if run.selection.consider(step, metrics, state) else ""
   eps = f", epsilon-error {metrics['eps_error']:.4f}" if "eps_error" in metrics else ""
   metric_writers.log(f"{run.fold.name}: validation at step {step}: MAE {metrics['mae']:.3f}{eps} over "
                      f"{metrics['count']} images{note}")
   if run.writer:
-    scalars = {"mae": metrics["mae"], "cs5": metrics["cs"][5]}
+    scalars = {"mae": metrics["mae"], f"cs{scale.threshold(5):g}": metrics["cs"][5]}
     if "eps_error" in metrics:
       scalars["eps_error"] = metrics["eps_error"]
     run.writer.write_scalars(step, scalars, prefix="validation")
