@@ -32,8 +32,9 @@ from amr_jax import errors, photographs
 from amr_jax.faces import face_chip, face_crop, mtcnn
 
 ImageLike = "str | os.PathLike | np.ndarray | PIL.Image.Image"
-# The network's batch sizes: a batch is padded to the next, and longer ones run in pieces of the largest, so
-# that a process compiles the network at most three times.
+# The batch sizes faces are predicted in: a batch is padded to the next, and longer ones run in pieces of the
+# largest (dlib's network) or of eval_batch_size (a run's model, its sizes per device), so that a process compiles
+# a network at most three or four times.
 _BATCH_SIZES = (1, 8, 64)
 
 
@@ -105,6 +106,8 @@ def _dlib_network(dtype: Any = None) -> _Network:
 
 
 def _run_network(workdir, fold: int | None, checkpoint: str) -> _Network:
+  import jax  # pylint: disable=import-outside-toplevel
+
   from amr_jax import trained_model  # pylint: disable=import-outside-toplevel
   from amr_jax.evaluation import evaluate  # pylint: disable=import-outside-toplevel
 
@@ -113,7 +116,11 @@ def _run_network(workdir, fold: int | None, checkpoint: str) -> _Network:
   size = config.image_size
 
   def predict(crops: np.ndarray) -> dict[str, np.ndarray]:
-    return evaluate.predict(model.eval_step, model.state, {"image": crops}, config.eval_batch_size,
+    # A few faces are padded to the next of the network's batch sizes (per device), not to eval_batch_size: one face
+    # in a batch of 128 took 8 times as long as in a batch of 8.
+    devices = jax.local_device_count()
+    batch = next((size * devices for size in _BATCH_SIZES if size * devices >= len(crops)), config.eval_batch_size)
+    return evaluate.predict(model.eval_step, model.state, {"image": crops}, min(batch, config.eval_batch_size),
                             distributions=True)
 
   def crop(image: np.ndarray, face: mtcnn.Face | None) -> np.ndarray:

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import PIL.Image
 import pytest
@@ -43,12 +44,15 @@ def _rows(path):
     return list(csv.DictReader(f))
 
 
-def test_predictions_on_the_runs_test_photographs_are_run_evals(detected_run, tmp_path):
+def test_predictions_on_the_runs_test_photographs_are_run_evals(detected_run, tmp_path, monkeypatch):
   """The test subject's photographs, as the build decoded them (PNG: no second JPEG decoder), give run_eval's ages.
 
-  Same pixels, same detector, same crop, the same compiled evaluation step at the same batch shape: the CSVs'
-  four decimals agree exactly.
+  Same pixels, same detector, same crop, the same compiled evaluation step at the same batch shape (the run's
+  eval_batch_size, not the smaller batch a few faces get by default): the CSVs' four decimals agree exactly.
   """
+  from amr_jax import age_estimator  # pylint: disable=import-outside-toplevel
+
+  monkeypatch.setattr(age_estimator, "_BATCH_SIZES", (training_setup.TINY["eval_batch_size"],))
   workdir, _, data_dir = detected_run
   (build,) = (data_dir / "fgnet").glob("*/dataset_info.json")
   source = tfds.builder_from_directory(str(build.parent)).as_data_source()["train"]
@@ -68,6 +72,25 @@ def test_predictions_on_the_runs_test_photographs_are_run_evals(detected_run, tm
     assert float(row["age"]) == pytest.approx(float(reference["predicted_age"]), abs=0)
     assert float(row["age_std"]) == pytest.approx(float(reference["distribution_std"]), abs=0)
     assert float(row["age_mode"]) == pytest.approx(float(reference["mode_age"]), abs=0)
+
+
+def test_one_face_runs_in_a_batch_of_one_and_gets_the_age_it_gets_among_others(detected_run, monkeypatch):
+  from amr_jax.evaluation import evaluate  # pylint: disable=import-outside-toplevel
+
+  model = AgeEstimator.from_workdir(detected_run[0])
+  batches, predict_batches = [], evaluate.predict
+  monkeypatch.setattr(evaluate, "predict", lambda *args, **kwargs: batches.append(args[3]) or predict_batches(
+      *args, **kwargs))
+  astronaut = skimage.data.astronaut()
+  (alone,) = model.predict(astronaut)
+  (first,), (second,) = model.predict_many([astronaut, astronaut])
+  # A face per device (the tests' CPU devices), not eval_batch_size (8 here, 128 by default); two faces fill a batch
+  # of one per device where there are two or more devices, else of 8.
+  devices = jax.local_device_count()
+  assert batches == [devices, devices if devices >= 2 else 8]
+  # The same crop in a batch of 1 and of 8: float32 sums in another order, ~1e-6 of a 70-year range at most, where
+  # a face mixed with padding or another face would move its age by years.
+  assert alone.age == pytest.approx(first.age, abs=1e-3) and first.age == second.age
 
 
 def test_a_folder_with_a_corrupt_file_a_text_file_and_a_faceless_photo_gives_a_row_each_and_goes_on(detected_run,
