@@ -48,7 +48,8 @@ def main(argv):
     predict.prepare_outputs(flags.FLAGS.out, flags.FLAGS.annotate or None, paths)
     estimator = (age_estimator.AgeEstimator.from_workdir(workdir, flags.FLAGS.fold, flags.FLAGS.checkpoint)
                  if workdir else age_estimator.AgeEstimator())
-    counts = predict.predict_photographs(estimator, paths, flags.FLAGS.out, annotate=flags.FLAGS.annotate or None)
+    counts = predict.predict_photographs(estimator, photographs, flags.FLAGS.out,
+                                         annotate=flags.FLAGS.annotate or None)
     if "annotation_failure" in counts:  # the CSV is whole; the exit status says the copies are not
       cli.refuse(f"{counts['annotation_failure']}; every prediction is in {flags.FLAGS.out}.")
     if counts["failed"]:  # the model failed on them (not a bad file): the CSV is whole, the exit status says so

