@@ -84,7 +84,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   # Checked for every fold before anything is written; the pool below reads the totals.
   total_steps = {fold: stages.num_steps(config, training_data.num_train_examples(config, dataset, fold))[1]
                  for fold in fold_ids}
-  initial_state = train_state.initial_train_state(config, model, tx)
+  template_config = config
+  if evaluate_only and config.pretrained:  # a template only: every value comes from a checkpoint
+    template_config = config.copy_and_resolve_references()
+    template_config.pretrained = ""
+  initial_state = train_state.initial_train_state(template_config, model, tx)
   stage_steps = [step_functions.compile_steps(stage.config, loss_fn, augmentation, layout)
                  for stage, loss_fn in zip(run_stages, loss_fns)]
 

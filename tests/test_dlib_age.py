@@ -188,8 +188,9 @@ def test_dlibs_weights_are_refused_for_another_model_or_a_head_that_does_not_fit
                                                          pretrained="dlib_with_head"))
 
 
-def test_a_run_of_the_dlib_network_trains_and_predicts_from_its_workdir(tmp_path):
-  """Fine-tuning end to end: two steps on a synthetic FG-NET, then its model ages a photograph in memory."""
+def test_a_run_of_the_dlib_network_trains_and_predicts_from_its_workdir(tmp_path, monkeypatch):
+  """Fine-tuning end to end: two steps on a synthetic FG-NET, then its model ages a photograph in memory, and
+  evaluating or predicting reads its checkpoint, not dlib's weights again."""
   import training_setup
   from amr_jax import experiment
   from amr_jax.age_estimator import AgeEstimator
@@ -197,6 +198,8 @@ def test_a_run_of_the_dlib_network_trains_and_predicts_from_its_workdir(tmp_path
   manual = training_setup.make_synthetic_fgnet(tmp_path / "manual", subjects=2, images_per_subject=4)
   config = training_setup.config("fgnet_amr", "1", model="dlib_age_resnet", pretrained="dlib",
                                  **{"data.manual_dir": str(manual), "data.data_dir": str(tmp_path / "tfds")})
-  experiment.train_and_evaluate(config, tmp_path / "run")
+  trained = experiment.train_and_evaluate(config, tmp_path / "run")
+  monkeypatch.setattr(dlib_age_weights, "load", lambda *args, **kwargs: pytest.fail("dlib's weights were read"))
+  assert experiment.evaluate_workdir(config, tmp_path / "run")["mae"] == trained["mae"]
   (face,) = AgeEstimator.from_workdir(tmp_path / "run").predict(skimage.data.astronaut())
   assert face.distribution.shape == (config.num_classes,) and np.isfinite(face.age)
