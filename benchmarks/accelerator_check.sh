@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The prepared accelerator check: install, a GPU subset of the tests, speed.py at batch 128 in bfloat16 (JAX against
-# PyTorch eager and torch.compile, utilisation from the analytic FLOP count), and lopo_speed.py (folds at once against
-# folds in sequence) at the recipe's settings. Every output goes under one folder; each stage has a time limit, so
-# the whole check ends within 8 minutes (the limits add up to 480 s), and a stage that fails or is stopped is
+# PyTorch eager and torch.compile, utilisation from the analytic FLOP count), lopo_speed.py (folds at once against
+# folds in sequence) and lopo_processes.py (folds in processes sharing the GPU) at the recipe's settings. Every
+# output goes under one folder; each stage has a time limit, so the whole check ends within 9 minutes (the limits
+# add up to 540 s), and a stage that fails or is stopped is
 # reported in summary.txt while the others still run. Each stage's output is shown as it comes and kept in its log,
 # and speed.py and lopo_speed.py print every figure as soon as it is measured: a stage stopped at its limit still
 # shows how far it got.
@@ -17,7 +18,7 @@
 # script, not of a GPU.
 #
 # Outputs: summary.txt (each stage: exit status and seconds), environment.txt, install.log, tests.log,
-# speed.md and speed.log, lopo_speed.md and lopo_speed.log.
+# speed.md and speed.log, lopo_speed.md and lopo_speed.log, lopo_processes.md and lopo_processes.log.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -57,7 +58,8 @@ if [[ -n "$AMR_JAX_WHEELS" ]] && ! compgen -G "$AMR_JAX_WHEELS/*.whl" > /dev/nul
   exit 1
 fi
 # Outputs of an earlier check in the same folder are replaced, never mixed with this one's.
-rm -f "$OUT"/{summary.txt,environment.txt,install.log,tests.log,speed.md,speed.log,lopo_speed.md,lopo_speed.log}
+rm -f "$OUT"/{summary.txt,environment.txt,install.log,tests.log,speed.md,speed.log,lopo_speed.md,lopo_speed.log} \
+  "$OUT"/lopo_processes.{md,log}
 export PYTHONUNBUFFERED=1
 SUMMARY="$OUT/summary.txt"
 echo "accelerator check, $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
@@ -138,6 +140,7 @@ XLA_PYTHON_CLIENT_PREALLOCATE=false stage tests 140 "$OUT/tests.log" "$PYTHON" -
 if [[ "$SMOKE" == 1 ]]; then
   SPEED=(--quick --peak_tflops 1 --models thin_age_net efficientnet_lite0)
   LOPO=(--folds 1,2 --warmup 1 --steps 1 --no_bound)
+  PROCESSES=(--processes 1,2 --warmup 0 --steps 2 --batch 2)
 else
   # The paper's backbone and the recipe's; H100/H200 dense bfloat16 peak 989 TFLOP/s. The loss timings are short:
   # on a GPU each call is a launch, and the training steps are what this check is for.
@@ -147,9 +150,16 @@ else
   # first (the baseline, so a stage stopped at its limit keeps it), then as patch products (unmeasured on a GPU).
   LOPO=(--model efficientnet_lite0 --image_size 224 --batch 64 --dtype bfloat16 --folds 1,8 --steps 3 --no_bound
         --fold_convolution grouped,patches)
+  # The third way: slices in processes sharing the GPU, one fold each; the first group compiles, the others read
+  # the step from a shared cache, as slices started one after another would.
+  PROCESSES=(--model efficientnet_lite0 --image_size 224 --batch 64 --dtype bfloat16 --processes 1,2,4 --warmup 2
+             --steps 10)
 fi
-stage speed 180 "$OUT/speed.log" "$PYTHON" -m benchmarks.speed "${SPEED[@]}" --out "$OUT/speed.md"
+PROCESSES+=(--cache_dir "$(mktemp -d)")
+stage speed 150 "$OUT/speed.log" "$PYTHON" -m benchmarks.speed "${SPEED[@]}" --out "$OUT/speed.md"
 stage lopo_speed 110 "$OUT/lopo_speed.log" "$PYTHON" -m benchmarks.lopo_speed "${LOPO[@]}" --out "$OUT/lopo_speed.md"
+stage processes 90 "$OUT/lopo_processes.log" "$PYTHON" -m benchmarks.lopo_processes "${PROCESSES[@]}" \
+  --out "$OUT/lopo_processes.md"
 
 echo "== done: $SUMMARY"
 cat "$SUMMARY"
