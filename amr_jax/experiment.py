@@ -193,7 +193,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       f"{len(results)} of {len(results) + len(missing)} folds, INCOMPLETE (missing: {listed})")
   chosen = "the last step's models" if not selected else f"the models selected on {config.model_selection}"
   metric_writers.log(f"pooled over {extent}, {chosen}: MAE {summary['mae']:.3f} over {summary['count']} images, "
-                     f"mean of per-fold MAEs {summary['mean_fold_mae']:.3f}, {scale.cs_name(5)} {summary['cs'][5]:.3f}, RMSE "
+                     f"mean of per-fold MAEs {summary['mean_fold_mae']:.3f}, "
+                     f"{scale.cs_name(5)} {summary['cs'][5]:.3f}, RMSE "
                      f"{summary['rmse']:.3f}, PC {summary['pearson']:.3f} -> "
                      f"{workdir / workdir_layout.SUMMARY_FOLDER}")
   if selected:

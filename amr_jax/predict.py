@@ -140,11 +140,15 @@ def _write_csv(out: pathlib.Path, lines: list[list[str]], log: Callable[[str], N
 
 def _without_annotated_copies(inputs: Sequence[str | os.PathLike], paths: list[pathlib.Path],
                               annotate: str | os.PathLike | None, log: Callable[[str], None]) -> list[pathlib.Path]:
-  """``paths`` less the files an input folder holds in the annotation folder (an earlier run's copies), unless
-  they were named one by one."""
+  """``paths`` less the files of the annotation folder (an earlier run's copies) where it lies inside a folder of
+  ``inputs``, unless they were named one by one. Where the annotation folder, or a folder in it, is itself one of
+  ``inputs`` (annotating beside the photographs), every file is kept."""
   if not annotate or not pathlib.Path(annotate).is_dir():
     return paths
   folder = pathlib.Path(annotate).resolve()
+  folders = [pathlib.Path(item).resolve() for item in inputs if pathlib.Path(item).is_dir()]
+  if any(item.is_relative_to(folder) for item in folders) or not any(folder.is_relative_to(item) for item in folders):
+    return paths
   named = {pathlib.Path(item).resolve() for item in inputs if pathlib.Path(item).is_file()}
   kept = [path for path in paths if path.resolve() in named or not path.resolve().is_relative_to(folder)]
   if len(kept) < len(paths):
@@ -163,7 +167,8 @@ def predict_photographs(estimator: age_estimator.AgeEstimator, inputs: Iterable[
 
   ``annotate``: a folder for copies of the photographs with each face's box and age. An annotated copy that cannot
   be written (a full disk) stops the copies, not the predictions; the counts then hold ``"annotation_failure"``,
-  the message. Files of that folder found in a folder of ``inputs`` (an earlier run's copies) are left out. A photograph whose reading, detection or prediction fails gets a row whose note says why, and the
+  the message. Files of that folder found in a folder of ``inputs`` (an earlier run's copies) are left out. A
+  photograph whose reading, detection or prediction fails gets a row whose note says why, and the
   rest go on. Progress is logged every ``progress_every`` seconds.
 
   Raises:

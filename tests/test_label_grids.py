@@ -247,7 +247,8 @@ def test_a_config_with_a_bad_label_step_is_refused_naming_the_field(step):
 
 @pytest.mark.parametrize("field, value, message", [
     ("cs_step", 0, "config.cs_step must be a finite number > 0"), ("cs_step", float("inf"), "config.cs_step"),
-    ("label_name", "", "config.label_name must be a non-empty string"), ("label_unit", " ", "config.label_unit must be a non-empty string")])
+    ("label_name", "", "config.label_name must be a non-empty string"),
+    ("label_unit", " ", "config.label_unit must be a non-empty string")])
 def test_a_config_with_a_bad_report_scale_is_refused_naming_the_field(field, value, message):
   import training_setup
   from amr_jax import config_checks, errors

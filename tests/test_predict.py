@@ -303,8 +303,13 @@ def test_annotated_copies_never_replace_a_photograph_and_say_when_they_replace_e
     assert (f"--annotate={album / 'ages'}: its 1 file(s) in the folders given (annotated copies) are not predicted; "
             "name them to predict them." in lines) == (run == 1)
   assert sorted(p.name for p in (album / "ages").iterdir()) == ["a_ages.jpg"]
+  # Annotated into a folder predicted itself: its photographs are predicted, as before.
+  counts = predict.predict_photographs(model, [album, album / "ages"], tmp_path / "ages.csv", annotate=album / "ages",
+                                       log=print)
+  assert counts["files"] == 3  # the album's photograph, and the copy found twice
+  (album / "a.jpg").unlink()
   with pytest.raises(errors.DataError, match="every file found is in the --annotate folder"):
-    predict.predict_photographs(model, [album / "ages"], tmp_path / "ages.csv", annotate=album / "ages", log=print)
+    predict.predict_photographs(model, [album], tmp_path / "ages.csv", annotate=album / "ages", log=print)
 
 
 def test_a_run_without_test_metrics_is_refused_unless_its_checkpoint_is_asked_for(detected_run, tmp_path):

@@ -25,13 +25,14 @@ import numpy as np
 
 from amr_jax import atomic_files
 
+
 @dataclasses.dataclass(frozen=True)
 class LabelScale:
   """What the labels are, as the reports name them: ``name`` and ``unit`` (the axes, the legends) and the step of
   CS(theta)'s thresholds in that unit, ``cs_step`` (CS(k) is the fraction within ``k * cs_step``).
 
-  Ages are in years with thresholds 0, 1, ..., 10 (``AGES``, the default); attractiveness scores on a 1-5 scale suit thresholds
-  of a tenth of a point. The age groups of :func:`plot_error_by_age_group` are ten thresholds wide.
+  Ages are in years with thresholds 0, 1, ..., 10 (``AGES``, the default); attractiveness scores on a 1-5 scale
+  suit thresholds of a tenth of a point. The age groups of :func:`plot_error_by_age_group` are ten thresholds wide.
   """
   name: str = "age"
   unit: str = "years"
@@ -202,7 +203,7 @@ def error_by_age_group(true_ages: Sequence[float], predicted_ages: Sequence[floa
     raise ValueError(f"group_width must be a finite number > 0; got {group_width!r}.")
   if true.min() < 0:
     raise ValueError(f"true_ages must be >= 0; got {true.min()}.")
-  groups = np.floor(true / group_width).astype(np.int64)
+  groups = (true // group_width).astype(np.int64)
   errors = np.abs(predicted - true)
   whole = float(group_width).is_integer() and group_width >= 2
   rows = []
@@ -230,5 +231,6 @@ def plot_error_by_age_group(path: str | os.PathLike, true_ages: Sequence[float],
   _save(fig, ax, path, title)
 
 
-__all__ = ["AGES", "LabelScale", "error_by_age_group", "plot_cumulative_score", "plot_error_by_age_group", "plot_predicted_vs_true",
+__all__ = ["AGES", "LabelScale", "error_by_age_group", "plot_cumulative_score", "plot_error_by_age_group",
+           "plot_predicted_vs_true",
            "read_predictions_csv", "write_predictions_csv"]

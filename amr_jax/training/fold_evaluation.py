@@ -68,7 +68,8 @@ def evaluate_splits(config, workdir, fold, steps, last_state, chosen: selection.
         beside = extra if split == "test" else {k: v for k, v in extra.items() if k != "last_step_test"}
         summary = evaluate.write_report(workdir / split, outputs[split], extra=beside,
                                         title=f"{config.name}, {fold.name}, {split}", scale=scale)
-        metric_writers.log(f"{fold.name}: {split} MAE {summary['mae']:.3f}, {scale.cs_name(5)} {summary['cs'][5]:.3f} over "
+        metric_writers.log(f"{fold.name}: {split} MAE {summary['mae']:.3f}, "
+                           f"{scale.cs_name(5)} {summary['cs'][5]:.3f} over "
                            f"{summary['count']} images (RMSE {summary['rmse']:.3f}, PC {summary['pearson']:.3f}) -> "
                            f"{workdir / split}")
   return outputs.get("test"), last_predictions
