@@ -1,5 +1,5 @@
 """Folds in processes sharing a device (benchmarks/lopo_processes.py): the group's figures worked out by hand, and a
-real group of two worker processes meeting before their timed steps."""
+real worker process meeting its group before its timed steps."""
 
 import pytest
 
@@ -24,19 +24,21 @@ def test_a_group_counts_its_images_over_the_window_from_the_first_start_to_the_l
     lopo_processes.combine([_worker(0.0, 1.0, [0.25] * 3)], batch=8, steps=4)
 
 
-def test_two_workers_meet_and_report_a_row(tmp_path, capsys):
+def test_a_worker_process_meets_its_group_and_reports_a_row(tmp_path, capsys):
+  # One worker (a second would double the test's time on 2 cores; combine() is worked out above for two): it runs
+  # as every worker does, in its own process, through the meeting, to its result file and the report.
   out = tmp_path / "processes.md"
-  lopo_processes.main(["--processes", "2", "--steps", "2", "--warmup", "0", "--batch", "2", "--out", str(out)])
+  lopo_processes.main(["--processes", "1", "--steps", "3", "--warmup", "0", "--batch", "2", "--out", str(out)])
   text = out.read_text()
   assert text in capsys.readouterr().out
-  (row,) = [line for line in text.splitlines() if line.startswith("| 2 |")]
+  (row,) = [line for line in text.splitlines() if line.startswith("| 1 |")]
   cells = [cell.strip() for cell in row.strip("|").split("|")]
   images_per_s, group_step_s = float(cells[1]), float(cells[3])
-  # 2 processes x 2 images a step: the group's images/s and its step time are two views of one window, printed
-  # to the image and to the millisecond.
-  assert group_step_s > 0 and 4 / (group_step_s + 5e-4) - 0.5 <= images_per_s
-  assert group_step_s <= 5e-4 or images_per_s <= 4 / (group_step_s - 5e-4) + 0.5
-  assert cells[2] == "n/a" and "not finite" not in text  # no one-process row to compare with; the steps trained
+  # 2 images a step: the images/s and the step time are two views of one window, printed to the image and to the
+  # millisecond.
+  assert group_step_s > 0 and 2 / (group_step_s + 5e-4) - 0.5 <= images_per_s
+  assert group_step_s <= 5e-4 or images_per_s <= 2 / (group_step_s - 5e-4) + 0.5
+  assert cells[2] == "1.00x" and "not finite" not in text  # against itself; the steps trained
 
 
 def test_bad_counts_are_refused_naming_the_flag(capsys):
