@@ -161,36 +161,14 @@ def report(args, groups: list[dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _counts(text: str) -> list[int]:
-  try:
-    counts = [int(part) for part in text.split(",")]
-  except ValueError:
-    counts = []
-  if not counts or min(counts) < 1:
-    raise argparse.ArgumentTypeError(f"expected positive process counts separated by commas (e.g. 1,2,4); got "
-                                     f"{text!r}")
-  return counts
-
-
-def _positive(text: str) -> int:
-  value = int(text) if text.lstrip("-").isdigit() else 0
-  if value < 1:
-    raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
-  return value
-
-
 def main(argv=None):
-  from amr_jax import models  # pylint: disable=import-outside-toplevel
-  from amr_jax.training import train_state  # pylint: disable=import-outside-toplevel
+  from benchmarks import lopo_speed  # pylint: disable=import-outside-toplevel
 
   parser = argparse.ArgumentParser(prog="python -m benchmarks.lopo_processes", description=__doc__.splitlines()[0])
-  parser.add_argument("--model", default="tiny_age_net", choices=sorted(models.MODELS))
-  parser.add_argument("--image_size", type=_positive, default=64)
-  parser.add_argument("--batch", type=_positive, default=16, help="images per process and step")
-  parser.add_argument("--dtype", default="float32", choices=sorted(train_state.DTYPES))
-  parser.add_argument("--processes", type=_counts, default="1,2", help="process counts, e.g. 1,2,4")
-  parser.add_argument("--warmup", type=int, default=2)
-  parser.add_argument("--steps", type=_positive, default=10)
+  lopo_speed.add_step_flags(parser, "images per process and step")
+  parser.add_argument("--processes", type=lopo_speed.positive_counts, default="1,2", help="process counts, e.g. 1,2,4")
+  parser.add_argument("--warmup", type=lopo_speed.at_least(0), default=2)
+  parser.add_argument("--steps", type=lopo_speed.at_least(1), default=10)
   parser.add_argument("--cache_dir", default="",
                       help="JAX's persistent compilation cache for the workers: the first group compiles the step, "
                       "the later ones read it (the compile column then shows the read); default: none")

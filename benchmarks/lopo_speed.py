@@ -224,25 +224,41 @@ def report(args, rows, bounds) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _fold_counts(text: str) -> list[int]:
+def positive_counts(text: str) -> list[int]:
+  """An argparse type: positive counts separated by commas ("1,2,4,8")."""
   try:
     counts = [int(part) for part in text.split(",")]
   except ValueError:
     counts = []
   if not counts or min(counts) < 1:
-    raise argparse.ArgumentTypeError(f"expected positive fold counts separated by commas (e.g. 1,2,4,8); got {text!r}")
+    raise argparse.ArgumentTypeError(f"expected positive counts separated by commas (e.g. 1,2,4,8); got {text!r}")
   return counts
 
 
-def main(argv=None):
-  from amr_jax import models
+def at_least(low: int):
+  """An argparse type: an integer >= ``low``."""
+  def parse(text: str) -> int:
+    value = int(text) if text.lstrip("-").isdigit() else low - 1
+    if value < low:
+      raise argparse.ArgumentTypeError(f"expected an integer >= {low}; got {text!r}")
+    return value
+  return parse
 
-  parser = argparse.ArgumentParser(prog="python -m benchmarks.lopo_speed", description=__doc__.splitlines()[0])
+
+def add_step_flags(parser: argparse.ArgumentParser, batch_help: str) -> None:
+  """The flags of the step a benchmark times: ``--model``, ``--image_size``, ``--batch``, ``--dtype``."""
+  from amr_jax import models  # pylint: disable=import-outside-toplevel
+
   parser.add_argument("--model", default="tiny_age_net", choices=sorted(models.MODELS))
-  parser.add_argument("--image_size", type=int, default=64)
-  parser.add_argument("--batch", type=int, default=16, help="images per fold and step")
+  parser.add_argument("--image_size", type=at_least(1), default=64)
+  parser.add_argument("--batch", type=at_least(1), default=16, help=batch_help)
   parser.add_argument("--dtype", default="float32", choices=sorted(train_state.DTYPES))
-  parser.add_argument("--folds", type=_fold_counts, default="1,2,4,8", help="fold counts, e.g. 1,2,4,8")
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.lopo_speed", description=__doc__.splitlines()[0])
+  add_step_flags(parser, "images per fold and step")
+  parser.add_argument("--folds", type=positive_counts, default="1,2,4,8", help="fold counts, e.g. 1,2,4,8")
   parser.add_argument("--warmup", type=int, default=1)
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--fold_convolution", default="grouped,patches",
